@@ -1,0 +1,336 @@
+//! Operations, completions and the buffers they own.
+//!
+//! An operation owns its buffer from the moment it is started until its final
+//! completion hands the buffer back: nothing can free or move it while the
+//! kernel may still write into it.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::pool::PooledBuf;
+
+/// The kind of operation a completion belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// `AcceptEx`: a new connection on a listening handle.
+    Accept,
+    /// `ConnectEx`: an outbound connection.
+    Connect,
+    /// `WSARecv` into the caller's buffer.
+    Recv,
+    /// A standing receive into library pool buffers (see [`crate::Port::recv_pooled`]).
+    RecvPooled,
+    /// `WSASend`, possibly vectored; completes when every byte is sent.
+    Send,
+    /// `WSARecvFrom` (UDP).
+    RecvFrom,
+    /// `WSASendTo` (UDP).
+    SendTo,
+    /// `PostQueuedCompletionStatus`: an application packet.
+    Post,
+    /// A timer packet from [`crate::Port::post_after`].
+    Timer,
+}
+
+/// An owned byte buffer an operation can take and give back.
+///
+/// Receives write into the buffer's spare room: for `Vec<u8>` and `BytesMut`
+/// that is `len..capacity` (the length grows by the bytes received); for
+/// `Box<[u8]>` it is the whole slice from the start. Sends send the
+/// initialised bytes (`..len`, or the whole `Box<[u8]>`).
+pub enum Buf {
+    /// A vector; receives append into its spare capacity.
+    Vec(Vec<u8>),
+    /// A boxed slice; receives fill it from the start.
+    Boxed(Box<[u8]>),
+    /// A `bytes::BytesMut`; receives append into its spare capacity.
+    #[cfg(feature = "bytes")]
+    Bytes(bytes::BytesMut),
+    /// A buffer lent by the library's pool; it goes back to the pool on drop.
+    Pooled(PooledBuf),
+}
+
+impl fmt::Debug for Buf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Buf::Vec(_) => "Vec",
+            Buf::Boxed(_) => "Boxed",
+            #[cfg(feature = "bytes")]
+            Buf::Bytes(_) => "Bytes",
+            Buf::Pooled(_) => "Pooled",
+        };
+        write!(f, "Buf::{kind}({} bytes)", self.len())
+    }
+}
+
+impl Buf {
+    /// The initialised bytes (what a send sends, what a receive appended to).
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Buf::Vec(v) => v,
+            Buf::Boxed(b) => b,
+            #[cfg(feature = "bytes")]
+            Buf::Bytes(b) => b,
+            Buf::Pooled(p) => p,
+        }
+    }
+
+    /// `as_slice().len()`.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether `len() == 0`.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes as a vector (copies only for pool buffers and `Bytes`).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Buf::Vec(v) => v,
+            Buf::Boxed(b) => b.into_vec(),
+            #[cfg(feature = "bytes")]
+            Buf::Bytes(b) => b.to_vec(),
+            Buf::Pooled(p) => p.to_vec(),
+        }
+    }
+
+    /// Where a receive may write, and how much: the spare room described on
+    /// [`Buf`]. Pool buffers are full already and offer nothing.
+    pub(crate) fn spare(&mut self) -> (*mut u8, usize) {
+        match self {
+            Buf::Vec(v) => {
+                let len = v.len();
+                let spare = v.capacity() - len;
+                // SAFETY: `len <= capacity`, so the pointer stays inside (or one
+                // past the end of) the allocation.
+                (unsafe { v.as_mut_ptr().add(len) }, spare)
+            }
+            Buf::Boxed(b) => (b.as_mut_ptr(), b.len()),
+            #[cfg(feature = "bytes")]
+            Buf::Bytes(b) => {
+                let len = b.len();
+                let spare = b.capacity() - len;
+                // SAFETY: as for `Vec`: the pointer stays inside the allocation.
+                (unsafe { b.as_mut_ptr().add(len) }, spare)
+            }
+            Buf::Pooled(_) => (std::ptr::null_mut(), 0),
+        }
+    }
+
+    /// Records that a receive wrote `n` bytes at [`Buf::spare`].
+    ///
+    /// # Safety
+    /// The first `n` bytes of the spare room must have been initialised.
+    pub(crate) unsafe fn advance(&mut self, n: usize) {
+        match self {
+            Buf::Vec(v) => {
+                debug_assert!(v.len() + n <= v.capacity());
+                // SAFETY: the caller guarantees the bytes are initialised and
+                // `n` fits in the spare capacity.
+                unsafe { v.set_len(v.len() + n) }
+            }
+            Buf::Boxed(_) => {}
+            #[cfg(feature = "bytes")]
+            Buf::Bytes(b) => {
+                // SAFETY: as for `Vec`.
+                unsafe { b.set_len(b.len() + n) }
+            }
+            Buf::Pooled(_) => {}
+        }
+    }
+}
+
+impl From<Vec<u8>> for Buf {
+    fn from(v: Vec<u8>) -> Self {
+        Buf::Vec(v)
+    }
+}
+impl From<Box<[u8]>> for Buf {
+    fn from(b: Box<[u8]>) -> Self {
+        Buf::Boxed(b)
+    }
+}
+#[cfg(feature = "bytes")]
+impl From<bytes::BytesMut> for Buf {
+    fn from(b: bytes::BytesMut) -> Self {
+        Buf::Bytes(b)
+    }
+}
+impl From<PooledBuf> for Buf {
+    fn from(p: PooledBuf) -> Self {
+        Buf::Pooled(p)
+    }
+}
+
+/// An owned buffer type an operation accepts: `Vec<u8>`, `Box<[u8]>`,
+/// `bytes::BytesMut` (feature `bytes`), a pool buffer, or [`Buf`] itself.
+pub trait IoBuf: Into<Buf> + Send + 'static {}
+impl<T: Into<Buf> + Send + 'static> IoBuf for T {}
+
+/// Identifies one started operation on a handle, for [`crate::Handle::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub(crate) u64);
+
+impl OpId {
+    /// The raw number (unique per port for its lifetime).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// Options shared by every operation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpOptions {
+    /// The application's value for this operation, returned in its
+    /// completion (what an `OVERLAPPED` pointer identifies on Windows).
+    pub token: u64,
+    /// If set and the operation has not completed by then, it is cancelled
+    /// and completes with `ErrorKind::TimedOut`.
+    pub deadline: Option<Instant>,
+}
+
+impl From<u64> for OpOptions {
+    fn from(token: u64) -> Self {
+        OpOptions {
+            token,
+            deadline: None,
+        }
+    }
+}
+
+impl OpOptions {
+    /// Options with a token and a deadline `after` from now.
+    pub fn with_timeout(token: u64, after: std::time::Duration) -> Self {
+        OpOptions {
+            token,
+            deadline: Instant::now().checked_add(after),
+        }
+    }
+}
+
+/// A completion packet: what `GetQueuedCompletionStatus` fills in.
+///
+/// A packet for a **failed** operation is still a `Completion` (with
+/// `result` an error, and its key, token and buffer); "no packet" is a
+/// [`crate::GetError`] instead, so the two can never be confused.
+pub struct Completion {
+    /// The completion key the handle was associated with (or the key given
+    /// to `post`).
+    pub key: u64,
+    /// The operation's token (or the token given to `post`).
+    pub token: u64,
+    /// What kind of operation completed.
+    pub kind: OpKind,
+    /// Bytes transferred, or the error the operation failed with.
+    /// Aborted operations fail with [`crate::error::aborted`]'s kind
+    /// (`ECANCELED`), deadlines with `ErrorKind::TimedOut`.
+    pub result: io::Result<usize>,
+    /// For standing (pooled) receives: `true` while more completions will
+    /// follow for the same operation; the last one has `more == false`.
+    pub more: bool,
+    /// Which operation this was.
+    pub op: OpId,
+    pub(crate) buf: Option<Buf>,
+    pub(crate) extra: Extra,
+}
+
+/// Rarely used parts of a completion, kept out of line.
+#[derive(Default)]
+pub(crate) enum Extra {
+    #[default]
+    None,
+    Accepted(socket2::Socket, Option<SocketAddr>),
+    From(Option<SocketAddr>),
+    Vectored(Vec<Buf>),
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("kind", &self.kind)
+            .field("result", &self.result)
+            .field("more", &self.more)
+            .field("op", &self.op)
+            .field("buf", &self.buf)
+            .finish()
+    }
+}
+
+impl Completion {
+    pub(crate) fn new(kind: OpKind, key: u64, token: u64, op: OpId, result: io::Result<usize>) -> Self {
+        Completion {
+            key,
+            token,
+            kind,
+            result,
+            more: false,
+            op,
+            buf: None,
+            extra: Extra::None,
+        }
+    }
+
+    /// Whether the operation succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// Whether the operation was aborted by a cancel or a close.
+    pub fn is_aborted(&self) -> bool {
+        matches!(&self.result, Err(e) if crate::error::is_aborted(e))
+    }
+
+    /// Bytes transferred (0 for a failed operation).
+    pub fn bytes(&self) -> usize {
+        *self.result.as_ref().unwrap_or(&0)
+    }
+
+    /// The buffer the operation owned, handed back (a pool buffer for
+    /// pooled receives).
+    pub fn take_buf(&mut self) -> Option<Buf> {
+        self.buf.take()
+    }
+
+    /// A view of the buffer without taking it.
+    pub fn buf(&self) -> Option<&Buf> {
+        self.buf.as_ref()
+    }
+
+    /// The buffers of a vectored send, handed back in order.
+    pub fn take_bufs(&mut self) -> Vec<Buf> {
+        match std::mem::take(&mut self.extra) {
+            Extra::Vectored(v) => v,
+            other => {
+                self.extra = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// For an accept: the new socket (not yet associated with any port, as
+    /// with `AcceptEx`) and its peer address.
+    pub fn take_accepted(&mut self) -> Option<(socket2::Socket, Option<SocketAddr>)> {
+        match std::mem::take(&mut self.extra) {
+            Extra::Accepted(s, a) => Some((s, a)),
+            other => {
+                self.extra = other;
+                None
+            }
+        }
+    }
+
+    /// For `recv_from`: the sender's address.
+    pub fn from_addr(&self) -> Option<SocketAddr> {
+        match &self.extra {
+            Extra::From(a) => *a,
+            Extra::Accepted(_, a) => *a,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The receive-buffer pool behind pooled receives.
+//!
+//! One pool per engine: `count` buffers of `size` bytes carved from one
+//! allocation. A buffer is in one of three places: free in the engine (on
+//! io_uring: published in the kernel's provided-buffer ring), lent to the
+//! application inside a [`PooledBuf`], or on its way back. Dropping a
+//! `PooledBuf` on any thread pushes its id onto `returned`; the engine that
+//! owns the pool drains that list on its own thread (the buffer ring has one
+//! producer) and, if a receive was starved for buffers, re-arms it.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters of a buffer pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers in the pool.
+    pub total: usize,
+    /// Bytes per buffer.
+    pub buf_size: usize,
+    /// Buffers lent to the application (inside `PooledBuf`s).
+    pub in_use: usize,
+    /// Buffers the engine has handed to the kernel (free for it to fill).
+    pub in_kernel: usize,
+}
+
+/// Something to poke when a buffer comes back (the owning engine).
+pub(crate) trait ReturnWaker: Send + Sync {
+    fn buffers_returned(&self);
+}
+
+pub(crate) struct PoolShared {
+    base: *mut u8,
+    layout: std::alloc::Layout,
+    pub(crate) buf_size: usize,
+    pub(crate) count: usize,
+    returned: Mutex<Vec<u16>>,
+    in_use: AtomicUsize,
+    pub(crate) in_kernel: AtomicUsize,
+    waker: Mutex<Option<Arc<dyn ReturnWaker>>>,
+}
+
+// SAFETY: `base` points to an allocation owned by this struct for its whole
+// life; each buffer region is accessed by exactly one owner at a time (the
+// kernel while published, the `PooledBuf` while lent), which the ownership
+// protocol in this module and the engines enforces.
+unsafe impl Send for PoolShared {}
+// SAFETY: see `Send`; shared access only reads `base`/sizes and goes through
+// the mutexes and atomics for everything mutable.
+unsafe impl Sync for PoolShared {}
+
+impl PoolShared {
+    pub(crate) fn new(count: usize, buf_size: usize) -> Arc<PoolShared> {
+        assert!(count > 0 && count <= 32768, "pool buffers: 1..=32768");
+        assert!(buf_size > 0, "pool buffer size must be > 0");
+        let layout = std::alloc::Layout::from_size_align(count * buf_size, 4096)
+            .expect("pool layout");
+        // SAFETY: the layout has a non-zero size (both factors are > 0).
+        // Zeroed so tools like valgrind never see the kernel's writes as
+        // uninitialised reads.
+        let base = unsafe { std::alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Arc::new(PoolShared {
+            base,
+            layout,
+            buf_size,
+            count,
+            returned: Mutex::new(Vec::with_capacity(count)),
+            in_use: AtomicUsize::new(0),
+            in_kernel: AtomicUsize::new(0),
+            waker: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn set_waker(&self, w: Arc<dyn ReturnWaker>) {
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+    }
+
+    /// The address of buffer `bid`.
+    pub(crate) fn addr(&self, bid: u16) -> *mut u8 {
+        assert!((bid as usize) < self.count);
+        // SAFETY: bid < count, so the offset stays inside the allocation.
+        unsafe { self.base.add(bid as usize * self.buf_size) }
+    }
+
+    /// Lends buffer `bid`, holding `len` bytes the kernel (or a read) wrote,
+    /// to the application.
+    ///
+    /// # Safety
+    /// The caller must own buffer `bid` (it is in no ring and no other
+    /// `PooledBuf`), and its first `len` bytes must be written.
+    pub(crate) unsafe fn lend(self: &Arc<Self>, bid: u16, len: usize) -> PooledBuf {
+        debug_assert!(len <= self.buf_size);
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        PooledBuf {
+            pool: self.clone(),
+            bid,
+            len,
+        }
+    }
+
+    /// Takes the ids of buffers dropped since the last call.
+    pub(crate) fn take_returned(&self, out: &mut Vec<u16>) {
+        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        out.append(&mut r);
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            total: self.count,
+            buf_size: self.buf_size,
+            in_use: self.in_use.load(Ordering::Relaxed),
+            in_kernel: self.in_kernel.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; every PooledBuf holds
+        // an Arc, and the engine drops its Arc only after the kernel has let
+        // go of the ring, so no one can reach the memory any more.
+        unsafe { std::alloc::dealloc(self.base, self.layout) }
+    }
+}
+
+/// A received chunk in a buffer lent by the library's pool. It derefs to the
+/// bytes received; dropping it (on any thread) gives the buffer back.
+pub struct PooledBuf {
+    pool: Arc<PoolShared>,
+    bid: u16,
+    len: usize,
+}
+
+impl PooledBuf {
+    /// The buffer's id within its pool.
+    pub fn id(&self) -> u16 {
+        self.bid
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: while this PooledBuf exists it is the only owner of buffer
+        // `bid` (the engine does not republish it until it comes back), and
+        // `len` bytes were written before it was lent.
+        unsafe { std::slice::from_raw_parts(self.pool.addr(self.bid), self.len) }
+    }
+}
+
+impl fmt::Debug for PooledBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PooledBuf(#{}, {} bytes)", self.bid, self.len)
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+        let first = {
+            let mut r = self.pool.returned.lock().unwrap_or_else(|p| p.into_inner());
+            r.push(self.bid);
+            r.len() == 1
+        };
+        if first {
+            let w = self
+                .pool
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(w) = w {
+                w.buffers_returned();
+            }
+        }
+    }
+}

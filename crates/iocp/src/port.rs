@@ -1,0 +1,736 @@
+//! The public completion port: [`Port`], [`PortBuilder`], [`Handle`].
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{self, GetError, SubmitError};
+use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
+use crate::pool::{PoolShared, PoolStats};
+use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue, QueueStats};
+use crate::sys::{self, Cmd, EngineShared, OpData, OpReq};
+
+/// Which engine turns operations into completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// io_uring where it works, else epoll (Linux); IOCP on Windows.
+    Auto,
+    /// io_uring (Linux).
+    Uring,
+    /// epoll, emulating completions (Linux).
+    Epoll,
+    /// The kernel's I/O completion port (Windows).
+    Iocp,
+}
+
+impl Backend {
+    /// The name used by `IOCP_BACKEND`, the builder and `--backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+            Backend::Iocp => "iocp",
+        }
+    }
+
+    /// Every backend this build has (besides `Auto`).
+    pub fn available() -> &'static [Backend] {
+        #[cfg(target_os = "linux")]
+        {
+            &[Backend::Uring, Backend::Epoll]
+        }
+        #[cfg(windows)]
+        {
+            &[Backend::Iocp]
+        }
+    }
+
+    /// Reads `IOCP_BACKEND`; `Ok(None)` when unset or empty.
+    pub fn from_env() -> Result<Option<Backend>, String> {
+        match std::env::var("IOCP_BACKEND") {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("IOCP_BACKEND: {e}")),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(Backend::Uring),
+            "epoll" => Ok(Backend::Epoll),
+            "iocp" => Ok(Backend::Iocp),
+            other => Err(format!(
+                "unknown backend {other:?} (expected auto, uring, epoll or iocp)"
+            )),
+        }
+    }
+}
+
+/// Which backend a port runs on, and why.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// The backend in use (never `Auto`).
+    pub backend: Backend,
+    /// Why it was chosen (e.g. "requested", or the io_uring error that made
+    /// `auto` fall back to epoll).
+    pub reason: String,
+    /// io_uring features in use, when the backend is io_uring.
+    #[cfg(target_os = "linux")]
+    pub uring: Option<crate::sys::UringFeatures>,
+}
+
+impl fmt::Display for BackendInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.backend, self.reason)?;
+        #[cfg(target_os = "linux")]
+        if let Some(u) = &self.uring {
+            write!(f, " [{}]", u.describe())?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters a port exposes so tests and operators can see its state.
+pub type PortStats = QueueStats;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub concurrency: usize,
+    pub engines: usize,
+    pub backend: Option<Backend>,
+    pub pool_bufs: usize,
+    pub pool_buf_size: usize,
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub inline: bool,
+}
+
+/// Configures a [`Port`] (what `CreateIoCompletionPort`'s arguments and the
+/// engine behind it can be).
+#[derive(Debug, Clone)]
+pub struct PortBuilder {
+    cfg: Config,
+}
+
+impl Default for PortBuilder {
+    fn default() -> Self {
+        PortBuilder {
+            cfg: Config {
+                concurrency: 0,
+                engines: 1,
+                backend: None,
+                pool_bufs: 256,
+                pool_buf_size: 16 * 1024,
+                sq_entries: 256,
+                cq_entries: 4096,
+                inline: false,
+            },
+        }
+    }
+}
+
+impl PortBuilder {
+    /// The concurrency limit: how many threads may run at once. 0 means the
+    /// number of CPUs, as on Windows.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.cfg.concurrency = n;
+        self
+    }
+    /// How many engine threads feed the port (sockets are spread across them
+    /// round-robin). Default 1.
+    pub fn engines(mut self, n: usize) -> Self {
+        self.cfg.engines = n.max(1);
+        self
+    }
+    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.cfg.backend = Some(b);
+        self
+    }
+    /// Pool buffers per engine for pooled receives (default 256, at most 32768).
+    pub fn pool_buffers(mut self, n: usize) -> Self {
+        self.cfg.pool_bufs = n.clamp(1, 32768);
+        self
+    }
+    /// Bytes per pool buffer (default 16 KiB).
+    pub fn pool_buffer_size(mut self, n: usize) -> Self {
+        self.cfg.pool_buf_size = n.max(1);
+        self
+    }
+    /// Submission queue entries per io_uring (default 256).
+    pub fn sq_entries(mut self, n: u32) -> Self {
+        self.cfg.sq_entries = n.max(8);
+        self
+    }
+    /// Completion queue entries per io_uring (default 4096; at least 2×SQ).
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cfg.cq_entries = n.max(16);
+        self
+    }
+    /// The per-core model: no engine thread; the thread that builds the port
+    /// drives its engine from inside `get` and handles its own completions,
+    /// with no hand-off. Such a port belongs to that one thread: other
+    /// threads may `post` to it (which wakes it) and start operations, but
+    /// only the owner should call `get`.
+    pub fn inline(mut self, yes: bool) -> Self {
+        self.cfg.inline = yes;
+        self
+    }
+
+    /// Creates the port and starts its engines.
+    pub fn build(self) -> io::Result<Port> {
+        let mut cfg = self.cfg;
+        if cfg.concurrency == 0 {
+            cfg.concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        if cfg.inline {
+            cfg.engines = 1;
+        }
+        let backend = match cfg.backend {
+            Some(b) => (b, "requested by the builder".to_string()),
+            None => match Backend::from_env()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            {
+                Some(b) => (b, "requested by IOCP_BACKEND".to_string()),
+                None => (Backend::Auto, String::new()),
+            },
+        };
+        Port::start(cfg, backend)
+    }
+}
+
+static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
+
+struct InlineEngine {
+    owner: u64,
+    engine: Mutex<Option<sys::Engine>>,
+}
+
+pub(crate) struct PortInner {
+    id: u64,
+    queue: Queue<Completion>,
+    engines: Vec<Arc<EngineShared>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    inline: Option<InlineEngine>,
+    next_engine: AtomicUsize,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    info: BackendInfo,
+}
+
+/// A completion port: a queue of completion packets that any number of
+/// threads wait on (`GetQueuedCompletionStatus`), fed by the operations
+/// started on the handles associated with it.
+///
+/// `Port` is cheap to clone; every clone is the same port. Dropping the last
+/// clone closes it.
+#[derive(Clone)]
+pub struct Port {
+    inner: Arc<PortInner>,
+}
+
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Port")
+            .field("id", &self.inner.id)
+            .field("backend", &self.inner.info.backend)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Returned by [`Port::blocking`]: while it lives, the thread does not count
+/// against the concurrency limit.
+pub struct BlockingGuard {
+    _g: QueueGuard<Completion>,
+}
+
+impl Port {
+    /// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`:
+    /// a port with the default engine. `concurrency` 0 = number of CPUs.
+    pub fn new(concurrency: usize) -> io::Result<Port> {
+        Port::builder().concurrency(concurrency).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder() -> PortBuilder {
+        PortBuilder::default()
+    }
+
+    fn start(cfg: Config, (want, why): (Backend, String)) -> io::Result<Port> {
+        let queue = Queue::new(cfg.concurrency);
+        let mut engines = Vec::new();
+        let mut threads = Vec::new();
+        let mut inline = None;
+        let mut info = None;
+        for i in 0..cfg.engines {
+            let pool = PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size);
+            let shared = EngineShared::new(pool)?;
+            let (engine_want, engine_why) = match &info {
+                // Every engine of a port uses the backend the first one got.
+                Some(BackendInfo { backend, .. }) => (*backend, "same as engine 0".to_string()),
+                None => (want, why.clone()),
+            };
+            if cfg.inline {
+                let (engine, bi) = sys::Engine::create(engine_want, engine_why, shared.clone(), queue.clone(), &cfg)?;
+                inline = Some(InlineEngine {
+                    owner: thread_tag(),
+                    engine: Mutex::new(Some(engine)),
+                });
+                info.get_or_insert(bi);
+            } else {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (s2, q2, c2) = (shared.clone(), queue.clone(), cfg.clone());
+                let t = std::thread::Builder::new()
+                    .name(format!("iocp-engine-{i}"))
+                    .spawn(move || match sys::Engine::create(engine_want, engine_why, s2, q2, &c2) {
+                        Ok((engine, bi)) => {
+                            let _ = tx.send(Ok(bi));
+                            engine.run();
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    })?;
+                let bi = rx
+                    .recv()
+                    .map_err(|_| io::Error::other("engine thread died while starting"))??;
+                info.get_or_insert(bi);
+                threads.push(t);
+            }
+            engines.push(shared);
+        }
+        let info = info.expect("at least one engine");
+        tracing::debug!("iocp port: backend {info}");
+        Ok(Port {
+            inner: Arc::new(PortInner {
+                id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+                queue,
+                engines,
+                threads: Mutex::new(threads),
+                inline,
+                next_engine: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                closed: AtomicBool::new(false),
+                info,
+            }),
+        })
+    }
+
+    /// The backend in use and why it was chosen.
+    pub fn backend(&self) -> &BackendInfo {
+        &self.inner.info
+    }
+
+    /// The concurrency limit.
+    pub fn concurrency(&self) -> usize {
+        self.inner.queue.limit()
+    }
+
+    /// `CreateIoCompletionPort(socket, port, key, 0)`: associates a socket
+    /// with the port under a completion key. The port owns the socket from
+    /// now on and closes it after the handle's last completion.
+    pub fn associate(&self, socket: impl Into<socket2::Socket>, key: u64) -> io::Result<Handle> {
+        let socket: socket2::Socket = socket.into();
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(error::port_closed());
+        }
+        socket.set_nonblocking(true)?;
+        let n = self.inner.engines.len();
+        let e = self.inner.next_engine.fetch_add(1, Ordering::Relaxed) % n;
+        let engine = self.inner.engines[e].clone();
+        let hid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let fd = sys::socket_into_fd(socket);
+        let raw = sys::raw_fd(&fd);
+        engine
+            .send(Cmd::Register { hid, fd, key })
+            .map_err(|_| error::port_closed())?;
+        Ok(Handle {
+            inner: Arc::new(HandleInner {
+                hid,
+                key,
+                port: self.inner.id,
+                engine,
+                raw,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+        if h.inner.port != self.inner.id {
+            return Err(SubmitError::new(
+                io::Error::new(io::ErrorKind::InvalidInput, "the handle belongs to another port"),
+                data.into_buf(),
+            ));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::new(error::port_closed(), data.into_buf()));
+        }
+        if h.inner.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::new(error::handle_closed(), data.into_buf()));
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = OpReq {
+            hid: h.inner.hid,
+            id,
+            token: opts.token,
+            deadline: opts.deadline,
+            data,
+        };
+        match h.inner.engine.send(Cmd::Start(req)) {
+            Ok(()) => Ok(OpId(id)),
+            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data.into_buf())),
+            Err(_) => Err(SubmitError::new(error::port_closed(), None)),
+        }
+    }
+
+    /// `AcceptEx`: one incoming connection on a listening handle. The
+    /// completion carries the new socket ([`Completion::take_accepted`]),
+    /// which is not associated with any port yet.
+    pub fn accept(&self, listener: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(listener, OpData::Accept, opts.into())
+    }
+
+    /// A standing accept: a completion (with `more == true`) for every
+    /// incoming connection until it is cancelled or the handle closes, then
+    /// one final completion with `more == false`. On io_uring this is a
+    /// multishot accept, re-armed whenever the kernel ends it; transient
+    /// errors (`EMFILE`, `ENFILE`, `ECONNABORTED`, …) arrive as `more == true`
+    /// completions carrying the error, and the stream goes on.
+    pub fn accept_stream(&self, listener: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(listener, OpData::AcceptMulti, opts.into())
+    }
+
+    /// `ConnectEx`: connects an associated, unconnected socket.
+    pub fn connect(&self, h: &Handle, addr: SocketAddr, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
+    }
+
+    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
+    /// One completion; 0 bytes means the peer closed its side.
+    pub fn recv(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Recv(buf.into()), opts.into())
+    }
+
+    /// A pooled, standing receive: a stream of completions, each with a
+    /// buffer lent by the library's pool (`more == true`), ending with
+    /// exactly one final completion (`more == false`: 0 bytes at the peer's
+    /// FIN, or the error). An idle connection holds no buffer.
+    pub fn recv_pooled(&self, h: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::RecvPooled, opts.into())
+    }
+
+    /// `WSASend`: completes when every byte is sent (short writes are
+    /// finished inside the library, in order), or with an error.
+    pub fn send(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Send(buf.into()), opts.into())
+    }
+
+    /// `WSASend` with several buffers, sent in order as one operation; they
+    /// come back with [`Completion::take_bufs`].
+    pub fn send_vectored(&self, h: &Handle, bufs: Vec<Buf>, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::SendV(bufs), opts.into())
+    }
+
+    /// `WSARecvFrom` (UDP): one datagram; the sender is
+    /// [`Completion::from_addr`].
+    pub fn recv_from(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
+    }
+
+    /// `WSASendTo` (UDP): one datagram to `addr`.
+    pub fn send_to(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        addr: SocketAddr,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::SendTo(buf.into(), Box::new(addr.into())), opts.into())
+    }
+
+    /// `PostQueuedCompletionStatus`: queues a packet of the application's
+    /// own and wakes one waiter.
+    pub fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
+        self.inner.queue.post(c).map_err(|_| error::port_closed())?;
+        if let Some(inl) = &self.inner.inline {
+            if thread_tag() != inl.owner {
+                self.inner.engines[0].wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a packet (kind [`OpKind::Timer`], `bytes` 0) after `after`.
+    pub fn post_after(&self, after: Duration, key: u64, token: u64) -> io::Result<OpId> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = Completion::new(OpKind::Timer, key, token, OpId(id), Ok(0));
+        let at = Instant::now()
+            .checked_add(after)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "timer too far in the future"))?;
+        self.inner.engines[0]
+            .send(Cmd::Timer { at, pkt: c })
+            .map_err(|_| error::port_closed())?;
+        Ok(OpId(id))
+    }
+
+    /// `GetQueuedCompletionStatus`: waits up to `timeout` (`None` = forever,
+    /// `Some(ZERO)` = poll) for one packet. A failed operation is `Ok` with
+    /// an error `result`; no packet is `Err`.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError> {
+        if let Some(inl) = self.owned_inline() {
+            let mut v = Vec::with_capacity(1);
+            self.get_inline(inl, &mut v, 1, timeout)?;
+            return Ok(v.pop().expect("one packet"));
+        }
+        Ok(self.inner.queue.get(timeout)?)
+    }
+
+    /// `GetQueuedCompletionStatusEx`: appends up to `max` packets to `batch`,
+    /// waiting only while none are queued. The thread counts as one running
+    /// thread however many it took.
+    pub fn get_many(&self, batch: &mut Vec<Completion>, max: usize, timeout: Option<Duration>) -> Result<usize, GetError> {
+        if let Some(inl) = self.owned_inline() {
+            return self.get_inline(inl, batch, max, timeout);
+        }
+        Ok(self.inner.queue.get_many(batch, max, timeout)?)
+    }
+
+    fn owned_inline(&self) -> Option<&InlineEngine> {
+        self.inner.inline.as_ref().filter(|i| i.owner == thread_tag())
+    }
+
+    fn get_inline(
+        &self,
+        inl: &InlineEngine,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            match self.inner.queue.get_many(batch, max, Some(Duration::ZERO)) {
+                Ok(n) => return Ok(n),
+                Err(crate::queue::Empty::Abandoned) => return Err(GetError::Abandoned),
+                Err(crate::queue::Empty::TimedOut) => {}
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d && timeout != Some(Duration::ZERO) {
+                        return Err(GetError::TimedOut);
+                    }
+                    Some(d.saturating_duration_since(now))
+                }
+                None => None,
+            };
+            let mut g = inl.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(engine) = g.as_mut() else {
+                return Err(GetError::Abandoned);
+            };
+            let block = timeout != Some(Duration::ZERO);
+            engine.turn(left, block);
+            engine.flush_to_queue();
+            drop(g);
+            if !block {
+                return match self.inner.queue.get_many(batch, max, Some(Duration::ZERO)) {
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        }
+    }
+
+    /// Steps the calling thread out of the concurrency count while it blocks
+    /// on something other than the port (Windows notices such waits by
+    /// itself; user space cannot, so a handler that blocks says so).
+    pub fn blocking(&self) -> BlockingGuard {
+        BlockingGuard {
+            _g: self.inner.queue.blocking(),
+        }
+    }
+
+    /// Waiting, running, queued and hand-off counters.
+    pub fn stats(&self) -> PortStats {
+        self.inner.queue.stats()
+    }
+
+    /// Pool counters, summed over the port's engines.
+    pub fn pool_stats(&self) -> PoolStats {
+        let mut s = PoolStats::default();
+        for e in &self.inner.engines {
+            let p = e.pool.stats();
+            s.total += p.total;
+            s.buf_size = p.buf_size;
+            s.in_use += p.in_use;
+            s.in_kernel += p.in_kernel;
+        }
+        s
+    }
+
+    /// `CloseHandle(port)`: every waiter returns [`GetError::Abandoned`];
+    /// queued packets are dropped; operations in flight are cancelled and
+    /// their buffers released once the kernel lets go; engine threads are
+    /// joined. To get buffers back, close handles and drain with `get`
+    /// before closing the port.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+impl PortInner {
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(self.queue.close());
+        for e in &self.engines {
+            e.begin_shutdown();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        if let Some(inl) = &self.inline {
+            let engine = inl.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(mut engine) = engine {
+                if inl.owner == thread_tag() {
+                    engine.shutdown();
+                } else {
+                    engine.abandon();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PortInner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct HandleInner {
+    hid: u64,
+    key: u64,
+    port: u64,
+    engine: Arc<EngineShared>,
+    raw: sys::RawSocket,
+    closed: AtomicBool,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.engine.send(Cmd::Close { hid: self.hid });
+        }
+    }
+}
+
+/// A socket associated with a port. Clones share the socket; it is closed
+/// when [`Handle::close`] is called or the last clone is dropped, and its
+/// descriptor is released only after its last operation completed.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<HandleInner>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("key", &self.inner.key)
+            .field("id", &self.inner.hid)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// The completion key given at association.
+    pub fn key(&self) -> u64 {
+        self.inner.key
+    }
+
+    /// `CancelIoEx(socket, op)`: asks the operation to end early. It still
+    /// completes exactly once — aborted, or with its normal result if the
+    /// cancel lost the race. Cancelling a finished operation does nothing.
+    pub fn cancel(&self, op: OpId) -> io::Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(error::handle_closed());
+        }
+        self.inner
+            .engine
+            .send(Cmd::Cancel {
+                hid: self.inner.hid,
+                op: op.0,
+            })
+            .map_err(|_| error::port_closed())
+    }
+
+    /// `closesocket`: aborts every pending operation (each still completes
+    /// once) and closes the socket after the last of them.
+    pub fn close(&self) {
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.inner.engine.send(Cmd::Close { hid: self.inner.hid });
+        }
+    }
+
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` with a borrowed view of the socket (for socket options,
+    /// addresses, `shutdown`). Fails once the handle is closed.
+    pub fn with_socket<R>(&self, f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>) -> io::Result<R> {
+        if self.is_closed() {
+            return Err(error::handle_closed());
+        }
+        sys::with_sockref(self.inner.raw, f)
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.peer_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
+    }
+}

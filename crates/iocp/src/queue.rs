@@ -1,0 +1,485 @@
+//! The user-space completion queue: the part of a Windows completion port that
+//! lives in the kernel's `KQUEUE` object, rebuilt in user space.
+//!
+//! * packets are queued FIFO;
+//! * waiting threads sit on a **stack**: a packet goes to the most recent
+//!   waiter (LIFO), one waiter per packet, handed over directly into that
+//!   waiter's slot so no other thread can steal it;
+//! * a **concurrency limit** counts running threads: a thread runs from the
+//!   moment `get`/`get_many` hands it a packet (a batch counts once) until it
+//!   next calls `get`, exits, or steps out with a [`BlockingGuard`];
+//! * `close` wakes every waiter with `Abandoned`.
+//!
+//! The type is generic over the packet so the `loom` model in `tests/loom.rs`
+//! can drive it with plain integers. It is platform independent; the Linux
+//! engines feed it, the Windows backend uses the kernel's port instead.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[cfg(loom)]
+use loom::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, Weak,
+};
+#[cfg(not(loom))]
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, Weak,
+};
+
+/// Why a `get` returned without a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Empty {
+    /// The timeout passed; nothing was consumed.
+    TimedOut,
+    /// The queue was closed.
+    Abandoned,
+}
+
+/// A point-in-time snapshot of a queue's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Threads blocked in `get`/`get_many`.
+    pub waiting: usize,
+    /// Threads counted as running against the concurrency limit.
+    pub running: usize,
+    /// Packets queued and not yet taken.
+    pub queued: usize,
+    /// Packets taken by a thread other than the one that queued them.
+    pub handoffs: u64,
+    /// Packets delivered in total.
+    pub delivered: u64,
+}
+
+enum Slot<T> {
+    Waiting,
+    Packet(T, u64),
+    Abandoned,
+}
+
+struct Waiter<T> {
+    cv: Condvar,
+    slot: Mutex<Slot<T>>,
+}
+
+struct State<T> {
+    packets: VecDeque<(T, u64)>,
+    waiters: Vec<Arc<Waiter<T>>>,
+    running: usize,
+    closed: bool,
+    handoffs: u64,
+    delivered: u64,
+}
+
+pub(crate) struct Inner<T> {
+    id: u64,
+    limit: usize,
+    state: Mutex<State<T>>,
+}
+
+/// A completion queue with IOCP's wake order and concurrency accounting.
+pub struct Queue<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+// ---- per-thread running record -------------------------------------------
+
+/// Something a thread can be "running on": lets a thread-local record release
+/// its slot without knowing the packet type.
+trait SlotOwner: Send + Sync {
+    fn release(&self);
+    fn reacquire(&self);
+}
+
+struct Running {
+    queue_id: u64,
+    owner: Weak<dyn SlotOwner>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Thread exit, or the thread moved to another queue: the slot is freed.
+        if let Some(owner) = self.owner.upgrade() {
+            owner.release();
+        }
+    }
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+}
+#[cfg(not(loom))]
+std::thread_local! {
+    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+}
+
+fn next_id() -> u64 {
+    #[cfg(loom)]
+    {
+        loom::lazy_static! { static ref NEXT: AtomicU64 = AtomicU64::new(1); }
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+    #[cfg(not(loom))]
+    {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+std::thread_local! {
+    static THREAD_TAG: u64 = next_tag();
+}
+
+fn next_tag() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A small number naming the current thread (cheaper than `ThreadId` to compare).
+pub(crate) fn thread_tag() -> u64 {
+    THREAD_TAG.with(|t| *t)
+}
+
+impl<T: Send + 'static> SlotOwner for Inner<T> {
+    fn release(&self) {
+        let mut st = lock(&self.state);
+        st.running = st.running.saturating_sub(1);
+        self.dispatch(&mut st);
+    }
+    fn reacquire(&self) {
+        let mut st = lock(&self.state);
+        st.running += 1;
+    }
+}
+
+fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl<T: Send + 'static> Inner<T> {
+    /// Hands queued packets to waiters while the limit allows. Called with the
+    /// lock held whenever `running` drops or packets arrive.
+    fn dispatch(&self, st: &mut State<T>) {
+        while st.running < self.limit && !st.packets.is_empty() {
+            let Some(w) = st.waiters.pop() else { break };
+            let pkt = st.packets.pop_front().expect("checked non-empty");
+            st.running += 1;
+            *lock(&w.slot) = Slot::Packet(pkt.0, pkt.1);
+            w.cv.notify_one();
+        }
+    }
+}
+
+impl<T: Send + 'static> Queue<T> {
+    /// A queue whose concurrency limit is `limit` (at least 1).
+    pub fn new(limit: usize) -> Self {
+        Queue {
+            inner: Arc::new(Inner {
+                id: next_id(),
+                limit: limit.max(1),
+                state: Mutex::new(State {
+                    packets: VecDeque::new(),
+                    waiters: Vec::new(),
+                    running: 0,
+                    closed: false,
+                    handoffs: 0,
+                    delivered: 0,
+                }),
+            }),
+        }
+    }
+
+    /// The concurrency limit.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Queues one packet and wakes the most recent waiter if the limit allows.
+    /// Returns the packet back if the queue is closed.
+    pub fn post(&self, pkt: T) -> Result<(), T> {
+        let tag = thread_tag();
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return Err(pkt);
+        }
+        st.packets.push_back((pkt, tag));
+        self.inner.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Queues a batch under one lock (what an engine does after reaping).
+    /// Returns the packets back if the queue is closed.
+    pub fn post_batch(&self, pkts: &mut Vec<T>) -> Result<(), ()> {
+        if pkts.is_empty() {
+            return Ok(());
+        }
+        let tag = thread_tag();
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return Err(());
+        }
+        st.packets.extend(pkts.drain(..).map(|p| (p, tag)));
+        self.inner.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Takes this thread's running record for this queue, if any, so the
+    /// caller can decrement `running` under the lock. A record for another
+    /// queue is dropped, which releases that queue's slot (a thread is
+    /// associated with one port at a time, as on Windows).
+    fn take_running(&self) -> bool {
+        let rec = RUNNING.with(|r| r.borrow_mut().take());
+        match rec {
+            Some(rec) if rec.queue_id == self.inner.id => {
+                std::mem::forget(rec);
+                true
+            }
+            Some(other) => {
+                drop(other);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_running(&self) {
+        let owner: Arc<dyn SlotOwner> = self.inner.clone();
+        let rec = Running {
+            queue_id: self.inner.id,
+            owner: Arc::downgrade(&owner),
+        };
+        let old = RUNNING.with(|r| r.borrow_mut().replace(rec));
+        debug_assert!(old.is_none());
+        std::mem::forget(old);
+    }
+
+    /// Waits for one packet. `None` waits forever; `Some(ZERO)` polls.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<T, Empty> {
+        let mut out = self.get_inner(1, timeout)?;
+        Ok(out.pop_front().expect("get_inner returns at least one"))
+    }
+
+    /// Takes up to `max` packets into `batch` (appending), waiting only while
+    /// none are queued. Returns how many were taken.
+    pub fn get_many(
+        &self,
+        batch: &mut Vec<T>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Empty> {
+        let out = self.get_inner(max.max(1), timeout)?;
+        let n = out.len();
+        batch.extend(out);
+        Ok(n)
+    }
+
+    fn get_inner(&self, max: usize, timeout: Option<Duration>) -> Result<VecDeque<T>, Empty> {
+        let was_running = self.take_running();
+        let tag = thread_tag();
+        let mut st = lock(&self.inner.state);
+        if was_running {
+            st.running = st.running.saturating_sub(1);
+        }
+        if st.closed {
+            return Err(Empty::Abandoned);
+        }
+        if !st.packets.is_empty() && st.running < self.inner.limit {
+            // A thread that calls `get` while packets are queued takes one at
+            // once, without blocking.
+            let mut out = VecDeque::new();
+            while out.len() < max {
+                let Some((p, from)) = st.packets.pop_front() else { break };
+                st.delivered += 1;
+                if from != tag {
+                    st.handoffs += 1;
+                }
+                out.push_back(p);
+            }
+            st.running += 1;
+            drop(st);
+            self.set_running();
+            return Ok(out);
+        }
+        // Our own slot may have been what blocked a queued packet; if so the
+        // packet goes to the most recent waiter before we join the stack.
+        self.inner.dispatch(&mut st);
+        if timeout == Some(Duration::ZERO) {
+            return Err(Empty::TimedOut);
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let me = Arc::new(Waiter {
+            cv: Condvar::new(),
+            slot: Mutex::new(Slot::Waiting),
+        });
+        st.waiters.push(me.clone());
+        loop {
+            // Check the slot (filled under the state lock by `dispatch`/`close`).
+            let taken = std::mem::replace(&mut *lock(&me.slot), Slot::Waiting);
+            match taken {
+                Slot::Packet(p, from) => {
+                    let mut out = VecDeque::with_capacity(max.min(64));
+                    st.delivered += 1;
+                    if from != tag {
+                        st.handoffs += 1;
+                    }
+                    out.push_back(p);
+                    while out.len() < max {
+                        let Some((p, from)) = st.packets.pop_front() else { break };
+                        st.delivered += 1;
+                        if from != tag {
+                            st.handoffs += 1;
+                        }
+                        out.push_back(p);
+                    }
+                    drop(st);
+                    self.set_running();
+                    return Ok(out);
+                }
+                Slot::Abandoned => return Err(Empty::Abandoned),
+                Slot::Waiting => {}
+            }
+            let timed_out;
+            (st, timed_out) = wait(&me.cv, &self.inner.state, st, deadline);
+            if timed_out {
+                // Re-check the slot under the lock: a packet handed over just
+                // before the timeout is ours and must not be lost.
+                let taken = std::mem::replace(&mut *lock(&me.slot), Slot::Waiting);
+                match taken {
+                    Slot::Waiting => {
+                        st.waiters.retain(|w| !Arc::ptr_eq(w, &me));
+                        return Err(Empty::TimedOut);
+                    }
+                    other => *lock(&me.slot) = other,
+                }
+            }
+        }
+    }
+
+    /// Closes the queue: every waiter returns `Abandoned`, later calls return
+    /// `Abandoned`, and the queued packets are returned to the caller (so it
+    /// can release their buffers).
+    pub fn close(&self) -> Vec<T> {
+        let mut st = lock(&self.inner.state);
+        st.closed = true;
+        for w in st.waiters.drain(..) {
+            *lock(&w.slot) = Slot::Abandoned;
+            w.cv.notify_one();
+        }
+        st.packets.drain(..).map(|(p, _)| p).collect()
+    }
+
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.inner.state).closed
+    }
+
+    /// Steps the calling thread out of the running count until the guard drops
+    /// (what Windows does by itself when a worker blocks on anything else).
+    pub fn blocking(&self) -> BlockingGuard<T> {
+        let was_running = self.take_running();
+        if was_running {
+            self.inner.release();
+        }
+        BlockingGuard {
+            queue: self.clone(),
+            was_running,
+        }
+    }
+
+    /// Whether the calling thread currently counts as running on this queue.
+    pub fn is_running_here(&self) -> bool {
+        RUNNING.with(|r| {
+            r.borrow()
+                .as_ref()
+                .is_some_and(|rec| rec.queue_id == self.inner.id)
+        })
+    }
+
+    /// Counters, read under the lock.
+    pub fn stats(&self) -> QueueStats {
+        let st = lock(&self.inner.state);
+        QueueStats {
+            waiting: st.waiters.len(),
+            running: st.running,
+            queued: st.packets.len(),
+            handoffs: st.handoffs,
+            delivered: st.delivered,
+        }
+    }
+}
+
+/// Returned by [`Queue::blocking`]; re-enters the running count on drop (which
+/// may exceed the limit for a while, as on Windows).
+pub struct BlockingGuard<T: Send + 'static> {
+    queue: Queue<T>,
+    was_running: bool,
+}
+
+impl<T: Send + 'static> Drop for BlockingGuard<T> {
+    fn drop(&mut self) {
+        if self.was_running {
+            self.queue.inner.reacquire();
+            self.queue.set_running();
+        }
+    }
+}
+
+#[cfg(not(loom))]
+fn wait<'a, S>(
+    cv: &Condvar,
+    _m: &'a Mutex<S>,
+    guard: MutexGuard<'a, S>,
+    deadline: Option<Instant>,
+) -> (MutexGuard<'a, S>, bool) {
+    match deadline {
+        None => match cv.wait(guard) {
+            Ok(g) => (g, false),
+            Err(p) => (p.into_inner(), false),
+        },
+        Some(d) => {
+            let now = Instant::now();
+            if now >= d {
+                return (guard, true);
+            }
+            match cv.wait_timeout(guard, d - now) {
+                Ok((g, r)) => (g, r.timed_out() || Instant::now() >= d),
+                Err(p) => {
+                    let (g, r) = p.into_inner();
+                    (g, r.timed_out())
+                }
+            }
+        }
+    }
+}
+
+/// Under loom time is abstract: a timed wait lets other threads run, then
+/// reports a timeout, so the model explores a timeout firing at any point.
+#[cfg(loom)]
+fn wait<'a, S>(
+    cv: &Condvar,
+    m: &'a Mutex<S>,
+    guard: MutexGuard<'a, S>,
+    deadline: Option<Instant>,
+) -> (MutexGuard<'a, S>, bool) {
+    match deadline {
+        None => (cv.wait(guard).unwrap(), false),
+        Some(_) => {
+            drop(guard);
+            loom::thread::yield_now();
+            (m.lock().unwrap(), true)
+        }
+    }
+}

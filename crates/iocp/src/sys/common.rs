@@ -1,0 +1,326 @@
+//! What every Linux engine shares: the command queue that carries work from
+//! application threads to the engine's thread, the wake-up eventfd, the timer
+//! heap, and a small slab for operation slots.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use socket2::SockAddr;
+
+use crate::op::{Buf, Completion};
+use crate::pool::{PoolShared, ReturnWaker};
+
+/// Work for an engine, queued by any thread.
+pub(crate) enum Cmd {
+    /// A new handle: the engine owns `fd` from now on and closes it after the
+    /// handle's last completion.
+    Register { hid: u64, fd: OwnedFd, key: u64 },
+    /// Start an operation.
+    Start(OpReq),
+    /// Cancel one operation (`CancelIoEx(h, ov)`).
+    Cancel { hid: u64, op: u64 },
+    /// Close a handle: abort its operations, then close the descriptor.
+    Close { hid: u64 },
+    /// Queue `pkt` at `at` (`post_after`).
+    Timer { at: Instant, pkt: Completion },
+}
+
+/// One operation as the application started it.
+pub(crate) struct OpReq {
+    pub hid: u64,
+    pub id: u64,
+    pub token: u64,
+    pub deadline: Option<Instant>,
+    pub data: OpData,
+}
+
+/// What the operation does, with the memory it owns.
+pub(crate) enum OpData {
+    Accept,
+    AcceptMulti,
+    Connect(Box<SockAddr>),
+    Recv(Buf),
+    RecvPooled,
+    Send(Buf),
+    SendV(Vec<Buf>),
+    RecvFrom(Buf),
+    SendTo(Buf, Box<SockAddr>),
+}
+
+impl OpData {
+    /// Hands back the buffers of an operation that never started.
+    pub(crate) fn into_buf(self) -> Option<Buf> {
+        match self {
+            OpData::Recv(b) | OpData::Send(b) | OpData::RecvFrom(b) | OpData::SendTo(b, _) => {
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The part of an engine other threads may touch.
+pub(crate) struct EngineShared {
+    cmds: Mutex<Vec<Cmd>>,
+    /// Set by the engine just before it may block; cleared by whoever wakes it.
+    sleeping: AtomicBool,
+    wake_fd: OwnedFd,
+    shutdown: AtomicBool,
+    pub(crate) pool: Arc<PoolShared>,
+}
+
+impl EngineShared {
+    pub(crate) fn new(pool: Arc<PoolShared>) -> io::Result<Arc<EngineShared>> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let shared = Arc::new(EngineShared {
+            cmds: Mutex::new(Vec::with_capacity(256)),
+            sleeping: AtomicBool::new(false),
+            wake_fd,
+            shutdown: AtomicBool::new(false),
+            pool,
+        });
+        let waker: Arc<dyn ReturnWaker> = shared.clone();
+        shared.pool.set_waker(waker);
+        Ok(shared)
+    }
+
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.wake_fd.as_raw_fd()
+    }
+
+    /// Queues a command; gives it back if the engine has shut down.
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
+        {
+            let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+            if self.shutdown.load(Ordering::Acquire) {
+                return Err(cmd);
+            }
+            q.push(cmd);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Takes every queued command (the engine calls this each turn).
+    pub(crate) fn take_cmds(&self, out: &mut Vec<Cmd>) {
+        let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *q, out);
+    }
+
+    pub(crate) fn has_cmds(&self) -> bool {
+        !self.cmds.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Wakes the engine if it is (about to be) blocked.
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.force_wake();
+        }
+    }
+
+    fn force_wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to our own eventfd.
+        let _ = unsafe {
+            libc::write(
+                self.wake_fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    /// The engine announces it may block. Returns `false` if work arrived in
+    /// the meantime, in which case it must not block.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.has_cmds() || self.is_shutdown() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Asks the engine to stop; later `send`s fail.
+    pub(crate) fn begin_shutdown(&self) {
+        {
+            let _q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+            self.shutdown.store(true, Ordering::Release);
+        }
+        self.force_wake();
+    }
+
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Empties the eventfd counter (epoll engine; the io_uring engine reads
+    /// it through its ring instead).
+    pub(crate) fn drain_wake(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live local from our own eventfd.
+        let _ = unsafe {
+            libc::read(
+                self.wake_fd.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+    }
+}
+
+impl ReturnWaker for EngineShared {
+    fn buffers_returned(&self) {
+        self.wake();
+    }
+}
+
+/// A slab: stable indices for in-flight operation slots.
+pub(crate) struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    pub(crate) fn new() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    pub(crate) fn insert(&mut self, v: T) -> usize {
+        self.len += 1;
+        if let Some(i) = self.free.pop() {
+            self.items[i] = Some(v);
+            i
+        } else {
+            self.items.push(Some(v));
+            self.items.len() - 1
+        }
+    }
+    pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
+        let v = self.items.get_mut(i)?.take();
+        if v.is_some() {
+            self.free.push(i);
+            self.len -= 1;
+        }
+        v
+    }
+    pub(crate) fn get(&self, i: usize) -> Option<&T> {
+        self.items.get(i)?.as_ref()
+    }
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.items.get_mut(i)?.as_mut()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub(crate) fn indices(&self) -> Vec<usize> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|_| i))
+            .collect()
+    }
+}
+
+/// What a timer does when it fires.
+pub(crate) enum TimerItem {
+    /// Queue this packet.
+    Post(Completion),
+    /// The deadline of operation `op` in slot `slot` passed.
+    Deadline { slot: usize, op: u64 },
+}
+
+/// A min-heap of timers.
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    items: std::collections::HashMap<u64, TimerItem>,
+    seq: u64,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            items: std::collections::HashMap::new(),
+            seq: 0,
+        }
+    }
+    pub(crate) fn add(&mut self, at: Instant, item: TimerItem) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq)));
+        self.items.insert(self.seq, item);
+    }
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+    /// Pops every timer due at `now`.
+    pub(crate) fn expired(&mut self, now: Instant, out: &mut Vec<TimerItem>) {
+        while let Some(Reverse((t, seq))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            if let Some(item) = self.items.remove(&seq) {
+                out.push(item);
+            }
+        }
+    }
+    /// Drops every timer (on shutdown), handing back posted packets.
+    pub(crate) fn clear(&mut self) {
+        self.heap.clear();
+        self.items.clear();
+    }
+}
+
+/// `fd` as a socket address family (for error messages and UDP).
+pub(crate) fn sockaddr_from_storage(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<std::net::SocketAddr> {
+    // SAFETY: `storage` is a valid, initialised sockaddr_storage of `len`
+    // bytes written by the kernel; SockAddr copies it.
+    let addr = unsafe {
+        SockAddr::new(
+            std::ptr::read(storage as *const libc::sockaddr_storage as *const _),
+            len,
+        )
+    };
+    addr.as_socket()
+}
+
+/// Puts a descriptor in non-blocking mode (every engine wants that).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, no pointers involved.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if flags & libc::O_NONBLOCK == 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

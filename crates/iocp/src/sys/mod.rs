@@ -1,0 +1,171 @@
+//! Platform backends. On Linux: the engines that feed the user-space port
+//! (`uring`, `epoll`) and what they share (`common`). On Windows: the
+//! kernel's own completion port (`windows`).
+
+#[cfg(target_os = "linux")]
+pub(crate) mod common;
+#[cfg(target_os = "linux")]
+pub(crate) mod epoll;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+#[cfg(target_os = "linux")]
+pub(crate) use common::{Cmd, EngineShared, OpData, OpReq};
+#[cfg(target_os = "linux")]
+pub use uring::UringFeatures;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::epoll::EpollEngine;
+    use super::uring::UringEngine;
+    use super::EngineShared;
+    use crate::op::Completion;
+    use crate::port::{Backend, BackendInfo, Config};
+    use crate::queue::Queue;
+
+    pub(crate) type RawSocket = RawFd;
+
+    pub(crate) fn socket_into_fd(s: socket2::Socket) -> OwnedFd {
+        s.into()
+    }
+
+    pub(crate) fn raw_fd(fd: &OwnedFd) -> RawSocket {
+        fd.as_raw_fd()
+    }
+
+    pub(crate) fn with_sockref<R>(
+        raw: RawSocket,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        // SAFETY: the handle is not closed (checked by the caller), so the
+        // engine still owns this descriptor and will not close it before the
+        // handle's close is processed.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        f(&socket2::SockRef::from(&fd))
+    }
+
+    /// One engine of either kind.
+    pub(crate) enum Engine {
+        Uring(Box<UringEngine>),
+        Epoll(Box<EpollEngine>),
+    }
+
+    /// Errors from io_uring set-up that mean "use epoll instead".
+    fn uring_unavailable(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EINVAL) | Some(libc::ENOMEM)
+        ) || e.kind() == io::ErrorKind::Unsupported
+    }
+
+    fn uring_error_reason(e: &io::Error) -> String {
+        match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+                if !sysctl.is_empty() && sysctl != "0" {
+                    format!("io_uring_setup failed with EPERM: kernel.io_uring_disabled = {sysctl}")
+                } else {
+                    "io_uring_setup failed with EPERM: blocked by a seccomp filter (as in Docker's default profile) or by policy".to_string()
+                }
+            }
+            Some(libc::ENOSYS) => "io_uring_setup failed with ENOSYS: the kernel (or sandbox, e.g. gVisor) has no io_uring".to_string(),
+            _ => format!("io_uring unusable: {e}"),
+        }
+    }
+
+    impl Engine {
+        pub(crate) fn create(
+            want: Backend,
+            why: String,
+            shared: Arc<EngineShared>,
+            queue: Queue<Completion>,
+            cfg: &Config,
+        ) -> io::Result<(Engine, BackendInfo)> {
+            match want {
+                Backend::Uring => {
+                    let e = UringEngine::new(shared, queue, cfg).map_err(|e| {
+                        io::Error::new(e.kind(), format!("backend uring was requested but {}", uring_error_reason(&e)))
+                    })?;
+                    let f = e.features();
+                    Ok((Engine::Uring(Box::new(e)), BackendInfo { backend: Backend::Uring, reason: why, uring: Some(f) }))
+                }
+                Backend::Epoll => {
+                    let e = EpollEngine::new(shared, queue, cfg)?;
+                    Ok((Engine::Epoll(Box::new(e)), BackendInfo { backend: Backend::Epoll, reason: why, uring: None }))
+                }
+                Backend::Iocp => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "backend iocp is only available on Windows (this build has: uring, epoll)",
+                )),
+                Backend::Auto => match UringEngine::new(shared.clone(), queue.clone(), cfg) {
+                    Ok(e) => {
+                        let f = e.features();
+                        let info = BackendInfo {
+                            backend: Backend::Uring,
+                            reason: if why.is_empty() { "auto: io_uring works".into() } else { why },
+                            uring: Some(f),
+                        };
+                        Ok((Engine::Uring(Box::new(e)), info))
+                    }
+                    Err(err) if uring_unavailable(&err) => {
+                        let reason = format!("auto: fell back to epoll because {}", uring_error_reason(&err));
+                        tracing::info!("{reason}");
+                        let e = EpollEngine::new(shared, queue, cfg)?;
+                        Ok((Engine::Epoll(Box::new(e)), BackendInfo { backend: Backend::Epoll, reason, uring: None }))
+                    }
+                    Err(err) => Err(err),
+                },
+            }
+        }
+
+        pub(crate) fn run(self) {
+            match self {
+                Engine::Uring(e) => e.run(),
+                Engine::Epoll(e) => e.run(),
+            }
+        }
+
+        pub(crate) fn turn(&mut self, timeout: Option<Duration>, block: bool) {
+            match self {
+                Engine::Uring(e) => e.turn(timeout, block),
+                Engine::Epoll(e) => e.turn(timeout, block),
+            }
+        }
+
+        pub(crate) fn flush_to_queue(&mut self) {
+            match self {
+                Engine::Uring(e) => e.flush_to_queue(),
+                Engine::Epoll(e) => e.flush_to_queue(),
+            }
+        }
+
+        /// Stops on the owning thread: aborts everything, waits for the
+        /// kernel to let go, releases buffers and descriptors.
+        pub(crate) fn shutdown(&mut self) {
+            match self {
+                Engine::Uring(e) => e.shutdown(),
+                Engine::Epoll(e) => e.shutdown(),
+            }
+        }
+
+        /// Stops from a thread that does not own the engine: nothing may be
+        /// submitted, so buffers the kernel may still hold are leaked rather
+        /// than freed.
+        pub(crate) fn abandon(self) {
+            match self {
+                Engine::Uring(e) => e.abandon(),
+                Engine::Epoll(mut e) => e.shutdown(),
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;

@@ -1,0 +1,167 @@
+//! Building the ring and finding out what the kernel offers: setup flags are
+//! tried from best to plainest, opcodes are probed, and every fast-path
+//! feature can be switched off by an environment variable so its fallback
+//! runs on a kernel that has the feature.
+
+use std::io;
+
+use io_uring::{opcode, IoUring, Probe};
+
+/// What the engine uses on this kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UringFeatures {
+    /// `IORING_SETUP_SINGLE_ISSUER` (6.0).
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (6.1).
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_COOP_TASKRUN` (5.19), used when DEFER_TASKRUN is not.
+    pub coop_taskrun: bool,
+    /// Multishot accept (5.19).
+    pub multishot_accept: bool,
+    /// Multishot receive into a provided-buffer ring (6.0).
+    pub multishot_recv: bool,
+    /// Ring-mapped provided buffers (5.19).
+    pub buf_ring: bool,
+    /// Timeouts on `io_uring_enter` (5.11).
+    pub ext_arg: bool,
+    /// No CQE is dropped on overflow (5.5).
+    pub nodrop: bool,
+    /// SQ entries.
+    pub sq_entries: u32,
+    /// CQ entries.
+    pub cq_entries: u32,
+}
+
+impl UringFeatures {
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        let mut add = |on: bool, name: &str| {
+            if on {
+                v.push(name.to_string())
+            }
+        };
+        add(self.single_issuer, "single_issuer");
+        add(self.defer_taskrun, "defer_taskrun");
+        add(self.coop_taskrun, "coop_taskrun");
+        add(self.multishot_accept, "multishot_accept");
+        add(self.multishot_recv, "multishot_recv");
+        add(self.buf_ring, "buf_ring");
+        add(self.ext_arg, "ext_arg");
+        add(self.nodrop, "nodrop");
+        format!("{} sq={} cq={}", v.join(","), self.sq_entries, self.cq_entries)
+    }
+}
+
+/// `true` when the environment variable is set to something other than
+/// `0`/empty: used to switch features off.
+pub(crate) fn env_off(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The environment switches, by feature (all off = every fast path used).
+pub const ENV_SWITCHES: &[(&str, &str)] = &[
+    ("IOCP_NO_DEFER_TASKRUN", "no SINGLE_ISSUER/DEFER_TASKRUN ring setup"),
+    ("IOCP_NO_MULTISHOT_ACCEPT", "accept streams re-issue single-shot accepts"),
+    ("IOCP_NO_MULTISHOT_RECV", "pooled receive polls, then reads into a free pool buffer"),
+];
+
+pub(crate) fn build_ring(cfg: &crate::port::Config) -> io::Result<(IoUring, UringFeatures)> {
+    let entries = cfg.sq_entries.max(8).next_power_of_two();
+    let cq = cfg.cq_entries.max(entries * 2).next_power_of_two();
+    let no_defer = env_off("IOCP_NO_DEFER_TASKRUN");
+    // Setup ladder: best first. EINVAL means "this kernel does not know a
+    // flag"; anything else (ENOSYS, EPERM, ENOMEM) is final.
+    let mut last = None;
+    for step in 0..4 {
+        if no_defer && step < 2 {
+            continue;
+        }
+        let mut b = IoUring::builder();
+        b.dontfork().setup_cqsize(cq).setup_submit_all();
+        match step {
+            0 => {
+                b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
+            }
+            1 => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            2 => {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            _ => {}
+        }
+        match b.build(entries) {
+            Ok(ring) => {
+                let mut f = UringFeatures {
+                    single_issuer: step <= 1,
+                    defer_taskrun: step <= 1,
+                    coop_taskrun: step == 2,
+                    ext_arg: ring.params().is_feature_ext_arg(),
+                    nodrop: ring.params().is_feature_nodrop(),
+                    sq_entries: ring.params().sq_entries(),
+                    cq_entries: ring.params().cq_entries(),
+                    ..Default::default()
+                };
+                let mut probe = Probe::new();
+                ring.submitter().register_probe(&mut probe)?;
+                for (code, name) in [
+                    (opcode::Accept::CODE, "ACCEPT"),
+                    (opcode::Connect::CODE, "CONNECT"),
+                    (opcode::Recv::CODE, "RECV"),
+                    (opcode::Send::CODE, "SEND"),
+                    (opcode::SendMsg::CODE, "SENDMSG"),
+                    (opcode::RecvMsg::CODE, "RECVMSG"),
+                    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+                    (opcode::Read::CODE, "READ"),
+                    (opcode::PollAdd::CODE, "POLL_ADD"),
+                ] {
+                    if !probe.is_supported(code) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            format!("io_uring lacks a required opcode: {name}"),
+                        ));
+                    }
+                }
+                if !ring.params().is_feature_fast_poll() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "io_uring lacks FEAT_FAST_POLL (kernel < 5.7)",
+                    ));
+                }
+                // Multishot accept and buffer rings came with 5.19, multishot
+                // receive with 6.0 (which also brought SINGLE_ISSUER, so a
+                // kernel that took step 0/1 has both). Older kernels without
+                // SINGLE_ISSUER get the fallbacks.
+                let modern = kernel_at_least(6, 0);
+                f.multishot_accept = modern && !env_off("IOCP_NO_MULTISHOT_ACCEPT");
+                f.buf_ring = modern;
+                f.multishot_recv = modern && !env_off("IOCP_NO_MULTISHOT_RECV");
+                return Ok((ring, f));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// Compares the running kernel's version (from `uname`).
+pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: uname fills a zeroed utsname we own.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    let rel: String = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
