@@ -31,6 +31,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 pub mod error;
 pub mod op;
 pub mod pool;
