@@ -11,7 +11,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Counters of a buffer pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,7 +39,8 @@ pub(crate) struct PoolShared {
     returned: Mutex<Vec<u16>>,
     in_use: AtomicUsize,
     pub(crate) in_kernel: AtomicUsize,
-    waker: Mutex<Option<Arc<dyn ReturnWaker>>>,
+    /// Weak: the engine owns the pool, not the other way round.
+    waker: Mutex<Option<Weak<dyn ReturnWaker>>>,
 }
 
 // SAFETY: `base` points to an allocation owned by this struct for its whole
@@ -76,7 +77,7 @@ impl PoolShared {
         })
     }
 
-    pub(crate) fn set_waker(&self, w: Arc<dyn ReturnWaker>) {
+    pub(crate) fn set_waker(&self, w: Weak<dyn ReturnWaker>) {
         *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
     }
 
@@ -173,7 +174,8 @@ impl Drop for PooledBuf {
                 .waker
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone();
+                .as_ref()
+                .and_then(Weak::upgrade);
             if let Some(w) = w {
                 w.buffers_returned();
             }

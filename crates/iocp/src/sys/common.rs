@@ -91,7 +91,7 @@ impl EngineShared {
             pool,
         });
         let waker: Arc<dyn ReturnWaker> = shared.clone();
-        shared.pool.set_waker(waker);
+        shared.pool.set_waker(Arc::downgrade(&waker));
         Ok(shared)
     }
 

@@ -117,6 +117,7 @@ pub(crate) struct UringEngine {
     /// Pool buffers free in user space (poll-mode pooled receive).
     free_bufs: Vec<u16>,
     feats: UringFeatures,
+    draining: bool,
 }
 
 impl UringEngine {
@@ -161,6 +162,7 @@ impl UringEngine {
             starved: Vec::new(),
             free_bufs,
             feats,
+            draining: false,
         })
     }
 
@@ -204,7 +206,9 @@ impl UringEngine {
             self.arm_wake();
         }
         let may_block = block && self.out.is_empty();
-        if may_block && self.shared.prepare_sleep() {
+        // While draining at shutdown nothing else will wake us, and the
+        // caller bounds the wait with a timeout.
+        if may_block && (self.draining || self.shared.prepare_sleep()) {
             let now = Instant::now();
             let mut wait = timeout;
             if let Some(t) = self.timers.next() {
@@ -918,6 +922,7 @@ impl UringEngine {
             self.close_handle(hid);
         }
         self.timers.clear();
+        self.draining = true;
         let give_up = Instant::now() + Duration::from_secs(10);
         while !self.ops.is_empty() && Instant::now() < give_up {
             self.out.clear();

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's second command runs it:
+#   bash ci/test.sh
+# Installs what the tests need (Debian packages: socat, netcat; the Windows
+# cross toolchain and Wine), then runs, timing each stage:
+#   1. the workspace tests (library conformance on every engine, server and
+#      client integration tests) with cargo-nextest (cargo test without it);
+#   2. the conformance suite again with every io_uring fast path switched off;
+#   3. the loom model of the port's queue;
+#   4. the teardown tests under AddressSanitizer;
+#   5. the Windows leg: cross-build, library tests and an echo round trip
+#      under Wine (prints SKIPPED: windows loudly if the target can't be had).
+# Set IOCP_TEST_STAGES to a subset ("workspace features-off loom asan windows").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+stages=${IOCP_TEST_STAGES:-"workspace features-off loom asan windows"}
+failed=()
+declare -A took
+
+stage() { # name, command...
+  local name=$1; shift
+  case " $stages " in *" $name "*) ;; *) echo "== $name: not selected"; return 0;; esac
+  echo "== stage $name: $*"
+  local t0=$SECONDS
+  if "$@"; then took[$name]="$((SECONDS - t0))s ok"; else
+    local rc=$?; took[$name]="$((SECONDS - t0))s FAILED (exit $rc)"; failed+=("$name"); fi
+  echo "== stage $name: ${took[$name]}"
+}
+
+need_pkgs() {
+  local missing=()
+  command -v socat >/dev/null || missing+=(socat)
+  command -v nc >/dev/null || missing+=(netcat-openbsd)
+  command -v prlimit >/dev/null || missing+=(util-linux)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root or install them)"; return 1
+  fi
+  echo "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+
+workspace() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+  else
+    cargo test --workspace --no-fail-fast
+  fi
+}
+
+features_off() {
+  IOCP_NO_DEFER_TASKRUN=1 IOCP_NO_MULTISHOT_ACCEPT=1 IOCP_NO_MULTISHOT_RECV=1 \
+    cargo test -p iocp --test conformance --test smoke
+}
+
+loom() {
+  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p iocp --test loom --release -- --nocapture
+}
+
+asan() { bash ci/asan.sh; }
+
+windows() {
+  bash ci/windows/run.sh
+  local rc=$?
+  if [ $rc -eq 3 ]; then echo "SKIPPED: windows (see the line above)"; return 0; fi
+  return $rc
+}
+
+stage packages need_pkgs
+stages="$stages packages"
+stage workspace workspace
+stage features-off features_off
+stage loom loom
+stage asan asan
+stage windows windows
+
+echo
+echo "== stage times"
+for k in packages workspace features-off loom asan windows; do
+  [ -n "${took[$k]:-}" ] && printf '   %-13s %s\n' "$k" "${took[$k]}"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED stages: ${failed[*]}"
+  exit 1
+fi
+echo "all stages passed"
