@@ -43,7 +43,9 @@ mod sys;
 pub use error::{aborted, is_aborted, GetError, SubmitError};
 pub use op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
 pub use pool::{PoolStats, PooledBuf};
-pub use port::{Backend, BackendInfo, BlockingGuard, Handle, Port, PortBuilder, PortStats};
+pub use port::{
+    Backend, BackendInfo, BlockingGuard, EngineStats, Handle, Port, PortBuilder, PortStats,
+};
 #[cfg(target_os = "linux")]
 pub use sys::UringFeatures;
 

@@ -8,13 +8,27 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub(crate) use crate::backend::Config;
+pub use crate::backend::{Backend, BackendInfo, PortStats};
 use crate::error::{self, GetError, SubmitError};
 use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
 use crate::pool::{PoolShared, PoolStats};
 use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue};
 use crate::sys::{self, Cmd, EngineShared, OpData, OpReq};
-pub use crate::backend::{Backend, BackendInfo, PortStats};
-pub(crate) use crate::backend::Config;
+
+/// What a port's engines did (summed over engines).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Completions the engines produced.
+    pub completions: u64,
+    /// Kernel entries (`io_uring_enter`, `epoll_wait`): completions ÷ enters
+    /// is the batching factor.
+    pub enters: u64,
+    /// Pooled receives that found the pool empty (ENOBUFS) and waited.
+    pub starved: u64,
+    /// Times the kernel held completions back because the CQ was full.
+    pub cq_overflows: u64,
+}
 
 /// Configures a [`Port`] (what `CreateIoCompletionPort`'s arguments and the
 /// engine behind it can be).
@@ -183,7 +197,13 @@ impl Port {
                 None => (want, why.clone()),
             };
             if cfg.inline {
-                let (engine, bi) = sys::Engine::create(engine_want, engine_why, shared.clone(), queue.clone(), &cfg)?;
+                let (engine, bi) = sys::Engine::create(
+                    engine_want,
+                    engine_why,
+                    shared.clone(),
+                    queue.clone(),
+                    &cfg,
+                )?;
                 inline = Some(InlineEngine {
                     owner: thread_tag(),
                     engine: Mutex::new(Some(engine)),
@@ -194,13 +214,15 @@ impl Port {
                 let (s2, q2, c2) = (shared.clone(), queue.clone(), cfg.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("iocp-engine-{i}"))
-                    .spawn(move || match sys::Engine::create(engine_want, engine_why, s2, q2, &c2) {
-                        Ok((engine, bi)) => {
-                            let _ = tx.send(Ok(bi));
-                            engine.run();
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
+                    .spawn(move || {
+                        match sys::Engine::create(engine_want, engine_why, s2, q2, &c2) {
+                            Ok((engine, bi)) => {
+                                let _ = tx.send(Ok(bi));
+                                engine.run();
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
                         }
                     })?;
                 let bi = rx
@@ -271,7 +293,10 @@ impl Port {
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
         if h.inner.port != self.inner.id {
             return Err(SubmitError::new(
-                io::Error::new(io::ErrorKind::InvalidInput, "the handle belongs to another port"),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the handle belongs to another port",
+                ),
                 data.into_buf(),
             ));
         }
@@ -291,7 +316,9 @@ impl Port {
         };
         match h.inner.engine.send(Cmd::Start(req)) {
             Ok(()) => Ok(OpId(id)),
-            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data.into_buf())),
+            Err(Cmd::Start(req)) => {
+                Err(SubmitError::new(error::port_closed(), req.data.into_buf()))
+            }
             Err(_) => Err(SubmitError::new(error::port_closed(), None)),
         }
     }
@@ -299,7 +326,11 @@ impl Port {
     /// `AcceptEx`: one incoming connection on a listening handle. The
     /// completion carries the new socket ([`Completion::take_accepted`]),
     /// which is not associated with any port yet.
-    pub fn accept(&self, listener: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn accept(
+        &self,
+        listener: &Handle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(listener, OpData::Accept, opts.into())
     }
 
@@ -309,18 +340,32 @@ impl Port {
     /// multishot accept, re-armed whenever the kernel ends it; transient
     /// errors (`EMFILE`, `ENFILE`, `ECONNABORTED`, …) arrive as `more == true`
     /// completions carrying the error, and the stream goes on.
-    pub fn accept_stream(&self, listener: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn accept_stream(
+        &self,
+        listener: &Handle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(listener, OpData::AcceptMulti, opts.into())
     }
 
     /// `ConnectEx`: connects an associated, unconnected socket.
-    pub fn connect(&self, h: &Handle, addr: SocketAddr, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn connect(
+        &self,
+        h: &Handle,
+        addr: SocketAddr,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
     }
 
     /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
     /// One completion; 0 bytes means the peer closed its side.
-    pub fn recv(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn recv(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::Recv(buf.into()), opts.into())
     }
 
@@ -334,19 +379,34 @@ impl Port {
 
     /// `WSASend`: completes when every byte is sent (short writes are
     /// finished inside the library, in order), or with an error.
-    pub fn send(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn send(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::Send(buf.into()), opts.into())
     }
 
     /// `WSASend` with several buffers, sent in order as one operation; they
     /// come back with [`Completion::take_bufs`].
-    pub fn send_vectored(&self, h: &Handle, bufs: Vec<Buf>, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn send_vectored(
+        &self,
+        h: &Handle,
+        bufs: Vec<Buf>,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::SendV(bufs), opts.into())
     }
 
     /// `WSARecvFrom` (UDP): one datagram; the sender is
     /// [`Completion::from_addr`].
-    pub fn recv_from(&self, h: &Handle, buf: impl IoBuf, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+    pub fn recv_from(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
     }
 
@@ -358,7 +418,11 @@ impl Port {
         addr: SocketAddr,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::SendTo(buf.into(), Box::new(addr.into())), opts.into())
+        self.start_op(
+            h,
+            OpData::SendTo(buf.into(), Box::new(addr.into())),
+            opts.into(),
+        )
     }
 
     /// `PostQueuedCompletionStatus`: queues a packet of the application's
@@ -379,9 +443,9 @@ impl Port {
     pub fn post_after(&self, after: Duration, key: u64, token: u64) -> io::Result<OpId> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let c = Completion::new(OpKind::Timer, key, token, OpId(id), Ok(0));
-        let at = Instant::now()
-            .checked_add(after)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "timer too far in the future"))?;
+        let at = Instant::now().checked_add(after).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "timer too far in the future")
+        })?;
         self.inner.engines[0]
             .send(Cmd::Timer { at, pkt: c })
             .map_err(|_| error::port_closed())?;
@@ -403,7 +467,12 @@ impl Port {
     /// `GetQueuedCompletionStatusEx`: appends up to `max` packets to `batch`,
     /// waiting only while none are queued. The thread counts as one running
     /// thread however many it took.
-    pub fn get_many(&self, batch: &mut Vec<Completion>, max: usize, timeout: Option<Duration>) -> Result<usize, GetError> {
+    pub fn get_many(
+        &self,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
         if let Some(inl) = self.owned_inline() {
             return self.get_inline(inl, batch, max, timeout);
         }
@@ -411,7 +480,10 @@ impl Port {
     }
 
     fn owned_inline(&self) -> Option<&InlineEngine> {
-        self.inner.inline.as_ref().filter(|i| i.owner == thread_tag())
+        self.inner
+            .inline
+            .as_ref()
+            .filter(|i| i.owner == thread_tag())
     }
 
     fn get_inline(
@@ -467,6 +539,19 @@ impl Port {
     /// Waiting, running, queued and hand-off counters.
     pub fn stats(&self) -> PortStats {
         self.inner.queue.stats()
+    }
+
+    /// Engine counters, summed over the port's engines.
+    pub fn engine_stats(&self) -> EngineStats {
+        let mut s = EngineStats::default();
+        for e in &self.inner.engines {
+            let c = &e.counters;
+            s.completions += c.completions.load(Ordering::Relaxed);
+            s.enters += c.enters.load(Ordering::Relaxed);
+            s.starved += c.starved.load(Ordering::Relaxed);
+            s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
+        }
+        s
     }
 
     /// Pool counters, summed over the port's engines.
@@ -592,7 +677,9 @@ impl Handle {
     /// once) and closes the socket after the last of them.
     pub fn close(&self) {
         if !self.inner.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.inner.engine.send(Cmd::Close { hid: self.inner.hid });
+            let _ = self.inner.engine.send(Cmd::Close {
+                hid: self.inner.hid,
+            });
         }
     }
 
@@ -603,7 +690,10 @@ impl Handle {
 
     /// Runs `f` with a borrowed view of the socket (for socket options,
     /// addresses, `shutdown`). Fails once the handle is closed.
-    pub fn with_socket<R>(&self, f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>) -> io::Result<R> {
+    pub fn with_socket<R>(
+        &self,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
         if self.is_closed() {
             return Err(error::handle_closed());
         }

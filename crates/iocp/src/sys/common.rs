@@ -72,6 +72,28 @@ pub(crate) struct EngineShared {
     wake_fd: OwnedFd,
     shutdown: AtomicBool,
     pub(crate) pool: Arc<PoolShared>,
+    /// What the engine did, for tests and operators.
+    pub(crate) counters: EngineCounters,
+}
+
+/// Engine counters: written by the engine thread only, read by anyone.
+#[derive(Default)]
+pub(crate) struct EngineCounters {
+    /// Completions produced.
+    pub completions: std::sync::atomic::AtomicU64,
+    /// `io_uring_enter` / `epoll_wait` calls.
+    pub enters: std::sync::atomic::AtomicU64,
+    /// Pooled receives that ran out of buffers and waited for some.
+    pub starved: std::sync::atomic::AtomicU64,
+    /// Times the kernel reported completions held back by a full CQ.
+    pub cq_overflows: std::sync::atomic::AtomicU64,
+}
+
+impl EngineCounters {
+    pub(crate) fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
+        // One writer (the engine thread): a load and a store are enough.
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
 }
 
 impl EngineShared {
@@ -89,6 +111,7 @@ impl EngineShared {
             wake_fd,
             shutdown: AtomicBool::new(false),
             pool,
+            counters: EngineCounters::default(),
         });
         let waker: Arc<dyn ReturnWaker> = shared.clone();
         shared.pool.set_waker(Arc::downgrade(&waker));
@@ -119,7 +142,11 @@ impl EngineShared {
     }
 
     pub(crate) fn has_cmds(&self) -> bool {
-        !self.cmds.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        !self
+            .cmds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Wakes the engine if it is (about to be) blocked.
@@ -318,7 +345,9 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
-        if flags & libc::O_NONBLOCK == 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+        if flags & libc::O_NONBLOCK == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+        {
             return Err(io::Error::last_os_error());
         }
     }

@@ -21,7 +21,8 @@ use crate::error;
 use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::queue::Queue;
 use crate::sys::common::{
-    sockaddr_from_storage, Cmd, EngineShared, OpData, OpReq, Slab, TimerItem, Timers,
+    sockaddr_from_storage, Cmd, EngineCounters, EngineShared, OpData, OpReq, Slab, TimerItem,
+    Timers,
 };
 
 mod bufring;
@@ -229,9 +230,15 @@ impl UringEngine {
             let r = self.ring.submit();
             self.check_enter(r);
         }
+        EngineCounters::bump(&self.shared.counters.enters, 1);
+        let before = self.out.len();
         self.reap();
         self.recycle();
         self.fire_timers();
+        EngineCounters::bump(
+            &self.shared.counters.completions,
+            self.out.len().saturating_sub(before) as u64,
+        );
     }
 
     fn check_enter(&mut self, r: io::Result<usize>) {
@@ -285,10 +292,12 @@ impl UringEngine {
             }
             Cmd::Start(req) => self.start(req),
             Cmd::Cancel { hid, op } => {
-                let found = self
-                    .handles
-                    .get(&hid)
-                    .and_then(|h| h.ops.iter().copied().find(|&i| self.ops.get(i).is_some_and(|s| s.id == op)));
+                let found = self.handles.get(&hid).and_then(|h| {
+                    h.ops
+                        .iter()
+                        .copied()
+                        .find(|&i| self.ops.get(i).is_some_and(|s| s.id == op))
+                });
                 if let Some(i) = found {
                     self.cancel_slot(i, false);
                 }
@@ -307,14 +316,26 @@ impl UringEngine {
             data,
         } = req;
         let (kind, lane, mem, multishot) = match data {
-            OpData::Accept => (OpKind::Accept, Lane::None, Mem::Accept(Box::new(new_addr())), false),
+            OpData::Accept => (
+                OpKind::Accept,
+                Lane::None,
+                Mem::Accept(Box::new(new_addr())),
+                false,
+            ),
             OpData::AcceptMulti => (OpKind::Accept, Lane::None, Mem::None, true),
             OpData::Connect(a) => (OpKind::Connect, Lane::None, Mem::Connect(a), false),
             OpData::Recv(b) => (OpKind::Recv, Lane::Read, Mem::Buf(b), false),
             OpData::RecvPooled => (OpKind::RecvPooled, Lane::Read, Mem::None, true),
             OpData::Send(b) => (OpKind::Send, Lane::Write, Mem::Buf(b), false),
             OpData::SendV(v) => {
-                let iov: Box<[libc::iovec]> = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; v.len()].into();
+                let iov: Box<[libc::iovec]> = vec![
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0
+                    };
+                    v.len()
+                ]
+                .into();
                 // SAFETY: an all-zero msghdr is a valid empty header.
                 let hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
                 (OpKind::Send, Lane::Write, Mem::Vectored(v, iov, hdr), false)
@@ -386,7 +407,8 @@ impl UringEngine {
             }
         };
         if let Some(d) = deadline {
-            self.timers.add(d, TimerItem::Deadline { slot: idx, op: id });
+            self.timers
+                .add(d, TimerItem::Deadline { slot: idx, op: id });
         }
         if go {
             self.issue(idx);
@@ -397,17 +419,25 @@ impl UringEngine {
     fn issue(&mut self, idx: usize) {
         let bgid = self.bufring.as_ref().map(|b| b.bgid);
         let feats = self.feats;
-        let Some(slot) = self.ops.get_mut(idx) else { return };
-        let Some(h) = self.handles.get(&slot.hid) else { return };
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return;
+        };
+        let Some(h) = self.handles.get(&slot.hid) else {
+            return;
+        };
         let fd = types::Fd(h.fd.as_raw_fd());
         let ud = idx as u64;
         slot.submitted = true;
         let e = match (&mut slot.mem, slot.kind) {
             (Mem::Accept(a), _) => {
                 a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                opcode::Accept::new(fd, &mut a.storage as *mut _ as *mut libc::sockaddr, &mut a.len)
-                    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                    .build()
+                opcode::Accept::new(
+                    fd,
+                    &mut a.storage as *mut _ as *mut libc::sockaddr,
+                    &mut a.len,
+                )
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build()
             }
             (Mem::None, OpKind::Accept) => {
                 if feats.multishot_accept {
@@ -420,7 +450,9 @@ impl UringEngine {
                         .build()
                 }
             }
-            (Mem::Connect(a), _) => opcode::Connect::new(fd, a.as_ptr() as *const _, a.len()).build(),
+            (Mem::Connect(a), _) => {
+                opcode::Connect::new(fd, a.as_ptr() as *const _, a.len()).build()
+            }
             (Mem::Buf(b), OpKind::Recv) => {
                 let (p, n) = b.spare();
                 opcode::Recv::new(fd, p, n.min(u32::MAX as usize) as u32).build()
@@ -456,7 +488,10 @@ impl UringEngine {
             }
             (Mem::Msg(b, m), OpKind::RecvFrom) => {
                 let (p, n) = b.spare();
-                m.iov = libc::iovec { iov_base: p as *mut libc::c_void, iov_len: n };
+                m.iov = libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: n,
+                };
                 m.addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 m.hdr.msg_name = &mut m.addr.storage as *mut _ as *mut libc::c_void;
                 m.hdr.msg_namelen = m.addr.len;
@@ -466,12 +501,17 @@ impl UringEngine {
             }
             (Mem::Msg(b, m), _) => {
                 let s = b.as_slice();
-                m.iov = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+                m.iov = libc::iovec {
+                    iov_base: s.as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                };
                 m.hdr.msg_name = &mut m.addr.storage as *mut _ as *mut libc::c_void;
                 m.hdr.msg_namelen = m.addr.len;
                 m.hdr.msg_iov = &mut m.iov;
                 m.hdr.msg_iovlen = 1;
-                opcode::SendMsg::new(fd, &m.hdr).flags(libc::MSG_NOSIGNAL as u32).build()
+                opcode::SendMsg::new(fd, &m.hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
             }
             (Mem::None, _) => {
                 // Pooled receive.
@@ -487,7 +527,11 @@ impl UringEngine {
                 }
             }
         };
-        let e = if e.get_user_data() & POLL_BIT != 0 { e } else { e.user_data(ud) };
+        let e = if e.get_user_data() & POLL_BIT != 0 {
+            e
+        } else {
+            e.user_data(ud)
+        };
         self.push(e);
     }
 
@@ -511,6 +555,7 @@ impl UringEngine {
             if !self.ring.submission().cq_overflow() {
                 break;
             }
+            EngineCounters::bump(&self.shared.counters.cq_overflows, 1);
             let r = self.ring.submit();
             self.check_enter(r);
         }
@@ -542,7 +587,8 @@ impl UringEngine {
                     // SAFETY: the kernel just created this descriptor for us.
                     let sock = unsafe { socket2::Socket::from_raw_fd(res) };
                     let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
-                    let mut c = Completion::new(OpKind::Accept, slot.key, slot.token, OpId(slot.id), Ok(0));
+                    let mut c =
+                        Completion::new(OpKind::Accept, slot.key, slot.token, OpId(slot.id), Ok(0));
                     c.more = true;
                     c.extra = Extra::Accepted(sock, peer);
                     self.out.push(c);
@@ -580,7 +626,11 @@ impl UringEngine {
                 slot.done += res as usize;
                 if slot.done < total && slot.kind == OpKind::Send {
                     if slot.cancelled {
-                        let r = if slot.timed_out { error::timed_out() } else { error::aborted() };
+                        let r = if slot.timed_out {
+                            error::timed_out()
+                        } else {
+                            error::aborted()
+                        };
                         self.finish(idx, Err(r));
                     } else if res == 0 {
                         self.finish(idx, Err(io::ErrorKind::WriteZero.into()));
@@ -611,7 +661,9 @@ impl UringEngine {
 
     /// A one-shot operation (or the last CQE of a standing one) is done.
     fn finish(&mut self, idx: usize, result: io::Result<usize>) {
-        let Some(mut slot) = self.ops.remove(idx) else { return };
+        let Some(mut slot) = self.ops.remove(idx) else {
+            return;
+        };
         let mut c = Completion::new(slot.kind, slot.key, slot.token, OpId(slot.id), result);
         match std::mem::replace(&mut slot.mem, Mem::None) {
             Mem::Accept(a) => {
@@ -638,7 +690,8 @@ impl UringEngine {
                     if let Ok(n) = c.result {
                         // SAFETY: the kernel wrote `n` bytes at `b.spare()`.
                         unsafe { b.advance(n) };
-                        c.extra = Extra::From(sockaddr_from_storage(&m.addr.storage, m.hdr.msg_namelen));
+                        c.extra =
+                            Extra::From(sockaddr_from_storage(&m.addr.storage, m.hdr.msg_namelen));
                     }
                 }
                 c.buf = Some(b);
@@ -655,7 +708,9 @@ impl UringEngine {
     /// Frees `idx`'s place on its handle and starts the next queued
     /// operation in its lane; closes the handle after its last operation.
     fn release_lane(&mut self, hid: u64, idx: usize, lane: Lane) {
-        let Some(h) = self.handles.get_mut(&hid) else { return };
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
         if let Some(p) = h.ops.iter().position(|&i| i == idx) {
             h.ops.swap_remove(p);
         }
@@ -689,7 +744,11 @@ impl UringEngine {
             .is_none_or(|h| h.closing);
         let cancelled = self.ops.get(idx).is_none_or(|s| s.cancelled);
         if closing || cancelled {
-            let r = if self.ops.get(idx).is_some_and(|s| s.timed_out) { error::timed_out() } else { error::aborted() };
+            let r = if self.ops.get(idx).is_some_and(|s| s.timed_out) {
+                error::timed_out()
+            } else {
+                error::aborted()
+            };
             self.finish(idx, Err(r));
         } else {
             self.issue(idx);
@@ -699,16 +758,22 @@ impl UringEngine {
     fn on_pooled(&mut self, idx: usize, res: i32, flags: u32) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
-        let Some(slot) = self.ops.get_mut(idx) else { return };
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return;
+        };
         let (key, token, id) = (slot.key, slot.token, slot.id);
         if let Some(bid) = bid {
-            let br = self.bufring.as_mut().expect("buffer ids come only from the buffer ring");
+            let br = self
+                .bufring
+                .as_mut()
+                .expect("buffer ids come only from the buffer ring");
             br.pool.in_kernel.fetch_sub(1, Ordering::Relaxed);
             if res > 0 {
                 // SAFETY: the kernel selected buffer `bid` and wrote `res`
                 // bytes into it; it is out of the ring until we republish it.
                 let pb = unsafe { br.pool.lend(bid, res as usize) };
-                let mut c = Completion::new(OpKind::RecvPooled, key, token, OpId(id), Ok(res as usize));
+                let mut c =
+                    Completion::new(OpKind::RecvPooled, key, token, OpId(id), Ok(res as usize));
                 c.more = true;
                 c.buf = Some(Buf::Pooled(pb));
                 self.out.push(c);
@@ -730,6 +795,7 @@ impl UringEngine {
                 slot.starved = true;
                 slot.submitted = false;
                 self.starved.push(idx);
+                EngineCounters::bump(&self.shared.counters.starved, 1);
                 // Buffers may already be waiting to go back.
                 self.recycle();
             }
@@ -741,7 +807,14 @@ impl UringEngine {
             self.finish(idx, Ok(0));
         } else if res == -libc::ECANCELED {
             let to = self.ops.get(idx).is_some_and(|s| s.timed_out);
-            self.finish(idx, Err(if to { error::timed_out() } else { error::aborted() }));
+            self.finish(
+                idx,
+                Err(if to {
+                    error::timed_out()
+                } else {
+                    error::aborted()
+                }),
+            );
         } else {
             self.finish(idx, Err(io::Error::from_raw_os_error(-res)));
         }
@@ -750,12 +823,24 @@ impl UringEngine {
     /// Poll-mode pooled receive: the socket is readable; read into a free
     /// buffer and re-arm.
     fn on_poll_ready(&mut self, idx: usize, res: i32) {
-        let Some(slot) = self.ops.get(idx) else { return };
-        let (key, token, id, cancelled, timed_out, hid) =
-            (slot.key, slot.token, slot.id, slot.cancelled, slot.timed_out, slot.hid);
+        let Some(slot) = self.ops.get(idx) else {
+            return;
+        };
+        let (key, token, id, cancelled, timed_out, hid) = (
+            slot.key,
+            slot.token,
+            slot.id,
+            slot.cancelled,
+            slot.timed_out,
+            slot.hid,
+        );
         if res < 0 {
             let e = if res == -libc::ECANCELED {
-                if timed_out { error::timed_out() } else { error::aborted() }
+                if timed_out {
+                    error::timed_out()
+                } else {
+                    error::aborted()
+                }
             } else {
                 io::Error::from_raw_os_error(-res)
             };
@@ -763,26 +848,38 @@ impl UringEngine {
             return;
         }
         if cancelled {
-            self.finish(idx, Err(if timed_out { error::timed_out() } else { error::aborted() }));
+            self.finish(
+                idx,
+                Err(if timed_out {
+                    error::timed_out()
+                } else {
+                    error::aborted()
+                }),
+            );
             return;
         }
-        let Some(fd) = self.handles.get(&hid).map(|h| h.fd.as_raw_fd()) else { return };
+        let Some(fd) = self.handles.get(&hid).map(|h| h.fd.as_raw_fd()) else {
+            return;
+        };
         loop {
             let Some(bid) = self.free_bufs.pop() else {
                 let slot = self.ops.get_mut(idx).expect("slot checked above");
                 slot.starved = true;
                 slot.submitted = false;
                 self.starved.push(idx);
+                EngineCounters::bump(&self.shared.counters.starved, 1);
                 return;
             };
             let pool = &self.shared.pool;
             // SAFETY: `bid` is free (owned by the engine), so its memory may be
             // written; `buf_size` bytes fit in it.
-            let n = unsafe { libc::recv(fd, pool.addr(bid) as *mut libc::c_void, pool.buf_size, 0) };
+            let n =
+                unsafe { libc::recv(fd, pool.addr(bid) as *mut libc::c_void, pool.buf_size, 0) };
             if n > 0 {
                 // SAFETY: `recv` wrote `n` bytes into buffer `bid`, which we own.
                 let pb = unsafe { pool.lend(bid, n as usize) };
-                let mut c = Completion::new(OpKind::RecvPooled, key, token, OpId(id), Ok(n as usize));
+                let mut c =
+                    Completion::new(OpKind::RecvPooled, key, token, OpId(id), Ok(n as usize));
                 c.more = true;
                 c.buf = Some(Buf::Pooled(pb));
                 self.out.push(c);
@@ -851,13 +948,21 @@ impl UringEngine {
 
     /// Requests that slot `idx` end early (a cancel, a close, a deadline).
     fn cancel_slot(&mut self, idx: usize, timed_out: bool) {
-        let Some(slot) = self.ops.get_mut(idx) else { return };
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return;
+        };
         if slot.cancelled {
             return;
         }
         slot.cancelled = true;
         slot.timed_out = timed_out;
-        let err = || if timed_out { error::timed_out() } else { error::aborted() };
+        let err = || {
+            if timed_out {
+                error::timed_out()
+            } else {
+                error::aborted()
+            }
+        };
         if slot.starved {
             slot.starved = false;
             self.starved.retain(|&i| i != idx);
@@ -889,17 +994,24 @@ impl UringEngine {
             }
             return;
         }
-        let target = if matches!(slot.mem, Mem::None) && slot.kind == OpKind::RecvPooled && self.bufring.is_none() {
+        let target = if matches!(slot.mem, Mem::None)
+            && slot.kind == OpKind::RecvPooled
+            && self.bufring.is_none()
+        {
             idx as u64 | POLL_BIT
         } else {
             idx as u64
         };
-        let e = opcode::AsyncCancel::new(target).build().user_data(CANCEL_UD);
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(CANCEL_UD);
         self.push(e);
     }
 
     fn close_handle(&mut self, hid: u64) {
-        let Some(h) = self.handles.get_mut(&hid) else { return };
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
         h.closing = true;
         if h.ops.is_empty() {
             self.handles.remove(&hid);
@@ -967,7 +1079,13 @@ impl Drop for UringEngine {
 fn is_transient_accept(errno: i32) -> bool {
     matches!(
         errno,
-        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR | libc::EAGAIN
+        libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOBUFS
+            | libc::ENOMEM
+            | libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EAGAIN
     )
 }
 
@@ -983,7 +1101,10 @@ fn new_msg() -> Box<MsgParts> {
     Box::new(MsgParts {
         // SAFETY: all-zero is a valid empty msghdr.
         hdr: unsafe { std::mem::zeroed() },
-        iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+        iov: libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
         addr: new_addr(),
     })
 }
@@ -994,7 +1115,6 @@ fn mem_into_buf(mem: Mem) -> Option<Buf> {
         _ => None,
     }
 }
-
 
 // SAFETY: the engine's raw pointers (in msghdrs and iovecs) point only into
 // heap memory the engine itself owns; moving the engine between threads
