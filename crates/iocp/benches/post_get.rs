@@ -40,7 +40,10 @@ impl Q for PortQ {
         self.0.post(0, 0, v).expect("post");
     }
     fn take(&self) -> Option<u64> {
-        self.0.get(Some(Duration::from_millis(200))).ok().map(|c| c.token)
+        self.0
+            .get(Some(Duration::from_millis(200)))
+            .ok()
+            .map(|c| c.token)
     }
 }
 
@@ -55,12 +58,19 @@ impl Q for StdQ {
         self.0.send(v).expect("send");
     }
     fn take(&self) -> Option<u64> {
-        self.1.lock().unwrap().recv_timeout(Duration::from_millis(200)).ok()
+        self.1
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_millis(200))
+            .ok()
     }
 }
 
 #[derive(Clone)]
-struct CbQ(crossbeam_channel::Sender<u64>, crossbeam_channel::Receiver<u64>);
+struct CbQ(
+    crossbeam_channel::Sender<u64>,
+    crossbeam_channel::Receiver<u64>,
+);
 impl Q for CbQ {
     fn new() -> Self {
         let (t, r) = crossbeam_channel::unbounded();
@@ -162,7 +172,9 @@ fn main() {
     }
 
     println!("\nthroughput, T threads each get → post (median packets/s; higher is better)");
-    println!("| threads | iocp Port | std mpsc (+Mutex) | crossbeam | iocp ÷ std | iocp ÷ crossbeam |");
+    println!(
+        "| threads | iocp Port | std mpsc (+Mutex) | crossbeam | iocp ÷ std | iocp ÷ crossbeam |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for threads in [1, 2, 4, 8] {
         let mut r: [Vec<f64>; 3] = Default::default();

@@ -22,7 +22,9 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 type Sessions = Arc<Mutex<HashMap<u64, Handle>>>;
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7007".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7007".into());
 
     // ① CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0):
     //    a port whose concurrency is the number of CPUs.
@@ -128,4 +130,3 @@ fn handle(
     }
     Ok(())
 }
-

@@ -112,4 +112,3 @@ pub(crate) struct Config {
     pub cq_entries: u32,
     pub inline: bool,
 }
-

@@ -263,7 +263,13 @@ impl fmt::Debug for Completion {
 }
 
 impl Completion {
-    pub(crate) fn new(kind: OpKind, key: u64, token: u64, op: OpId, result: io::Result<usize>) -> Self {
+    pub(crate) fn new(
+        kind: OpKind,
+        key: u64,
+        token: u64,
+        op: OpId,
+        result: io::Result<usize>,
+    ) -> Self {
         Completion {
             key,
             token,

@@ -56,8 +56,8 @@ impl PoolShared {
     pub(crate) fn new(count: usize, buf_size: usize) -> Arc<PoolShared> {
         assert!(count > 0 && count <= 32768, "pool buffers: 1..=32768");
         assert!(buf_size > 0, "pool buffer size must be > 0");
-        let layout = std::alloc::Layout::from_size_align(count * buf_size, 4096)
-            .expect("pool layout");
+        let layout =
+            std::alloc::Layout::from_size_align(count * buf_size, 4096).expect("pool layout");
         // SAFETY: the layout has a non-zero size (both factors are > 0).
         // Zeroed so tools like valgrind never see the kernel's writes as
         // uninitialised reads.

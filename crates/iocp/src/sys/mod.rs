@@ -59,7 +59,11 @@ mod linux {
     fn uring_unavailable(e: &io::Error) -> bool {
         matches!(
             e.raw_os_error(),
-            Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EINVAL) | Some(libc::ENOMEM)
+            Some(libc::ENOSYS)
+                | Some(libc::EPERM)
+                | Some(libc::EACCES)
+                | Some(libc::EINVAL)
+                | Some(libc::ENOMEM)
         ) || e.kind() == io::ErrorKind::Unsupported
     }
 
@@ -91,14 +95,31 @@ mod linux {
             match want {
                 Backend::Uring => {
                     let e = UringEngine::new(shared, queue, cfg).map_err(|e| {
-                        io::Error::new(e.kind(), format!("backend uring was requested but {}", uring_error_reason(&e)))
+                        io::Error::new(
+                            e.kind(),
+                            format!("backend uring was requested but {}", uring_error_reason(&e)),
+                        )
                     })?;
                     let f = e.features();
-                    Ok((Engine::Uring(Box::new(e)), BackendInfo { backend: Backend::Uring, reason: why, uring: Some(f) }))
+                    Ok((
+                        Engine::Uring(Box::new(e)),
+                        BackendInfo {
+                            backend: Backend::Uring,
+                            reason: why,
+                            uring: Some(f),
+                        },
+                    ))
                 }
                 Backend::Epoll => {
                     let e = EpollEngine::new(shared, queue, cfg)?;
-                    Ok((Engine::Epoll(Box::new(e)), BackendInfo { backend: Backend::Epoll, reason: why, uring: None }))
+                    Ok((
+                        Engine::Epoll(Box::new(e)),
+                        BackendInfo {
+                            backend: Backend::Epoll,
+                            reason: why,
+                            uring: None,
+                        },
+                    ))
                 }
                 Backend::Iocp => Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -109,16 +130,30 @@ mod linux {
                         let f = e.features();
                         let info = BackendInfo {
                             backend: Backend::Uring,
-                            reason: if why.is_empty() { "auto: io_uring works".into() } else { why },
+                            reason: if why.is_empty() {
+                                "auto: io_uring works".into()
+                            } else {
+                                why
+                            },
                             uring: Some(f),
                         };
                         Ok((Engine::Uring(Box::new(e)), info))
                     }
                     Err(err) if uring_unavailable(&err) => {
-                        let reason = format!("auto: fell back to epoll because {}", uring_error_reason(&err));
+                        let reason = format!(
+                            "auto: fell back to epoll because {}",
+                            uring_error_reason(&err)
+                        );
                         tracing::info!("{reason}");
                         let e = EpollEngine::new(shared, queue, cfg)?;
-                        Ok((Engine::Epoll(Box::new(e)), BackendInfo { backend: Backend::Epoll, reason, uring: None }))
+                        Ok((
+                            Engine::Epoll(Box::new(e)),
+                            BackendInfo {
+                                backend: Backend::Epoll,
+                                reason,
+                                uring: None,
+                            },
+                        ))
                     }
                     Err(err) => Err(err),
                 },

@@ -25,8 +25,9 @@ impl BufRing {
     pub(crate) fn new(ring: &IoUring, pool: Arc<PoolShared>, bgid: u16) -> io::Result<BufRing> {
         let n = pool.count.next_power_of_two();
         let n16 = u16::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let layout = std::alloc::Layout::from_size_align(n * std::mem::size_of::<BufRingEntry>(), 4096)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let layout =
+            std::alloc::Layout::from_size_align(n * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: non-zero size; zeroed memory is a valid (empty) ring.
         let entries = unsafe { std::alloc::alloc_zeroed(layout) } as *mut BufRingEntry;
         if entries.is_null() {
@@ -35,7 +36,10 @@ impl BufRing {
         // SAFETY: `entries` points to `n` page-aligned entries that live until
         // this BufRing is dropped, which happens after the ring is dropped
         // (field order in `UringEngine`), i.e. after the kernel unregisters it.
-        let r = unsafe { ring.submitter().register_buf_ring_with_flags(entries as u64, n16, bgid, 0) };
+        let r = unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, n16, bgid, 0)
+        };
         if let Err(e) = r {
             // SAFETY: allocated above with this layout and never shared.
             unsafe { std::alloc::dealloc(entries as *mut u8, layout) };

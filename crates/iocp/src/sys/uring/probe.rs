@@ -49,7 +49,12 @@ impl UringFeatures {
         add(self.buf_ring, "buf_ring");
         add(self.ext_arg, "ext_arg");
         add(self.nodrop, "nodrop");
-        format!("{} sq={} cq={}", v.join(","), self.sq_entries, self.cq_entries)
+        format!(
+            "{} sq={} cq={}",
+            v.join(","),
+            self.sq_entries,
+            self.cq_entries
+        )
     }
 }
 
@@ -61,9 +66,18 @@ pub(crate) fn env_off(name: &str) -> bool {
 
 /// The environment switches, by feature (all off = every fast path used).
 pub const ENV_SWITCHES: &[(&str, &str)] = &[
-    ("IOCP_NO_DEFER_TASKRUN", "no SINGLE_ISSUER/DEFER_TASKRUN ring setup"),
-    ("IOCP_NO_MULTISHOT_ACCEPT", "accept streams re-issue single-shot accepts"),
-    ("IOCP_NO_MULTISHOT_RECV", "pooled receive polls, then reads into a free pool buffer"),
+    (
+        "IOCP_NO_DEFER_TASKRUN",
+        "no SINGLE_ISSUER/DEFER_TASKRUN ring setup",
+    ),
+    (
+        "IOCP_NO_MULTISHOT_ACCEPT",
+        "accept streams re-issue single-shot accepts",
+    ),
+    (
+        "IOCP_NO_MULTISHOT_RECV",
+        "pooled receive polls, then reads into a free pool buffer",
+    ),
 ];
 
 pub(crate) fn build_ring(cfg: &crate::port::Config) -> io::Result<(IoUring, UringFeatures)> {
@@ -81,7 +95,9 @@ pub(crate) fn build_ring(cfg: &crate::port::Config) -> io::Result<(IoUring, Urin
         b.dontfork().setup_cqsize(cq).setup_submit_all();
         match step {
             0 => {
-                b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
             }
             1 => {
                 b.setup_single_issuer().setup_defer_taskrun();
@@ -160,7 +176,9 @@ pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8 as char)
         .collect();
-    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (ma, mi) >= (major, minor)
