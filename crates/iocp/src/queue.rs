@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 #[cfg(loom)]
 use loom::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard, Weak,
+    Arc, Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(loom))]
 use std::sync::{
@@ -100,15 +100,53 @@ trait SlotOwner: Send + Sync {
     fn reacquire(&self);
 }
 
+/// How a running record refers to its queue: weakly, so a thread-local
+/// record does not keep a dropped queue alive. Under loom (whose `Arc` has no
+/// `Weak` and no unsized coercion) it is a strong reference wrapped in a std
+/// `Arc`; loom drops every thread's locals when the thread ends, so nothing
+/// outlives a model run.
+#[cfg(not(loom))]
+type OwnerRef = Weak<dyn SlotOwner>;
+#[cfg(loom)]
+type OwnerRef = std::sync::Arc<dyn SlotOwner>;
+
+#[cfg(loom)]
+struct LoomOwner<T>(Arc<Inner<T>>);
+
+#[cfg(loom)]
+impl<T: Send + 'static> SlotOwner for LoomOwner<T> {
+    fn release(&self) {
+        self.0.release()
+    }
+    fn reacquire(&self) {
+        self.0.reacquire()
+    }
+}
+
 struct Running {
     queue_id: u64,
-    owner: Weak<dyn SlotOwner>,
+    /// `None` once the record is disarmed (its slot released by the caller).
+    owner: Option<OwnerRef>,
+}
+
+impl Running {
+    /// Drops the record without releasing the slot (the caller accounts for
+    /// it under the lock). Forgetting the record instead would leak its
+    /// reference to the queue.
+    fn disarm(mut self) {
+        self.owner = None;
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         // Thread exit, or the thread moved to another queue: the slot is freed.
-        if let Some(owner) = self.owner.upgrade() {
+        #[cfg(not(loom))]
+        if let Some(owner) = self.owner.take().and_then(|w| w.upgrade()) {
+            owner.release();
+        }
+        #[cfg(loom)]
+        if let Some(owner) = self.owner.take() {
             owner.release();
         }
     }
@@ -116,7 +154,8 @@ impl Drop for Running {
 
 #[cfg(loom)]
 loom::thread_local! {
-    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+    // loom's macro takes a plain expression (no `const { }` block).
+    static RUNNING: std::cell::RefCell<Option<Running>> = std::cell::RefCell::new(None);
 }
 #[cfg(not(loom))]
 std::thread_local! {
@@ -221,19 +260,19 @@ impl<T: Send + 'static> Queue<T> {
     }
 
     /// Queues a batch under one lock (what an engine does after reaping).
-    /// Returns the packets back if the queue is closed.
-    pub fn post_batch(&self, pkts: &mut Vec<T>) -> Result<(), ()> {
+    /// Returns `false`, leaving the packets in `pkts`, if the queue is closed.
+    pub fn post_batch(&self, pkts: &mut Vec<T>) -> bool {
         if pkts.is_empty() {
-            return Ok(());
+            return true;
         }
         let tag = thread_tag();
         let mut st = lock(&self.inner.state);
         if st.closed {
-            return Err(());
+            return false;
         }
         st.packets.extend(pkts.drain(..).map(|p| (p, tag)));
         self.inner.dispatch(&mut st);
-        Ok(())
+        true
     }
 
     /// Takes this thread's running record for this queue, if any, so the
@@ -244,7 +283,7 @@ impl<T: Send + 'static> Queue<T> {
         let rec = RUNNING.with(|r| r.borrow_mut().take());
         match rec {
             Some(rec) if rec.queue_id == self.inner.id => {
-                std::mem::forget(rec);
+                rec.disarm();
                 true
             }
             Some(other) => {
@@ -256,14 +295,22 @@ impl<T: Send + 'static> Queue<T> {
     }
 
     fn set_running(&self) {
-        let owner: Arc<dyn SlotOwner> = self.inner.clone();
+        #[cfg(not(loom))]
+        let owner = {
+            let strong: Arc<dyn SlotOwner> = self.inner.clone();
+            Arc::downgrade(&strong)
+        };
+        #[cfg(loom)]
+        let owner: OwnerRef = std::sync::Arc::new(LoomOwner(self.inner.clone()));
         let rec = Running {
             queue_id: self.inner.id,
-            owner: Arc::downgrade(&owner),
+            owner: Some(owner),
         };
         let old = RUNNING.with(|r| r.borrow_mut().replace(rec));
         debug_assert!(old.is_none());
-        std::mem::forget(old);
+        if let Some(old) = old {
+            old.disarm();
+        }
     }
 
     /// Waits for one packet. `None` waits forever; `Some(ZERO)` polls.
@@ -301,7 +348,9 @@ impl<T: Send + 'static> Queue<T> {
             // once, without blocking.
             let mut out = VecDeque::new();
             while out.len() < max {
-                let Some((p, from)) = st.packets.pop_front() else { break };
+                let Some((p, from)) = st.packets.pop_front() else {
+                    break;
+                };
                 st.delivered += 1;
                 if from != tag {
                     st.handoffs += 1;
@@ -337,7 +386,9 @@ impl<T: Send + 'static> Queue<T> {
                     }
                     out.push_back(p);
                     while out.len() < max {
-                        let Some((p, from)) = st.packets.pop_front() else { break };
+                        let Some((p, from)) = st.packets.pop_front() else {
+                            break;
+                        };
                         st.delivered += 1;
                         if from != tag {
                             st.handoffs += 1;

@@ -123,6 +123,8 @@ impl EngineShared {
     }
 
     /// Queues a command; gives it back if the engine has shut down.
+    // The command comes back whole so its buffer is never lost.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
         {
             let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,13 +264,6 @@ impl<T> Slab<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
-    pub(crate) fn indices(&self) -> Vec<usize> {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|_| i))
-            .collect()
-    }
 }
 
 /// What a timer does when it fires.
@@ -335,21 +330,4 @@ pub(crate) fn sockaddr_from_storage(
         )
     };
     addr.as_socket()
-}
-
-/// Puts a descriptor in non-blocking mode (every engine wants that).
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, no pointers involved.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if flags & libc::O_NONBLOCK == 0
-            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

@@ -175,7 +175,7 @@ impl UringEngine {
     pub(crate) fn run(mut self) {
         loop {
             self.turn(None, true);
-            if !self.out.is_empty() && self.queue.post_batch(&mut self.out).is_err() {
+            if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
                 self.out.clear();
             }
             if self.shared.is_shutdown() {
@@ -187,7 +187,7 @@ impl UringEngine {
 
     /// Moves completions made so far into the port's queue (inline mode).
     pub(crate) fn flush_to_queue(&mut self) {
-        if !self.out.is_empty() && self.queue.post_batch(&mut self.out).is_err() {
+        if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
             self.out.clear();
         }
     }
