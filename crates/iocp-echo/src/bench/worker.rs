@@ -1,0 +1,765 @@
+//! One bench thread: its own inline (per-core) port, its share of the
+//! connections, batched `get_many`.
+//!
+//! Each connection has one standing pooled receive and at most one send in
+//! flight; messages that become ready while a send is in flight are
+//! coalesced into the next one. A message is *ready* at its start time —
+//! in the closed loop when the echo of an earlier one frees its slot, in
+//! the open loop at its scheduled time — and its latency is measured from
+//! that start time to the moment its last byte is echoed back, so a stalled
+//! server delays every message scheduled behind the stall (no coordinated
+//! omission).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use iocp::{Backend, Buf, Completion, Handle, OpKind, OpOptions, Port};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::payload::{self, Rng};
+use super::report::new_hist;
+
+/// What every thread runs (read-only).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub threads: usize,
+    pub size: (usize, usize),
+    pub depth: usize,
+    /// Open loop: messages per second over all connections.
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    /// `None` with `requests`.
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    /// Connections per second over all threads; 0 = no pacing.
+    pub ramp: f64,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub seed: u64,
+    pub backend: Option<Backend>,
+}
+
+/// What the threads and the main thread share.
+#[derive(Default)]
+pub struct Shared {
+    /// Threads whose connections are all resolved (up or failed).
+    pub ready: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub connect_failed: AtomicUsize,
+    /// The start of the load (set by the main thread once all are ready).
+    pub t0: OnceLock<Instant>,
+    /// Stop at once (verification failure, nothing connected, fatal error).
+    pub abort: AtomicBool,
+    /// Stop creating messages, drain, report (SIGINT).
+    pub stop: Arc<AtomicBool>,
+    /// Echoes completed (measured or not), for the progress bar.
+    pub done_msgs: AtomicU64,
+    pub done_bytes: AtomicU64,
+    /// The first message of each error kind, for stderr.
+    pub first_errors: Mutex<BTreeMap<String, String>>,
+}
+
+impl Shared {
+    fn note_error(&self, kind: &str, msg: String) {
+        let mut m = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(kind.to_string()).or_insert(msg);
+    }
+}
+
+/// What a thread hands back.
+pub struct Outcome {
+    pub hist: Histogram<u64>,
+    pub messages: u64,
+    pub bytes: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub connections: u64,
+    pub connect_failures: u64,
+    /// When the last measured echo arrived.
+    pub last_done: Option<Instant>,
+    /// When the thread stopped.
+    pub ended: Instant,
+    /// Why the thread could not run at all.
+    pub fatal: Option<String>,
+}
+
+/// The error kinds the report counts, in snake case.
+pub fn kind_name(e: &io::Error) -> String {
+    let dbg = format!("{:?}", e.kind());
+    let mut s = String::with_capacity(dbg.len() + 4);
+    for (i, ch) in dbg.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                s.push('_');
+            }
+            s.push(ch.to_ascii_lowercase());
+        } else {
+            s.push(ch);
+        }
+    }
+    s
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Idle,
+    Connecting,
+    Up,
+    Dead,
+}
+
+struct Msg {
+    end: u64,
+    start: Instant,
+    len: u32,
+    measured: bool,
+}
+
+struct Conn {
+    idx: u64,
+    key: u64,
+    h: Option<Handle>,
+    st: St,
+    sent: u64,
+    recvd: u64,
+    sizes: Rng,
+    out: Vec<u8>,
+    spare: Option<Vec<u8>>,
+    sending: bool,
+    dirty: bool,
+    inflight: VecDeque<Msg>,
+    /// Measured messages still to create (`u64::MAX` in duration mode).
+    quota: u64,
+    last_progress: Instant,
+}
+
+const T_CONNECT: u64 = 1;
+const T_RECV: u64 = 2;
+const T_SEND: u64 = 3;
+
+struct Worker<'a> {
+    plan: &'a Plan,
+    sh: &'a Shared,
+    port: Port,
+    conns: Vec<Conn>,
+    dirty: Vec<usize>,
+    hist: Histogram<u64>,
+    messages: u64,
+    bytes: u64,
+    errors: BTreeMap<String, u64>,
+    connect_failures: u64,
+    connections: u64,
+    last_done: Option<Instant>,
+    /// Echoes (all) and bytes not yet published to `Shared`.
+    prog_msgs: u64,
+    prog_bytes: u64,
+    /// Up connections with messages in flight.
+    busy: usize,
+    /// Up connections.
+    up: usize,
+    /// Up connections with measured messages still to create (requests mode).
+    unfinished: usize,
+    pending_connects: usize,
+    resolved: usize,
+    warm_end: Instant,
+    end: Option<Instant>,
+    closed_loop: bool,
+}
+
+/// Runs thread `t` of the plan.
+pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
+    let mine: Vec<usize> = (t..plan.connections).step_by(plan.threads).collect();
+    let small = plan.size.1.saturating_mul(plan.depth) <= 4096 && plan.rate.is_none();
+    let mut b = Port::builder()
+        .inline(true)
+        .pool_buffers((mine.len() * 2).clamp(512, 4096))
+        .pool_buffer_size(if small { 4096 } else { 16 * 1024 });
+    if let Some(be) = plan.backend {
+        b = b.backend(be);
+    }
+    let port = match b.build() {
+        Ok(p) => p,
+        Err(e) => {
+            sh.abort.store(true, Ordering::SeqCst);
+            return Outcome {
+                hist: new_hist(),
+                messages: 0,
+                bytes: 0,
+                errors: BTreeMap::new(),
+                connections: 0,
+                connect_failures: 0,
+                last_done: None,
+                ended: Instant::now(),
+                fatal: Some(format!("cannot create a completion port: {e}")),
+            };
+        }
+    };
+    let now = Instant::now();
+    let n = plan.connections as u64;
+    let conns = mine
+        .iter()
+        .map(|&i| {
+            let i = i as u64;
+            let quota = match plan.requests {
+                Some(r) => r / n + u64::from(i < r % n),
+                None => u64::MAX,
+            };
+            Conn {
+                idx: i,
+                key: payload::stream_key(plan.seed, i),
+                h: None,
+                st: St::Idle,
+                sent: 0,
+                recvd: 0,
+                sizes: Rng::for_sizes(plan.seed, i),
+                out: Vec::new(),
+                spare: None,
+                sending: false,
+                dirty: false,
+                inflight: VecDeque::new(),
+                quota,
+                last_progress: now,
+            }
+        })
+        .collect();
+    let mut w = Worker {
+        plan,
+        sh,
+        port,
+        conns,
+        dirty: Vec::new(),
+        hist: new_hist(),
+        messages: 0,
+        bytes: 0,
+        errors: BTreeMap::new(),
+        connect_failures: 0,
+        connections: 0,
+        last_done: None,
+        prog_msgs: 0,
+        prog_bytes: 0,
+        busy: 0,
+        up: 0,
+        unfinished: 0,
+        pending_connects: 0,
+        resolved: 0,
+        warm_end: now,
+        end: None,
+        closed_loop: plan.rate.is_none(),
+    };
+    w.connect_all();
+    sh.ready.fetch_add(1, Ordering::SeqCst);
+    if let Some(t0) = w.wait_for_start() {
+        w.load(t0);
+    }
+    for c in &mut w.conns {
+        if let Some(h) = c.h.take() {
+            h.close();
+        }
+    }
+    Outcome {
+        hist: std::mem::replace(&mut w.hist, new_hist()),
+        messages: w.messages,
+        bytes: w.bytes,
+        errors: std::mem::take(&mut w.errors),
+        connections: w.connections,
+        connect_failures: w.connect_failures,
+        last_done: w.last_done,
+        ended: Instant::now(),
+        fatal: None,
+    }
+    // The port drops here, on its own thread: it aborts what is left and
+    // waits for the kernel to let go of every buffer.
+}
+
+impl Worker<'_> {
+    fn aborted(&self) -> bool {
+        self.sh.abort.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> bool {
+        self.sh.stop.load(Ordering::Relaxed)
+    }
+
+    fn poll(&mut self, batch: &mut Vec<Completion>, timeout: Duration) {
+        let _ = self.port.get_many(batch, 256, Some(timeout));
+        let now = Instant::now();
+        for c in batch.drain(..) {
+            self.on_completion(c, now);
+        }
+        self.flush();
+        self.publish();
+    }
+
+    /// Opens this thread's connections, paced at its share of `--ramp`,
+    /// with a bounded number of connects in flight.
+    fn connect_all(&mut self) {
+        let n = self.conns.len();
+        let rate = self.plan.ramp / self.plan.threads as f64;
+        let max_pending = 32;
+        let begin = Instant::now();
+        let mut next = 0;
+        let mut batch = Vec::with_capacity(256);
+        while self.resolved < n {
+            if self.aborted() || self.stopped() {
+                return;
+            }
+            let now = Instant::now();
+            let allowed = if rate > 0.0 {
+                ((now - begin).as_secs_f64() * rate) as usize + 1
+            } else {
+                n
+            };
+            while next < n.min(allowed) && self.pending_connects < max_pending {
+                self.start_connect(next);
+                next += 1;
+            }
+            let mut wait = Duration::from_millis(50);
+            if next < n && self.pending_connects < max_pending && rate > 0.0 {
+                let at = begin + Duration::from_secs_f64(next as f64 / rate);
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+            if self.resolved < n {
+                self.poll(&mut batch, wait);
+            }
+        }
+    }
+
+    fn start_connect(&mut self, i: usize) {
+        let addr = self.plan.addr;
+        let r = (|| -> io::Result<Handle> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_tcp_nodelay(true)?;
+            let h = self.port.associate(s, i as u64)?;
+            self.port.connect(
+                &h,
+                addr,
+                OpOptions::with_timeout(T_CONNECT, self.plan.connect_timeout),
+            )?;
+            Ok(h)
+        })();
+        match r {
+            Ok(h) => {
+                self.conns[i].h = Some(h);
+                self.conns[i].st = St::Connecting;
+                self.pending_connects += 1;
+            }
+            Err(e) => self.connect_failed(i, &e),
+        }
+    }
+
+    fn connect_failed(&mut self, i: usize, e: &io::Error) {
+        let c = &mut self.conns[i];
+        c.st = St::Dead;
+        if let Some(h) = c.h.take() {
+            h.close();
+        }
+        self.connect_failures += 1;
+        self.resolved += 1;
+        self.sh.connect_failed.fetch_add(1, Ordering::Relaxed);
+        let why = if e.kind() == io::ErrorKind::TimedOut {
+            format!(
+                "timed out after {}",
+                humantime::format_duration(self.plan.connect_timeout)
+            )
+        } else {
+            e.to_string()
+        };
+        self.sh.note_error(
+            "connect",
+            format!("cannot connect to {}: {why}", self.plan.addr),
+        );
+    }
+
+    /// Polls (keeping connections served) until the main thread gives the
+    /// start time.
+    fn wait_for_start(&mut self) -> Option<Instant> {
+        let mut batch = Vec::new();
+        loop {
+            if self.aborted() || self.stopped() {
+                return None;
+            }
+            if let Some(&t0) = self.sh.t0.get() {
+                return Some(t0);
+            }
+            self.poll(&mut batch, Duration::from_millis(2));
+        }
+    }
+
+    /// The load phase, until the duration or the requests are done and every
+    /// message in flight has come back.
+    fn load(&mut self, t0: Instant) {
+        self.warm_end = t0 + self.plan.warmup;
+        self.end = self.plan.duration.map(|d| self.warm_end + d);
+        if self.plan.requests.is_some() {
+            self.unfinished = self
+                .conns
+                .iter()
+                .filter(|c| c.st == St::Up && c.quota > 0)
+                .count();
+        }
+        let now = Instant::now();
+        if self.closed_loop {
+            for i in 0..self.conns.len() {
+                if self.conns[i].st == St::Up {
+                    for _ in 0..self.plan.depth {
+                        if !self.try_create(i, now, now) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Open loop: message k of this thread goes to local connection
+        // k % n at t0 + ((k / n) * N + idx) / rate.
+        let n_local = self.conns.len();
+        let mut k: u64 = 0;
+        let mut sched_over = self.closed_loop || n_local == 0;
+        let rate = self.plan.rate.unwrap_or(1.0);
+        let big_n = self.plan.connections as f64;
+        let mut batch = Vec::with_capacity(256);
+        let mut stop_at: Option<Instant> = None;
+        let mut next_idle_check = now + Duration::from_millis(100);
+        loop {
+            let now = Instant::now();
+            if self.aborted() || self.up == 0 {
+                return;
+            }
+            let stopping = self.stopped() || self.end.is_some_and(|e| now >= e);
+            let mut next_due = None;
+            while !sched_over {
+                if self.stopped() || (self.plan.requests.is_some() && self.unfinished == 0) {
+                    sched_over = true;
+                    break;
+                }
+                let i = (k % n_local as u64) as usize;
+                let round = (k / n_local as u64) as f64;
+                let due =
+                    t0 + Duration::from_secs_f64((round * big_n + self.conns[i].idx as f64) / rate);
+                if self.end.is_some_and(|e| due >= e) {
+                    sched_over = true;
+                    break;
+                }
+                if due > now {
+                    next_due = Some(due);
+                    break;
+                }
+                k += 1;
+                if self.conns[i].st == St::Up {
+                    self.try_create(i, due, now);
+                }
+            }
+            self.flush();
+            self.publish();
+            let finished = if self.plan.requests.is_some() {
+                (sched_over && self.unfinished == 0) || self.stopped()
+            } else {
+                stopping
+            };
+            if finished {
+                if self.busy == 0 {
+                    return;
+                }
+                let s = *stop_at.get_or_insert(now);
+                if now >= s + self.plan.timeout {
+                    self.fail_busy("timed_out", "no echo");
+                    return;
+                }
+            }
+            if now >= next_idle_check {
+                next_idle_check = now + Duration::from_millis(100);
+                self.check_idle(now);
+            }
+            let mut wait = Duration::from_millis(100);
+            if let Some(d) = next_due {
+                wait = wait.min(d - now);
+            }
+            if let Some(e) = self.end {
+                if e > now {
+                    wait = wait.min(e - now);
+                }
+            }
+            self.poll(&mut batch, wait);
+        }
+    }
+
+    /// Whether connection `i` may create a message starting at `start`, and
+    /// whether that message is measured.
+    fn try_create(&mut self, i: usize, start: Instant, now: Instant) -> bool {
+        if self.stopped() || self.end.is_some_and(|e| start >= e) {
+            return false;
+        }
+        let warm = start < self.warm_end;
+        let c = &mut self.conns[i];
+        if !warm && c.quota == 0 {
+            return false;
+        }
+        let measured = !warm;
+        if measured && c.quota != u64::MAX {
+            c.quota -= 1;
+            if c.quota == 0 {
+                self.unfinished -= 1;
+            }
+        }
+        let len = c.sizes.range(self.plan.size.0, self.plan.size.1);
+        payload::append(c.key, c.sent, len, &mut c.out);
+        c.sent += len as u64;
+        if c.inflight.is_empty() {
+            self.busy += 1;
+            c.last_progress = now;
+        }
+        c.inflight.push_back(Msg {
+            end: c.sent,
+            start,
+            len: len as u32,
+            measured,
+        });
+        if !c.dirty && !c.sending {
+            c.dirty = true;
+            self.dirty.push(i);
+        }
+        true
+    }
+
+    /// Starts a send for every connection with bytes waiting and none in
+    /// flight.
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            let c = &mut self.conns[i];
+            c.dirty = false;
+            if c.st != St::Up || c.sending || c.out.is_empty() {
+                continue;
+            }
+            let buf = std::mem::replace(&mut c.out, c.spare.take().unwrap_or_default());
+            let h = c.h.as_ref().expect("an up connection has a handle");
+            match self.port.send(h, buf, T_SEND) {
+                Ok(_) => c.sending = true,
+                Err(e) => {
+                    let e = e.error;
+                    self.fail(i, &kind_name(&e), format!("send failed: {e}"));
+                }
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.prog_msgs > 0 {
+            self.sh
+                .done_msgs
+                .fetch_add(self.prog_msgs, Ordering::Relaxed);
+            self.sh
+                .done_bytes
+                .fetch_add(self.prog_bytes, Ordering::Relaxed);
+            self.prog_msgs = 0;
+            self.prog_bytes = 0;
+        }
+    }
+
+    fn check_idle(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            let c = &self.conns[i];
+            if c.st == St::Up && !c.inflight.is_empty() && now - c.last_progress > self.plan.timeout
+            {
+                let msg = format!(
+                    "no echo for {} ({} bytes outstanding)",
+                    humantime::format_duration(self.plan.timeout),
+                    c.sent - c.recvd
+                );
+                self.fail(i, "timed_out", msg);
+            }
+        }
+    }
+
+    fn fail_busy(&mut self, kind: &str, what: &str) {
+        for i in 0..self.conns.len() {
+            let c = &self.conns[i];
+            if c.st == St::Up && !c.inflight.is_empty() {
+                let msg = format!(
+                    "{what} within {} of the end",
+                    humantime::format_duration(self.plan.timeout)
+                );
+                self.fail(i, kind, msg);
+            }
+        }
+    }
+
+    /// Connection `i` failed: count it under `kind`, close it, drop its
+    /// messages in flight.
+    fn fail(&mut self, i: usize, kind: &str, msg: String) {
+        let c = &mut self.conns[i];
+        if c.st == St::Dead {
+            return;
+        }
+        let was_up = c.st == St::Up;
+        if was_up {
+            self.up -= 1;
+        }
+        c.st = St::Dead;
+        if let Some(h) = c.h.take() {
+            h.close();
+        }
+        if !c.inflight.is_empty() {
+            self.busy -= 1;
+            c.inflight.clear();
+        }
+        if was_up && c.quota != u64::MAX && c.quota > 0 && self.plan.requests.is_some() {
+            // Counted in `unfinished` only once the load started.
+            if self.unfinished > 0 {
+                self.unfinished -= 1;
+            }
+            c.quota = 0;
+        }
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+        self.sh
+            .note_error(kind, format!("connection {}: {msg}", c.idx));
+    }
+
+    fn on_completion(&mut self, mut c: Completion, now: Instant) {
+        let i = c.key as usize;
+        if i >= self.conns.len() {
+            return;
+        }
+        match c.kind {
+            OpKind::Connect => {
+                if self.conns[i].st != St::Connecting {
+                    return;
+                }
+                self.pending_connects -= 1;
+                if let Err(e) = std::mem::replace(&mut c.result, Ok(0)) {
+                    self.connect_failed(i, &e);
+                    return;
+                }
+                self.resolved += 1;
+                let conn = &mut self.conns[i];
+                let h = conn
+                    .h
+                    .as_ref()
+                    .expect("a connecting connection has a handle");
+                if let Err(e) = self.port.recv_pooled(h, T_RECV) {
+                    self.connect_failed(i, &e.error);
+                    return;
+                }
+                conn.st = St::Up;
+                self.up += 1;
+                self.connections += 1;
+                self.sh.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            OpKind::RecvPooled => {
+                if self.conns[i].st != St::Up {
+                    return;
+                }
+                match &c.result {
+                    Ok(_) if c.more => {
+                        if let Some(b) = c.buf() {
+                            self.on_data(i, b.as_slice(), now);
+                        }
+                    }
+                    Ok(_) => {
+                        let conn = &self.conns[i];
+                        let msg = format!(
+                            "connection closed by the server ({} of {} bytes echoed)",
+                            conn.recvd, conn.sent
+                        );
+                        self.fail(i, "closed_by_peer", msg);
+                    }
+                    Err(e) => {
+                        let msg = format!("receive failed: {e}");
+                        self.fail(i, &kind_name(e), msg);
+                    }
+                }
+            }
+            OpKind::Send => {
+                let conn = &mut self.conns[i];
+                conn.sending = false;
+                if conn.st != St::Up {
+                    return;
+                }
+                match &c.result {
+                    Ok(_) => {
+                        if let Some(Buf::Vec(mut v)) = c.take_buf() {
+                            if conn.spare.is_none() && v.capacity() <= 1 << 20 {
+                                v.clear();
+                                conn.spare = Some(v);
+                            }
+                        }
+                        if !conn.out.is_empty() && !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(i);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("send failed: {e}");
+                        self.fail(i, &kind_name(e), msg);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Verifies echoed bytes and completes the messages they finish.
+    fn on_data(&mut self, i: usize, data: &[u8], now: Instant) {
+        let c = &mut self.conns[i];
+        let outstanding = (c.sent - c.recvd) as usize;
+        let n_ok = data.len().min(outstanding);
+        if let Some((j, want)) = payload::verify(c.key, c.recvd, &data[..n_ok]) {
+            let msg = format!(
+                "verification failed: byte offset {} of the connection's stream: sent 0x{:02x}, received 0x{:02x}",
+                c.recvd + j as u64,
+                want,
+                data[j]
+            );
+            self.fail(i, "verify_mismatch", msg);
+            self.sh.abort.store(true, Ordering::SeqCst);
+            return;
+        }
+        if data.len() > n_ok {
+            let msg = format!(
+                "verification failed: byte offset {} of the connection's stream: received bytes beyond the {} sent",
+                c.sent, c.sent
+            );
+            self.fail(i, "unexpected_data", msg);
+            self.sh.abort.store(true, Ordering::SeqCst);
+            return;
+        }
+        c.recvd += data.len() as u64;
+        c.last_progress = now;
+        self.prog_bytes += data.len() as u64;
+        let mut completed = 0;
+        while let Some(m) = c.inflight.front() {
+            if m.end > c.recvd {
+                break;
+            }
+            let m = c.inflight.pop_front().expect("front exists");
+            completed += 1;
+            if m.measured {
+                let us = now.saturating_duration_since(m.start).as_micros() as u64;
+                self.hist.saturating_record(us.max(1));
+                self.messages += 1;
+                self.bytes += u64::from(m.len);
+                self.last_done = Some(now);
+            }
+        }
+        self.prog_msgs += completed;
+        if completed > 0 && c.inflight.is_empty() {
+            self.busy -= 1;
+        }
+        if self.closed_loop {
+            for _ in 0..completed {
+                if !self.try_create(i, now, now) {
+                    break;
+                }
+            }
+        }
+    }
+}
