@@ -8,6 +8,8 @@ pub(crate) mod common;
 pub(crate) mod epoll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
+#[cfg(windows)]
+pub(crate) mod windows;
 
 #[cfg(target_os = "linux")]
 pub(crate) use common::{Cmd, EngineShared, OpData, OpReq};
