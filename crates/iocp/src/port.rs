@@ -514,11 +514,23 @@ impl Port {
             let Some(engine) = g.as_mut() else {
                 return Err(GetError::Abandoned);
             };
-            let block = timeout != Some(Duration::ZERO);
+            let poll = timeout == Some(Duration::ZERO);
+            // Posts from other threads go straight to the queue and wake the
+            // engine only if it announced a sleep. So announce it first, then
+            // look at the queue once more: a post either lands before this
+            // look or sees the announcement and wakes the engine. (Pending
+            // commands: take them without blocking and come round again.)
+            let shared = &self.inner.engines[0];
+            let block = !poll
+                && shared.prepare_sleep()
+                && (self.inner.queue.stats().queued == 0 || {
+                    shared.woke();
+                    false
+                });
             engine.turn(left, block);
             engine.flush_to_queue();
             drop(g);
-            if !block {
+            if poll {
                 return match self.inner.queue.get_many(batch, max, Some(Duration::ZERO)) {
                     Ok(n) => Ok(n),
                     Err(e) => Err(e.into()),

@@ -1029,6 +1029,15 @@ impl UringEngine {
     /// Stops: aborts every operation, waits until the kernel has returned
     /// every buffer, closes every descriptor.
     pub(crate) fn shutdown(&mut self) {
+        // Commands queued before the shutdown flag went up (none can come
+        // after) go first: a handle registered at the last moment must be
+        // closed below too, or its operations would outlive the drain.
+        self.shared.take_cmds(&mut self.cmds);
+        let mut cmds = std::mem::take(&mut self.cmds);
+        for cmd in cmds.drain(..) {
+            self.command(cmd);
+        }
+        self.cmds = cmds;
         let hids: Vec<u64> = self.handles.keys().copied().collect();
         for hid in hids {
             self.close_handle(hid);

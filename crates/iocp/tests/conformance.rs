@@ -1,0 +1,1318 @@
+//! The semantics contract (DESIGN.md, "Semantics contract"; reference
+//! iocp-semantics.md B.2–B.6), written once and run against every backend in
+//! `Backend::available()`: one `#[test]` per target (backend, threaded or
+//! inline), each driving the table of clauses below. Every clause prints one
+//! line (`conformance[uring] lifo_wake ... ok (3ms)`), and each target ends
+//! with `conformance[uring]: N passed, M failed`. A backend whose ports fail
+//! to build with `ErrorKind::Unsupported` is reported `SKIPPED`.
+//!
+//! Run one clause everywhere: `IOCP_CLAUSE=cancel cargo test -p iocp --test conformance`.
+//!
+//! Multi-thread clauses (LIFO wake, the concurrency limit, waiters woken by
+//! close) do not apply to an inline (per-core) port, whose only getter is its
+//! owner; every other clause runs there too.
+
+mod util;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use iocp::{is_aborted, Backend, Buf, Completion, GetError, OpKind, OpOptions, Port};
+use socket2::SockRef;
+use util::*;
+
+const ZERO: Option<Duration> = Some(Duration::ZERO);
+
+struct Clause {
+    name: &'static str,
+    /// Needs several threads waiting on one port (not for inline ports).
+    threaded_only: bool,
+    run: fn(&Target),
+}
+
+/// `any name` runs on every target; `threaded name` only where several
+/// threads may wait on the port (not inline ports).
+macro_rules! clauses {
+    ($($mode:ident $name:ident,)*) => {
+        &[$(Clause { name: stringify!($name), threaded_only: clauses!(@$mode), run: $name },)*]
+    };
+    (@threaded) => { true };
+    (@any) => { false };
+}
+
+const CLAUSES: &[Clause] = clauses![
+    any exactly_once,
+    threaded lifo_wake,
+    threaded limit_running_blocks_waiters,
+    threaded limit_batch_counts_once,
+    threaded limit_thread_exit_releases,
+    threaded limit_blocking_guard,
+    any timed_out_get_consumes_nothing,
+    any post_wakes_getter,
+    any failed_op_vs_no_packet,
+    any cancel_pending,
+    any cancel_races_data,
+    any close_handle_in_flight,
+    threaded close_port_wakes_waiters,
+    any close_port_then_calls_fail,
+    any get_many,
+    any post_after_timer,
+    any op_deadline,
+    any send_ordering,
+    any large_send_slow_peer,
+    any udp_round_trip,
+    any pooled_stream,
+];
+
+/// Clauses that cannot hold on a backend, with the reason printed.
+///
+/// On Windows the kernel schedules: it wakes waiters itself (so `waiting`
+/// drops only when the woken thread returns from GQCS, not inside `post`),
+/// and it stops counting a thread the moment it blocks on anything — such as
+/// the channel these clauses park their actors on. The scheduling clauses
+/// for IOCP are in `tests/windows.rs`, written for the kernel's behaviour;
+/// under Wine (which wakes FIFO and ignores the limit) those skip too.
+#[allow(unused_variables)]
+fn skip_on(backend: Backend, clause: &str) -> Option<String> {
+    if backend != Backend::Iocp {
+        return None;
+    }
+    let scheduling = clause == "lifo_wake" || clause.starts_with("limit_");
+    if !scheduling {
+        return None;
+    }
+    Some(match iocp::wine_version() {
+        Some(v) => format!(
+            "under Wine {v}: waiters wake FIFO and the concurrency limit is ignored (windows-under-wine.md)"
+        ),
+        None => "the kernel schedules IOCP waiters; see tests/windows.rs".to_string(),
+    })
+}
+
+/// Runs every clause on one target, reporting each; fails at the end if any
+/// clause failed.
+fn run_target(backend: Backend, inline: bool) {
+    let t = Target { backend, inline };
+    let name = t.name();
+    if !Backend::available().contains(&backend) {
+        say(format!("SKIPPED {name}: not in this build"));
+        return;
+    }
+    if let Err(reason) = t.probe() {
+        say(format!("SKIPPED {name}: {reason}"));
+        say(format!(
+            "conformance[{name}]: 0 passed, 0 failed, {} skipped",
+            CLAUSES.len()
+        ));
+        return;
+    }
+    let filter = std::env::var("IOCP_CLAUSE").unwrap_or_default();
+    let (mut passed, mut failed, mut na) = (0, Vec::new(), 0);
+    let started = Instant::now();
+    for c in CLAUSES {
+        if !filter.is_empty() && !c.name.contains(filter.as_str()) {
+            continue;
+        }
+        if c.threaded_only && inline {
+            na += 1;
+            continue;
+        }
+        if let Some(why) = skip_on(backend, c.name) {
+            say(format!("conformance[{name}] {} ... SKIPPED: {why}", c.name));
+            na += 1;
+            continue;
+        }
+        let t0 = Instant::now();
+        match catch_unwind(AssertUnwindSafe(|| (c.run)(&t))) {
+            Ok(()) => {
+                passed += 1;
+                say(format!(
+                    "conformance[{name}] {} ... ok ({:?})",
+                    c.name,
+                    t0.elapsed()
+                ));
+            }
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                say(format!("conformance[{name}] {} ... FAILED: {msg}", c.name));
+                failed.push(c.name);
+            }
+        }
+    }
+    let na = if na > 0 {
+        format!(" ({na} clauses not applicable)")
+    } else {
+        String::new()
+    };
+    say(format!(
+        "conformance[{name}]: {passed} passed, {} failed{na} in {:?}",
+        failed.len(),
+        started.elapsed()
+    ));
+    assert!(
+        failed.is_empty(),
+        "conformance[{name}] failed clauses: {failed:?}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn uring() {
+    run_target(Backend::Uring, false);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn uring_inline() {
+    run_target(Backend::Uring, true);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn epoll() {
+    run_target(Backend::Epoll, false);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn epoll_inline() {
+    run_target(Backend::Epoll, true);
+}
+
+#[cfg(windows)]
+#[test]
+fn iocp() {
+    run_target(Backend::Iocp, false);
+}
+
+/// Every backend the build has is driven by one of the tests above.
+#[test]
+fn every_available_backend_is_covered() {
+    let covered: &[Backend] = if cfg!(target_os = "linux") {
+        &[Backend::Uring, Backend::Epoll]
+    } else {
+        &[Backend::Iocp]
+    };
+    for b in Backend::available() {
+        assert!(covered.contains(b), "backend {b} has no conformance test");
+    }
+}
+
+// ---- clauses ---------------------------------------------------------------
+
+/// Any thread may wait; each packet goes to exactly one waiter, exactly once.
+/// N posting threads × M posts; every (key, token) is seen exactly once, and
+/// each getter sees each poster's packets in order (the queue is FIFO).
+fn exactly_once(t: &Target) {
+    const POSTERS: u64 = 4;
+    const EACH: u64 = 2000;
+    const STOP: u64 = u64::MAX;
+    let port = t.build(t.builder().concurrency(2));
+    let d0 = port.stats().delivered;
+    let seen: Arc<Vec<AtomicU8>> =
+        Arc::new((0..POSTERS * EACH).map(|_| AtomicU8::new(0)).collect());
+
+    let consume = {
+        let seen = seen.clone();
+        move |port: &Port, until: Option<u64>| {
+            let mut last: HashMap<u64, u64> = HashMap::new();
+            let mut n = 0u64;
+            loop {
+                if until == Some(n) {
+                    return;
+                }
+                let c = get(port);
+                if c.key == STOP {
+                    return;
+                }
+                assert_eq!(c.kind, OpKind::Post);
+                assert!(
+                    c.key < POSTERS && c.token < EACH,
+                    "foreign packet {}",
+                    brief(&c)
+                );
+                assert_eq!(c.bytes() as u64, c.token * 3, "bytes of {}", brief(&c));
+                if let Some(prev) = last.insert(c.key, c.token) {
+                    assert!(
+                        prev < c.token,
+                        "poster {} out of order: {prev} then {}",
+                        c.key,
+                        c.token
+                    );
+                }
+                let before =
+                    seen[(c.key * EACH + c.token) as usize].fetch_add(1, Ordering::Relaxed);
+                assert_eq!(before, 0, "duplicate {}", brief(&c));
+                n += 1;
+            }
+        }
+    };
+    let getters: Vec<_> = if t.inline {
+        Vec::new()
+    } else {
+        (0..3)
+            .map(|_| {
+                let (p, f) = (port.clone(), consume.clone());
+                std::thread::spawn(move || f(&p, None))
+            })
+            .collect()
+    };
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|k| {
+            let p = port.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    p.post(k, (i * 3) as usize, i).expect("post");
+                }
+            })
+        })
+        .collect();
+    if t.inline {
+        // Only the owner gets from an inline port.
+        consume(&port, Some(POSTERS * EACH));
+    }
+    for p in posters {
+        p.join().expect("poster");
+    }
+    if !t.inline {
+        // Queued after every real packet, so FIFO puts them last.
+        for _ in 0..getters.len() {
+            port.post(STOP, 0, 0).unwrap();
+        }
+    }
+    let stops = getters.len() as u64;
+    for g in getters {
+        g.join().expect("getter");
+    }
+    let missing = seen
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) != 1)
+        .count();
+    assert_eq!(missing, 0, "{missing} packets not seen exactly once");
+    let st = port.stats();
+    assert_eq!(st.queued, 0, "{st:?}");
+    assert_eq!(st.delivered - d0, POSTERS * EACH + stops, "{st:?}");
+    no_packet(&port, Duration::ZERO);
+}
+
+/// Waiters are woken LIFO, one per packet: three waiters parked in a known
+/// order; each post wakes exactly the most recent one.
+fn lifo_wake(t: &Target) {
+    let port = t.build(t.builder().concurrency(8));
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for w in 0..3usize {
+        let (p, tx) = (port.clone(), tx.clone());
+        threads.push(std::thread::spawn(move || {
+            let r = token_of(p.get(Some(T)));
+            tx.send((w, r)).unwrap();
+        }));
+        wait_until(&format!("waiter {w} is parked"), || {
+            port.stats().waiting == w + 1
+        });
+    }
+    let h0 = port.stats().handoffs;
+    for (i, expect) in [(100u64, 2usize), (101, 1), (102, 0)] {
+        let before = port.stats().waiting;
+        port.post(0, 0, i).unwrap();
+        // The waiter is popped and handed the packet inside `post`.
+        assert_eq!(port.stats().waiting, before - 1, "exactly one waiter woken");
+        let (w, r) = rx.recv_timeout(T).expect("a waiter returns");
+        assert_eq!(
+            (w, r),
+            (expect, Ok(i)),
+            "most recent waiter gets the packet"
+        );
+        assert!(rx.try_recv().is_err(), "only one waiter returned");
+    }
+    for th in threads {
+        th.join().unwrap();
+    }
+    let st = port.stats();
+    assert_eq!((st.waiting, st.queued), (0, 0), "{st:?}");
+    assert_eq!(
+        st.handoffs - h0,
+        3,
+        "posted here, taken elsewhere: 3 hand-offs; {st:?}"
+    );
+}
+
+/// Concurrency limit 1: while A runs (holds a packet), B waits even though a
+/// packet is queued. A calling `get` again releases its slot: with a packet
+/// queued it takes it at once (no wait, B still waits); with none it waits
+/// with running == 0, and the next packet goes to it (most recent waiter).
+fn limit_running_blocks_waiters(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
+    port.post(0, 0, 1).unwrap();
+    port.post(0, 0, 2).unwrap();
+    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
+    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
+    wait_until("B waits", || port.stats().waiting == 1);
+    let st = port.stats();
+    assert_eq!(
+        (st.running, st.waiting, st.queued),
+        (1, 1, 1),
+        "B must wait while A runs: {st:?}"
+    );
+    assert!(pb.ready().is_none(), "B got a packet past the limit");
+
+    // A running thread that calls get while packets are queued takes one at once.
+    assert_eq!(a.call("get again", |s| token_of(s.port.get(ZERO))), Ok(2));
+    let st = port.stats();
+    assert_eq!((st.running, st.waiting, st.queued), (1, 1, 0), "{st:?}");
+    assert!(pb.ready().is_none());
+
+    // A waits: its slot is free while it does.
+    let pa = a.start("wait", |s| token_of(s.port.get(Some(T))));
+    wait_until("A waits too", || port.stats().waiting == 2);
+    assert_eq!(port.stats().running, 0, "a waiting thread does not count");
+    port.post(0, 0, 3).unwrap();
+    assert_eq!(pa.wait(), Ok(3), "the most recent waiter (A) is woken");
+    port.post(0, 0, 4).unwrap();
+    let st = port.stats();
+    assert_eq!(
+        (st.running, st.waiting, st.queued),
+        (1, 1, 1),
+        "limit reached again: {st:?}"
+    );
+    port.close();
+    assert_eq!(pb.wait(), Err(GetError::Abandoned));
+}
+
+/// A batch from `get_many` counts as one running thread.
+fn limit_batch_counts_once(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
+    for i in 0..5 {
+        port.post(0, 0, i).unwrap();
+    }
+    let got = a.call("get_many 3", |s| {
+        let mut v = Vec::new();
+        s.port.get_many(&mut v, 3, ZERO).map(|_| tokens(&v))
+    });
+    assert_eq!(got, Ok(vec![0, 1, 2]));
+    assert_eq!(port.stats().running, 1, "a batch counts once");
+    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
+    wait_until("B waits", || port.stats().waiting == 1);
+    let st = port.stats();
+    assert_eq!((st.running, st.waiting, st.queued), (1, 1, 2), "{st:?}");
+    let got = a.call("get_many 10", |s| {
+        let mut v = Vec::new();
+        s.port.get_many(&mut v, 10, ZERO).map(|_| tokens(&v))
+    });
+    assert_eq!(got, Ok(vec![3, 4]));
+    assert_eq!(port.stats().running, 1);
+    assert!(pb.ready().is_none());
+    port.post(0, 0, 5).unwrap();
+    a.exit();
+    assert_eq!(pb.wait(), Ok(5));
+}
+
+/// A thread that exits releases its slot.
+fn limit_thread_exit_releases(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
+    port.post(0, 0, 1).unwrap();
+    port.post(0, 0, 2).unwrap();
+    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
+    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
+    wait_until("B waits", || port.stats().waiting == 1);
+    assert_eq!(port.stats().queued, 1);
+    a.exit();
+    assert_eq!(pb.wait(), Ok(2), "A's exit released its slot to B");
+    let st = port.stats();
+    assert_eq!((st.running, st.waiting, st.queued), (1, 0, 0), "{st:?}");
+    b.exit();
+    assert_eq!(port.stats().running, 0, "B's exit released its slot");
+}
+
+/// `port.blocking()` steps the thread out of the count (B gets a packet while
+/// A is inside the guard) and re-enters on drop (running may exceed the
+/// limit; no new packet is released until it falls below again).
+fn limit_blocking_guard(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
+    port.post(0, 0, 1).unwrap();
+    port.post(0, 0, 2).unwrap();
+    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
+    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
+    wait_until("B waits", || port.stats().waiting == 1);
+    assert!(pb.ready().is_none());
+    a.call("enter blocking", |s| s.guard = Some(s.port.blocking()));
+    assert_eq!(pb.wait(), Ok(2), "B released while A blocks elsewhere");
+    assert_eq!(
+        port.stats().running,
+        1,
+        "only B counts while A is in the guard"
+    );
+    a.call("leave blocking", |s| s.guard = None);
+    assert_eq!(
+        port.stats().running,
+        2,
+        "A counts again: running exceeds the limit"
+    );
+    port.post(0, 0, 3).unwrap();
+    assert_eq!(port.stats().queued, 1, "no packet released above the limit");
+    assert_eq!(
+        a.call("get", |s| token_of(s.port.get(ZERO))),
+        Err(GetError::TimedOut),
+        "A released its slot but B still fills the limit"
+    );
+    b.exit();
+    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(3));
+    // A guard on a thread that is not running changes nothing.
+    let before = port.stats().running;
+    let g = port.blocking();
+    assert_eq!(port.stats().running, before);
+    drop(g);
+    assert_eq!(port.stats().running, before);
+}
+
+/// `get(timeout)` that times out consumes nothing; `Some(ZERO)` polls.
+fn timed_out_get_consumes_nothing(t: &Target) {
+    let port = t.port();
+    let d0 = port.stats().delivered;
+    let t0 = Instant::now();
+    assert_eq!(
+        port.get(Some(Duration::from_millis(50))).unwrap_err(),
+        GetError::TimedOut
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50),
+        "returned early: {:?}",
+        t0.elapsed()
+    );
+    let t0 = Instant::now();
+    assert_eq!(port.get(ZERO).unwrap_err(), GetError::TimedOut);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a poll waited {:?}",
+        t0.elapsed()
+    );
+    let st = port.stats();
+    assert_eq!((st.waiting, st.queued, st.delivered), (0, 0, d0), "{st:?}");
+
+    port.post(1, 11, 7).unwrap();
+    assert_eq!(
+        port.stats().queued,
+        1,
+        "posted after a timed-out get: still queued"
+    );
+    let c = port.get(ZERO).expect("the packet is still there");
+    assert_eq!(
+        (c.kind, c.key, c.bytes(), c.token),
+        (OpKind::Post, 1, 11, 7)
+    );
+    let st = port.stats();
+    assert_eq!((st.queued, st.delivered), (0, d0 + 1), "{st:?}");
+
+    if !t.inline {
+        // A waiter that timed out on another thread is off the stack: the next
+        // post is queued, not handed to it.
+        let p = port.clone();
+        let r = std::thread::spawn(move || p.get(Some(Duration::from_millis(20))).map(|c| c.token))
+            .join()
+            .unwrap();
+        assert_eq!(r, Err(GetError::TimedOut));
+        assert_eq!(port.stats().waiting, 0);
+        port.post(1, 0, 8).unwrap();
+        assert_eq!(port.stats().queued, 1);
+        assert_eq!(token_of(port.get(ZERO)), Ok(8));
+    }
+
+    // Timeouts racing posts: short gets time out again and again while a
+    // thread posts; every packet still arrives exactly once, in order.
+    const N: u64 = 300;
+    let p = port.clone();
+    let poster = std::thread::spawn(move || {
+        for i in 0..N {
+            p.post(2, 0, i).unwrap();
+            std::thread::yield_now();
+        }
+    });
+    let (mut got, mut timeouts) = (Vec::new(), 0);
+    let deadline = Instant::now() + T;
+    while (got.len() as u64) < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} packets within {T:?}",
+            got.len()
+        );
+        match port.get(Some(Duration::from_millis(1))) {
+            Ok(c) => got.push(c.token),
+            Err(GetError::TimedOut) => timeouts += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    poster.join().unwrap();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "({timeouts} timeouts on the way)"
+    );
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// A post from another thread wakes a thread blocked in `get` at once, even
+/// when it lands just as the getter goes to sleep (on an inline port the
+/// getter is about to block in the engine, not on the queue).
+fn post_wakes_getter(t: &Target) {
+    use std::sync::atomic::AtomicU32;
+    const ROUNDS: u32 = 1500;
+    const STOP: u32 = u32::MAX;
+    let port = t.port();
+    // `go` carries a spin count to the poster; the poster posts that many
+    // spins after the getter announced it is about to call `get`, so posts
+    // land all over the getter's way into its wait.
+    let go = Arc::new(AtomicU32::new(0));
+    let poster = {
+        let (p, go) = (port.clone(), go.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + T * 3;
+            loop {
+                let v = go.swap(0, Ordering::SeqCst);
+                if v == STOP || Instant::now() > deadline {
+                    return;
+                }
+                if v == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                for _ in 0..v - 1 {
+                    std::hint::spin_loop();
+                }
+                p.post(0, 0, u64::from(v)).unwrap();
+            }
+        })
+    };
+    let mut worst = Duration::ZERO;
+    for i in 0..ROUNDS {
+        go.store(1 + (i * 7919) % 3000, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let r = port.get(Some(Duration::from_secs(2)));
+        let took = t0.elapsed();
+        worst = worst.max(took);
+        if r.is_err() || took > Duration::from_secs(1) {
+            go.store(STOP, Ordering::SeqCst);
+            let _ = poster.join();
+            panic!("round {i}: a post did not wake the getter ({r:?} after {took:?})");
+        }
+    }
+    go.store(STOP, Ordering::SeqCst);
+    poster.join().unwrap();
+    println!("post_wakes_getter: worst wake-up {worst:?}");
+}
+
+/// A failed operation is a packet (`Ok(Completion)` with an error `result`,
+/// key, token and buffer intact); no packet is `Err(GetError)`.
+fn failed_op_vs_no_packet(t: &Target) {
+    let port = t.port();
+    // Connection reset by peer (SO_LINGER 0, then close) under a pending recv.
+    let (h, c) = tcp_pair(&port, 21);
+    let op = port.recv(&h, vec_with(b"keep", 64), 5).unwrap();
+    SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c);
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op),
+        (OpKind::Recv, 21, 5, op),
+        "{}",
+        brief(&comp)
+    );
+    let e = comp.result.as_ref().expect_err("a reset recv fails");
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e:?}");
+    assert!(!comp.is_aborted() && comp.bytes() == 0);
+    let b = comp.take_buf().expect("the buffer comes back").into_vec();
+    assert_eq!((&b[..], b.capacity() >= 64), (&b"keep"[..], true));
+
+    // Same for a pooled receive: its final completion carries the error.
+    let (h2, c2) = tcp_pair(&port, 23);
+    let op2 = port.recv_pooled(&h2, 6).unwrap();
+    SockRef::from(&c2).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c2);
+    let comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op, comp.more),
+        (OpKind::RecvPooled, 23, 6, op2, false)
+    );
+    assert_eq!(
+        comp.result.as_ref().unwrap_err().kind(),
+        ErrorKind::ConnectionReset
+    );
+
+    // Connect to a closed port on 127.0.0.1: refused, as a packet.
+    let addr = closed_tcp_addr();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let hc = port.associate(s, 22).unwrap();
+    let op = port.connect(&hc, addr, 6).unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op),
+        (OpKind::Connect, 22, 6, op)
+    );
+    assert_eq!(
+        comp.result.as_ref().unwrap_err().kind(),
+        ErrorKind::ConnectionRefused,
+        "{}",
+        brief(&comp)
+    );
+
+    // No packet at all: a distinct type.
+    match port.get(Some(Duration::from_millis(10))) {
+        Err(GetError::TimedOut) => {}
+        other => panic!("expected Err(TimedOut), got {other:?}"),
+    }
+}
+
+/// A pending recv cancelled completes exactly once, aborted, with its buffer;
+/// so does one still queued behind another on the same handle. Cancelling a
+/// finished operation does nothing; the handle keeps working.
+fn cancel_pending(t: &Target) {
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 31);
+    let op = port.recv(&h, vec_with(b"xy", 64), 1).unwrap();
+    h.cancel(op).unwrap();
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op),
+        (OpKind::Recv, 31, 1, op)
+    );
+    assert!(comp.is_aborted(), "{}", brief(&comp));
+    assert_eq!(comp.take_buf().unwrap().as_slice(), b"xy");
+    no_packet(&port, Duration::from_millis(100));
+    h.cancel(op)
+        .expect("cancelling a finished op is not an error");
+    no_packet(&port, Duration::from_millis(30));
+
+    // Two receives: the second waits behind the first; cancel the second.
+    let first = port.recv(&h, Vec::with_capacity(16), 2).unwrap();
+    let second = port.recv(&h, vec_with(b"q", 16), 3).unwrap();
+    h.cancel(second).unwrap();
+    let mut comp = get(&port);
+    assert_eq!((comp.token, comp.op), (3, second), "{}", brief(&comp));
+    assert!(comp.is_aborted());
+    assert_eq!(comp.take_buf().unwrap().as_slice(), b"q");
+    c.write_all(b"after").unwrap();
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.token, comp.op, comp.bytes()),
+        (2, first, 5),
+        "{}",
+        brief(&comp)
+    );
+    assert_eq!(comp.take_buf().unwrap().as_slice(), b"after");
+    no_packet(&port, Duration::from_millis(30));
+}
+
+/// Cancel racing data: every operation completes exactly once, either aborted
+/// (its bytes stay in the socket for the next receive) or with the data.
+fn cancel_races_data(t: &Target) {
+    const N: usize = 200;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 32);
+    let (mut stream, mut aborted) = (Vec::new(), 0);
+    for i in 0..N {
+        let op = port.recv(&h, Vec::with_capacity(N), i as u64).unwrap();
+        if i % 2 == 0 {
+            c.write_all(&[i as u8]).unwrap();
+            h.cancel(op).unwrap();
+        } else {
+            h.cancel(op).unwrap();
+            c.write_all(&[i as u8]).unwrap();
+        }
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.token, comp.op),
+            (i as u64, op),
+            "one completion per op, in turn: {}",
+            brief(&comp)
+        );
+        let buf = comp.take_buf().expect("buffer back");
+        match &comp.result {
+            Ok(n) => {
+                assert!(*n > 0 && buf.len() == *n, "{}", brief(&comp));
+                stream.extend_from_slice(buf.as_slice());
+            }
+            Err(e) if is_aborted(e) => {
+                assert!(buf.is_empty());
+                aborted += 1;
+            }
+            Err(e) => panic!("op {i}: {e:?}"),
+        }
+    }
+    // Bytes left behind by aborted receives are still in order in the socket.
+    while stream.len() < N {
+        port.recv(&h, Vec::with_capacity(N), 10_000).unwrap();
+        let mut comp = get(&port);
+        assert!(comp.bytes() > 0, "{}", brief(&comp));
+        stream.extend_from_slice(comp.take_buf().unwrap().as_slice());
+    }
+    assert_eq!(stream, (0..N).map(|i| i as u8).collect::<Vec<_>>());
+    no_packet(&port, Duration::from_millis(30));
+    println!(
+        "cancel race: {aborted} of {N} aborted, {} completed with data",
+        N - aborted
+    );
+}
+
+/// Closing handles with operations in flight (recv, pooled recv, accept,
+/// recv_from, a send stuck behind a full socket buffer and one queued behind
+/// it): each completes exactly once, aborted (or normally, had it won), with
+/// its buffer; the descriptor closes after the last completion; later
+/// operations on the handle are refused with their buffer handed back.
+fn close_handle_in_flight(t: &Target) {
+    let port = t.build(
+        t.builder()
+            .concurrency(4)
+            .pool_buffers(16)
+            .pool_buffer_size(4096),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lh = port.associate(l, 40).unwrap();
+    port.accept(&lh, 1).unwrap();
+    let (h1, mut c1) = tcp_pair(&port, 41);
+    let op_r = port.recv(&h1, vec_with(b"r", 64), 2).unwrap();
+    let (h2, mut c2) = tcp_pair(&port, 42);
+    port.recv_pooled(&h2, 3).unwrap();
+    let (h3, c3) = tcp_pair(&port, 43);
+    h3.with_socket(|s| s.set_send_buffer_size(4096)).unwrap();
+    SockRef::from(&c3).set_recv_buffer_size(4096).unwrap();
+    const BIG: usize = 8 << 20;
+    port.send(&h3, pattern(0, BIG), 4).unwrap();
+    port.send(&h3, pattern(1, 1000), 5).unwrap();
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hu = port.associate(u, 44).unwrap();
+    port.recv_from(&hu, Vec::with_capacity(64), 6).unwrap();
+
+    lh.close();
+    h1.close();
+    drop(h2); // dropping the last clone closes too
+    h3.close();
+    hu.close();
+
+    let mut got: HashMap<u64, Completion> = HashMap::new();
+    while got.len() < 6 {
+        let c = get(&port);
+        assert!(
+            !c.more,
+            "no data was sent, so no stream chunk: {}",
+            brief(&c)
+        );
+        let tok = c.token;
+        if let Some(prev) = got.insert(tok, c) {
+            panic!("token {tok} completed twice: {}", brief(&prev));
+        }
+    }
+    no_packet(&port, Duration::from_millis(100));
+    for (tok, c) in &got {
+        assert!(c.is_aborted() || c.is_ok(), "token {tok}: {}", brief(c));
+    }
+    // Nothing could have completed normally here.
+    for tok in 1..=6 {
+        assert!(got[&tok].is_aborted(), "token {tok}: {}", brief(&got[&tok]));
+    }
+    let kinds: Vec<_> = (1..=6).map(|t| got[&t].kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::RecvPooled,
+            OpKind::Send,
+            OpKind::Send,
+            OpKind::RecvFrom
+        ]
+    );
+    assert_eq!(
+        got.get_mut(&2).unwrap().take_buf().unwrap().as_slice(),
+        b"r"
+    );
+    assert_eq!(got.get_mut(&4).unwrap().take_buf().unwrap().len(), BIG);
+    assert_eq!(
+        got.get_mut(&5).unwrap().take_buf().unwrap().as_slice(),
+        &pattern(1, 1000)[..]
+    );
+    assert!(got.get_mut(&6).unwrap().take_buf().is_some());
+
+    // The peers see the descriptors closed.
+    let mut b = [0u8; 8];
+    assert_eq!(c1.read(&mut b).expect("EOF, not a timeout"), 0);
+    assert_eq!(c2.read(&mut b).expect("EOF, not a timeout"), 0);
+    drop(c3);
+
+    // Operations on a closed handle are refused, buffer handed back.
+    let e = port
+        .recv(&h1, vec_with(b"z", 8), 9)
+        .expect_err("handle closed");
+    assert_eq!(e.buf.as_ref().map(|b| b.as_slice()), Some(&b"z"[..]));
+    assert!(
+        h1.cancel(op_r).is_err(),
+        "cancel on a closed handle is refused"
+    );
+    no_packet(&port, Duration::from_millis(30));
+}
+
+/// Closing the port wakes every waiter with `Abandoned`.
+fn close_port_wakes_waiters(t: &Target) {
+    let port = t.build(t.builder().concurrency(2));
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for w in 0..4 {
+        let (p, tx) = (port.clone(), tx.clone());
+        threads.push(std::thread::spawn(move || {
+            tx.send(token_of(p.get(Some(T))))
+        }));
+        wait_until(&format!("waiter {w} parked"), || {
+            port.stats().waiting == w + 1
+        });
+    }
+    port.close();
+    for _ in 0..4 {
+        let r = rx.recv_timeout(T).expect("every waiter returns");
+        assert_eq!(r, Err(GetError::Abandoned));
+    }
+    for th in threads {
+        th.join().unwrap().unwrap();
+    }
+    assert_eq!(port.stats().waiting, 0);
+    let t0 = Instant::now();
+    assert_eq!(port.get(Some(T)).unwrap_err(), GetError::Abandoned);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "get on a closed port waited"
+    );
+}
+
+/// After close: get/get_many → `Abandoned` at once, post/post_after/
+/// associate → error, operations refused with their buffer handed back;
+/// queued packets are dropped.
+fn close_port_then_calls_fail(t: &Target) {
+    let port = t.port();
+    let (h, _c) = tcp_pair(&port, 51);
+    port.post(5, 0, 1).unwrap();
+    port.close();
+    assert!(port.is_closed());
+    assert_eq!(port.get(ZERO).unwrap_err(), GetError::Abandoned);
+    let t0 = Instant::now();
+    assert_eq!(
+        port.get(Some(T)).unwrap_err(),
+        GetError::Abandoned,
+        "queued packets are dropped"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    let mut batch = Vec::new();
+    assert_eq!(
+        port.get_many(&mut batch, 4, Some(T)),
+        Err(GetError::Abandoned)
+    );
+    assert!(port.post(5, 0, 2).is_err());
+    assert!(port.post_after(Duration::from_millis(1), 5, 3).is_err());
+    assert!(port
+        .associate(UdpSocket::bind("127.0.0.1:0").unwrap(), 52)
+        .is_err());
+    let e = port
+        .recv(&h, vec_with(b"k", 8), 4)
+        .expect_err("port closed");
+    assert_eq!(e.buf.map(|b| b.into_vec()), Some(b"k".to_vec()));
+    port.close(); // twice is fine
+}
+
+/// `get_many` takes up to `max` (FIFO, appending), waits only while none are
+/// queued, and consumes nothing when it times out.
+fn get_many(t: &Target) {
+    let port = t.port();
+    for i in 0..5 {
+        port.post(0, 0, i).unwrap();
+    }
+    let mut batch = Vec::new();
+    assert_eq!(port.get_many(&mut batch, 3, ZERO), Ok(3));
+    assert_eq!(tokens(&batch), [0, 1, 2]);
+    let t0 = Instant::now();
+    assert_eq!(
+        port.get_many(&mut batch, 10, Some(T)),
+        Ok(2),
+        "takes what is there, no wait"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(tokens(&batch), [0, 1, 2, 3, 4], "appends");
+    let t0 = Instant::now();
+    assert_eq!(
+        port.get_many(&mut batch, 4, Some(Duration::from_millis(50))),
+        Err(GetError::TimedOut)
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(batch.len(), 5, "a timed-out get_many adds nothing");
+
+    // Waits only while none are queued: one packet ends the wait.
+    batch.clear();
+    let t0 = Instant::now();
+    if t.inline {
+        let p = port.clone();
+        let poster = std::thread::spawn(move || p.post(0, 0, 9).unwrap());
+        assert_eq!(port.get_many(&mut batch, 8, Some(T)), Ok(1));
+        poster.join().unwrap();
+    } else {
+        let p = port.clone();
+        let getter = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            p.get_many(&mut v, 8, Some(T)).map(|_| tokens(&v))
+        });
+        wait_until("the getter waits", || port.stats().waiting == 1);
+        port.post(0, 0, 9).unwrap();
+        assert_eq!(getter.join().unwrap(), Ok(vec![9]));
+    }
+    assert!(
+        t0.elapsed() < T / 2,
+        "get_many waited for more than one packet"
+    );
+}
+
+/// `post_after` delivers a Timer packet, not before its time, in deadline order.
+fn post_after_timer(t: &Target) {
+    let port = t.port();
+    let t0 = Instant::now();
+    let late = port.post_after(Duration::from_millis(150), 60, 1).unwrap();
+    let early = port.post_after(Duration::from_millis(50), 60, 2).unwrap();
+    let c = get(&port);
+    let e1 = t0.elapsed();
+    assert_eq!(
+        (c.kind, c.key, c.token, c.op, c.bytes()),
+        (OpKind::Timer, 60, 2, early, 0)
+    );
+    assert!(e1 >= Duration::from_millis(50), "timer fired early: {e1:?}");
+    let c = get(&port);
+    let e2 = t0.elapsed();
+    assert_eq!((c.kind, c.token, c.op), (OpKind::Timer, 1, late));
+    assert!(
+        e2 >= Duration::from_millis(150),
+        "timer fired early: {e2:?}"
+    );
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// A per-operation deadline completes an idle receive with `TimedOut`; a
+/// deadline that was not reached never fires later (even when the slot is
+/// reused); a pooled stream's deadline ends it with one final completion.
+fn op_deadline(t: &Target) {
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 61);
+    let t0 = Instant::now();
+    let op = port
+        .recv(
+            &h,
+            vec_with(b"d", 16),
+            OpOptions::with_timeout(7, Duration::from_millis(50)),
+        )
+        .unwrap();
+    let mut comp = get(&port);
+    let el = t0.elapsed();
+    assert_eq!((comp.kind, comp.token, comp.op), (OpKind::Recv, 7, op));
+    assert_eq!(
+        comp.result.as_ref().unwrap_err().kind(),
+        ErrorKind::TimedOut,
+        "{}",
+        brief(&comp)
+    );
+    assert!(!comp.is_aborted(), "a deadline is TimedOut, not aborted");
+    assert!(
+        el >= Duration::from_millis(50),
+        "deadline fired early: {el:?}"
+    );
+    assert_eq!(comp.take_buf().unwrap().as_slice(), b"d");
+    no_packet(&port, Duration::from_millis(50));
+
+    port.recv(
+        &h,
+        Vec::with_capacity(16),
+        OpOptions::with_timeout(8, Duration::from_millis(100)),
+    )
+    .unwrap();
+    c.write_all(b"x").unwrap();
+    let comp = get(&port);
+    assert_eq!((comp.token, comp.bytes()), (8, 1), "{}", brief(&comp));
+    port.recv(&h, Vec::with_capacity(16), 9).unwrap();
+    no_packet(&port, Duration::from_millis(250)); // op 8's deadline passes
+    c.write_all(b"y").unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        (comp.token, comp.bytes()),
+        (9, 1),
+        "a stale deadline hit a later op: {}",
+        brief(&comp)
+    );
+
+    let op = port
+        .recv_pooled(&h, OpOptions::with_timeout(10, Duration::from_millis(50)))
+        .unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.token, comp.op, comp.more),
+        (OpKind::RecvPooled, 10, op, false)
+    );
+    assert_eq!(
+        comp.result.as_ref().unwrap_err().kind(),
+        ErrorKind::TimedOut,
+        "{}",
+        brief(&comp)
+    );
+    no_packet(&port, Duration::from_millis(50));
+}
+
+/// 64 sends (some vectored) queued back-to-back on one handle arrive in
+/// order; each completes once with all its bytes and hands its buffers back.
+fn send_ordering(t: &Target) {
+    const N: usize = 64;
+    const LEN: usize = 1000;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 70);
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; N * LEN];
+        c.read_exact(&mut got).map(|_| got)
+    });
+    for i in 0..N {
+        let chunk = pattern(i * LEN, LEN);
+        if i % 8 == 7 {
+            let (a, b) = chunk.split_at(300);
+            port.send_vectored(
+                &h,
+                vec![
+                    Buf::from(a.to_vec()),
+                    Buf::from(b.to_vec().into_boxed_slice()),
+                ],
+                i as u64,
+            )
+            .unwrap();
+        } else {
+            port.send(&h, chunk, i as u64).unwrap();
+        }
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..N {
+        let mut comp = get(&port);
+        assert_eq!((comp.kind, comp.key), (OpKind::Send, 70));
+        assert_eq!(comp.bytes(), LEN, "{}", brief(&comp));
+        assert!(seen.insert(comp.token), "token {} twice", comp.token);
+        if comp.token % 8 == 7 {
+            let bufs = comp.take_bufs();
+            assert_eq!(bufs.iter().map(|b| b.len()).collect::<Vec<_>>(), [300, 700]);
+        } else {
+            assert_eq!(
+                comp.take_buf().unwrap().as_slice(),
+                &pattern(comp.token as usize * LEN, LEN)[..]
+            );
+        }
+    }
+    let got = reader.join().unwrap().expect("the peer reads every byte");
+    assert!(got == pattern(0, N * LEN), "bytes out of order at the peer");
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// An 8 MiB send to a slow-reading peer (small socket buffers, so the kernel
+/// takes it in many short sends) completes with every byte, and a send queued
+/// behind it follows it on the wire.
+fn large_send_slow_peer(t: &Target) {
+    const BIG: usize = 8 << 20;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 71);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(BIG + 1000);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut reads = 0u32;
+        while got.len() < BIG + 1000 {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            reads += 1;
+            if reads % 64 == 0 {
+                // A slow reader: pacing only, nothing waits on this.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok::<_, std::io::Error>(got)
+    });
+    port.send(&h, pattern(0, BIG), 1).unwrap();
+    port.send(&h, vec![0xAB; 1000], 2).unwrap();
+    let mut done = HashMap::new();
+    for _ in 0..2 {
+        let mut comp = get(&port);
+        let len = comp.take_buf().map(|b| b.len());
+        done.insert(comp.token, (comp.result.as_ref().ok().copied(), len));
+    }
+    assert_eq!(
+        done[&1],
+        (Some(BIG), Some(BIG)),
+        "the large send completes whole"
+    );
+    assert_eq!(done[&2], (Some(1000), Some(1000)));
+    let got = reader.join().unwrap().expect("peer read");
+    assert_eq!(got.len(), BIG + 1000);
+    assert!(
+        got[..BIG] == pattern(0, BIG)[..],
+        "large send corrupted or reordered"
+    );
+    assert!(
+        got[BIG..].iter().all(|&b| b == 0xAB),
+        "the second send overtook the first"
+    );
+}
+
+/// UDP `send_to`/`recv_from` round trips with the sender's address, on
+/// 127.0.0.1 (and ::1 where it exists).
+fn udp_round_trip(t: &Target) {
+    let port = t.port();
+    for local in ["127.0.0.1:0", "[::1]:0"] {
+        let Ok(a) = UdpSocket::bind(local) else {
+            println!("udp: {local} not available, skipped");
+            continue;
+        };
+        let a_addr = a.local_addr().unwrap();
+        let ha = port.associate(a, 80).unwrap();
+        let b = UdpSocket::bind(local).unwrap();
+        b.set_read_timeout(Some(T)).unwrap();
+        let b_addr = b.local_addr().unwrap();
+
+        let op = port.recv_from(&ha, Vec::with_capacity(2048), 1).unwrap();
+        b.send_to(b"ping", a_addr).unwrap();
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op, comp.bytes()),
+            (OpKind::RecvFrom, 80, 1, op, 4)
+        );
+        assert_eq!(comp.from_addr(), Some(b_addr));
+        assert_eq!(comp.take_buf().unwrap().as_slice(), b"ping");
+
+        port.send_to(&ha, b"pong".to_vec(), b_addr, 2).unwrap();
+        let comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.token, comp.bytes()),
+            (OpKind::SendTo, 2, 4),
+            "{}",
+            brief(&comp)
+        );
+        let mut buf = [0u8; 16];
+        let (n, from) = b.recv_from(&mut buf).expect("datagram at the peer");
+        assert_eq!((&buf[..n], from), (&b"pong"[..], a_addr));
+
+        // Port to port.
+        let c = UdpSocket::bind(local).unwrap();
+        let c_addr: SocketAddr = c.local_addr().unwrap();
+        let hc = port.associate(c, 81).unwrap();
+        port.recv_from(&hc, Vec::with_capacity(64), 3).unwrap();
+        port.send_to(&ha, vec![7u8; 33], c_addr, 4).unwrap();
+        let mut by_token = HashMap::new();
+        for _ in 0..2 {
+            let c = get(&port);
+            by_token.insert(c.token, c);
+        }
+        let r = by_token.get_mut(&3).expect("recv_from completed");
+        assert_eq!((r.key, r.bytes(), r.from_addr()), (81, 33, Some(a_addr)));
+        assert_eq!(r.take_buf().unwrap().as_slice(), &[7u8; 33][..]);
+        assert_eq!(by_token[&4].bytes(), 33);
+    }
+}
+
+/// A pooled receive is a stream of `more == true` chunks in pool buffers and
+/// exactly one final `more == false` completion; buffers go back to the pool
+/// when dropped (in_use returns to 0), and the stream survives the pool
+/// running dry. Packets the engine queues for this thread count as
+/// hand-offs on a threaded port and not on an inline one; a thread's own
+/// post + get never does.
+fn pooled_stream(t: &Target) {
+    const TOTAL: usize = 256 * 1024;
+    const BUF: usize = 1024;
+    let port = t.build(
+        t.builder()
+            .concurrency(4)
+            .pool_buffers(8)
+            .pool_buffer_size(BUF),
+    );
+    let (h, mut c) = tcp_pair(&port, 90);
+    let h0 = port.stats().handoffs;
+    let op = port.recv_pooled(&h, 3).unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in pattern(0, TOTAL).chunks(4096) {
+            c.write_all(chunk)?;
+        }
+        c.shutdown(Shutdown::Write)?;
+        Ok::<_, std::io::Error>(c)
+    });
+    let (mut data, mut chunks, mut held, mut max_in_use) = (Vec::new(), 0u64, Vec::new(), 0);
+    loop {
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op),
+            (OpKind::RecvPooled, 90, 3, op),
+            "{}",
+            brief(&comp)
+        );
+        if !comp.more {
+            assert_eq!(
+                comp.result.as_ref().ok(),
+                Some(&0),
+                "the stream ends at FIN: {}",
+                brief(&comp)
+            );
+            break;
+        }
+        chunks += 1;
+        let n = comp.bytes();
+        let b = comp.take_buf().expect("a chunk carries a buffer");
+        let Buf::Pooled(pb) = b else {
+            panic!("a chunk is a pool buffer, got {b:?}")
+        };
+        assert!(n > 0 && n <= BUF && pb.len() == n, "chunk of {n} in {pb:?}");
+        data.extend_from_slice(&pb);
+        held.push(pb);
+        max_in_use = max_in_use.max(port.pool_stats().in_use);
+        assert!(port.pool_stats().in_use >= held.len());
+        if held.len() >= 4 {
+            held.clear();
+        }
+    }
+    no_packet(&port, Duration::from_millis(100)); // exactly one final completion
+    drop(held);
+    assert_eq!(port.pool_stats().in_use, 0, "every pool buffer is back");
+    let _c = writer.join().unwrap().expect("writer");
+    assert!(
+        data == pattern(0, TOTAL),
+        "stream bytes differ ({} of {TOTAL} received)",
+        data.len()
+    );
+    assert!(
+        chunks >= (TOTAL / BUF) as u64,
+        "{chunks} chunks for {TOTAL} bytes in {BUF}-byte buffers"
+    );
+    let handoffs = port.stats().handoffs - h0;
+    if t.inline {
+        assert_eq!(handoffs, 0, "an inline port hands nothing across threads");
+    } else {
+        assert!(
+            handoffs > chunks,
+            "engine-to-getter packets are hand-offs: {handoffs} for {chunks} chunks"
+        );
+    }
+    let h1 = port.stats().handoffs;
+    port.post(1, 0, 1).unwrap();
+    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    assert_eq!(
+        port.stats().handoffs,
+        h1,
+        "own post + get is not a hand-off"
+    );
+    println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
+}

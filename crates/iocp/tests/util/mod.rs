@@ -1,0 +1,267 @@
+//! Helpers shared by the integration tests (conformance, echo_prop, teardown).
+//! Every wait here is bounded: a test fails with a message instead of hanging.
+#![allow(dead_code)]
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use iocp::{Backend, BlockingGuard, Completion, GetError, Handle, Port, PortBuilder};
+
+/// The bound on every wait in the tests.
+pub const T: Duration = Duration::from_secs(10);
+
+/// Writes a line straight to stderr, past libtest's output capture, so
+/// progress and SKIPPED notices show without `--nocapture`.
+pub fn say(line: impl AsRef<str>) {
+    let mut e = io::stderr().lock();
+    let _ = writeln!(e, "{}", line.as_ref());
+}
+
+/// One way of running a port: a backend, threaded or inline (per-core).
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub backend: Backend,
+    pub inline: bool,
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        if self.inline {
+            format!("{}+inline", self.backend)
+        } else {
+            self.backend.name().to_string()
+        }
+    }
+
+    pub fn builder(&self) -> PortBuilder {
+        Port::builder().backend(self.backend).inline(self.inline)
+    }
+
+    /// A port with concurrency 4 (enough that the limit never gets in the
+    /// way of clauses that are not about it).
+    pub fn port(&self) -> Port {
+        self.build(self.builder().concurrency(4))
+    }
+
+    pub fn build(&self, b: PortBuilder) -> Port {
+        b.build()
+            .unwrap_or_else(|e| panic!("{}: building a port failed: {e}", self.name()))
+    }
+
+    /// `Ok(())` if a port can be built, `Err(reason)` if the backend says
+    /// `Unsupported` (a placeholder engine, a missing kernel feature); any
+    /// other error is a failure.
+    pub fn probe(&self) -> Result<(), String> {
+        match self.builder().build() {
+            Ok(p) => {
+                p.close();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(e.to_string()),
+            Err(e) => panic!("{}: building a port failed: {e}", self.name()),
+        }
+    }
+}
+
+/// Takes one packet, failing the test after [`T`].
+#[track_caller]
+pub fn get(port: &Port) -> Completion {
+    match port.get(Some(T)) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a packet within {T:?}, got {e:?}"),
+    }
+}
+
+/// Asserts that no packet arrives within `within`.
+#[track_caller]
+pub fn no_packet(port: &Port, within: Duration) {
+    match port.get(Some(within)) {
+        Err(GetError::TimedOut) => {}
+        Ok(c) => panic!("unexpected packet: {c:?}"),
+        Err(e) => panic!("expected TimedOut, got {e:?}"),
+    }
+}
+
+/// Polls `cond` until it holds, failing after [`T`] with `what`.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {T:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A connected TCP pair on 127.0.0.1: the server side associated with
+/// `port` under `key`, the client side a plain blocking stream with [`T`]
+/// read/write timeouts.
+pub fn tcp_pair(port: &Port, key: u64) -> (Handle, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let c = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(T)).unwrap();
+    c.set_write_timeout(Some(T)).unwrap();
+    c.set_nodelay(true).unwrap();
+    (port.associate(s, key).expect("associate"), c)
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then closed).
+pub fn closed_tcp_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A `Vec` with `prefix` already in it and room for `cap` bytes in total.
+pub fn vec_with(prefix: &[u8], cap: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(cap.max(prefix.len()));
+    v.extend_from_slice(prefix);
+    v
+}
+
+/// A deterministic byte pattern (period 251, so shifted or reordered
+/// chunks of any length that is not a multiple of 251 show up).
+pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|k| ((seed + k) % 251) as u8).collect()
+}
+
+/// Completion summary for messages.
+pub fn brief(c: &Completion) -> String {
+    format!(
+        "{:?} key={} token={} op={} result={:?} more={}",
+        c.kind,
+        c.key,
+        c.token,
+        c.op.as_u64(),
+        c.result,
+        c.more
+    )
+}
+
+// ---- a thread driven by commands ------------------------------------------
+
+/// What an [`Actor`]'s jobs see: the port, and a place to keep a blocking
+/// guard between jobs.
+pub struct ActorState {
+    pub port: Port,
+    pub guard: Option<BlockingGuard>,
+}
+
+type Job = Box<dyn FnOnce(&mut ActorState) + Send>;
+
+/// A thread that runs jobs sent to it, one at a time, so a test can make a
+/// specific thread call `get`, take a blocking guard, or exit.
+pub struct Actor {
+    name: &'static str,
+    tx: Option<mpsc::Sender<Job>>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// The result of a job that may block.
+pub struct Pending<R> {
+    what: String,
+    rx: mpsc::Receiver<R>,
+}
+
+impl<R> Pending<R> {
+    /// Waits up to [`T`] for the job's result.
+    #[track_caller]
+    pub fn wait(self) -> R {
+        match self.rx.recv_timeout(T) {
+            Ok(r) => r,
+            Err(e) => panic!("{}: no result within {T:?} ({e})", self.what),
+        }
+    }
+
+    /// The result if the job has finished.
+    pub fn ready(&self) -> Option<R> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Actor {
+    pub fn new(name: &'static str, port: &Port) -> Actor {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let port = port.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("actor-{name}"))
+            .spawn(move || {
+                let mut st = ActorState { port, guard: None };
+                while let Ok(job) = rx.recv() {
+                    job(&mut st);
+                }
+            })
+            .expect("spawn actor");
+        Actor {
+            name,
+            tx: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    /// Starts `f` on the actor's thread and returns at once.
+    pub fn start<R: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut ActorState) -> R + Send + 'static,
+    ) -> Pending<R> {
+        let (rtx, rrx) = mpsc::channel();
+        let job: Job = Box::new(move |st| {
+            let _ = rtx.send(f(st));
+        });
+        self.tx
+            .as_ref()
+            .expect("actor running")
+            .send(job)
+            .unwrap_or_else(|_| panic!("actor {} died", self.name));
+        Pending {
+            what: format!("actor {}: {what}", self.name),
+            rx: rrx,
+        }
+    }
+
+    /// Runs `f` on the actor's thread and waits (up to [`T`]) for it.
+    #[track_caller]
+    pub fn call<R: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut ActorState) -> R + Send + 'static,
+    ) -> R {
+        self.start(what, f).wait()
+    }
+
+    /// Ends the thread and joins it (thread-locals are destroyed before
+    /// `join` returns).
+    pub fn exit(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(j) = self.join.take() {
+            if j.join().is_err() && !std::thread::panicking() {
+                panic!("actor {} panicked", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `get` on the actor's port, reduced to the token (for easy assertions).
+pub fn token_of(r: Result<Completion, GetError>) -> Result<u64, GetError> {
+    r.map(|c| c.token)
+}
+
+/// The op ids and tokens of a batch, for messages.
+pub fn tokens(batch: &[Completion]) -> Vec<u64> {
+    batch.iter().map(|c| c.token).collect()
+}
