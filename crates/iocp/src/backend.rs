@@ -2,6 +2,7 @@
 //! settings a builder collects.
 
 use std::fmt;
+use std::io;
 
 use crate::queue::QueueStats;
 
@@ -112,3 +113,115 @@ pub(crate) struct Config {
     pub cq_entries: u32,
     pub inline: bool,
 }
+
+/// What a port's engines did (summed over engines). On Windows the kernel
+/// is the engine: these count what the library sees of it, and
+/// `cq_overflows` is always 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Completions the engines produced.
+    pub completions: u64,
+    /// Kernel entries (`io_uring_enter`, `epoll_wait`): completions ÷ enters
+    /// is the batching factor.
+    pub enters: u64,
+    /// Pooled receives that found the pool empty (ENOBUFS) and waited.
+    pub starved: u64,
+    /// Times the kernel held completions back because the CQ was full.
+    pub cq_overflows: u64,
+}
+
+/// Configures a [`Port`](crate::Port) (what `CreateIoCompletionPort`'s arguments and the
+/// engine behind it can be).
+#[derive(Debug, Clone)]
+pub struct PortBuilder {
+    cfg: Config,
+}
+
+impl Default for PortBuilder {
+    fn default() -> Self {
+        PortBuilder {
+            cfg: Config {
+                concurrency: 0,
+                engines: 1,
+                backend: None,
+                pool_bufs: 256,
+                pool_buf_size: 16 * 1024,
+                sq_entries: 256,
+                cq_entries: 4096,
+                inline: false,
+            },
+        }
+    }
+}
+
+impl PortBuilder {
+    /// The concurrency limit: how many threads may run at once. 0 means the
+    /// number of CPUs, as on Windows.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.cfg.concurrency = n;
+        self
+    }
+    /// How many engine threads feed the port on Linux (sockets are spread
+    /// across them round-robin). Default 1. Ignored on Windows, where the
+    /// kernel is the engine.
+    pub fn engines(mut self, n: usize) -> Self {
+        self.cfg.engines = n.max(1);
+        self
+    }
+    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.cfg.backend = Some(b);
+        self
+    }
+    /// Pool buffers per engine (per port on Windows) for pooled receives
+    /// (default 256, at most 32768).
+    pub fn pool_buffers(mut self, n: usize) -> Self {
+        self.cfg.pool_bufs = n.clamp(1, 32768);
+        self
+    }
+    /// Bytes per pool buffer (default 16 KiB).
+    pub fn pool_buffer_size(mut self, n: usize) -> Self {
+        self.cfg.pool_buf_size = n.max(1);
+        self
+    }
+    /// Submission queue entries per io_uring (default 256; ignored elsewhere).
+    pub fn sq_entries(mut self, n: u32) -> Self {
+        self.cfg.sq_entries = n.max(8);
+        self
+    }
+    /// Completion queue entries per io_uring (default 4096; at least 2×SQ;
+    /// ignored elsewhere).
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cfg.cq_entries = n.max(16);
+        self
+    }
+    /// The per-core model: no engine thread; the thread that builds the port
+    /// drives its engine from inside `get` and handles its own completions,
+    /// with no hand-off. Such a port belongs to that one thread: other
+    /// threads may `post` to it (which wakes it) and start operations, but
+    /// only the owner should call `get`. On Windows it means concurrency 1:
+    /// the kernel lets one thread at a time run on the port.
+    pub fn inline(mut self, yes: bool) -> Self {
+        self.cfg.inline = yes;
+        self
+    }
+
+    /// Creates the port and starts its engines.
+    pub fn build(self) -> io::Result<crate::port::Port> {
+        let mut cfg = self.cfg;
+        if cfg.concurrency == 0 {
+            cfg.concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        let (want, why) = match cfg.backend {
+            Some(b) => (b, "requested by the builder".to_string()),
+            None => match Backend::from_env()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            {
+                Some(b) => (b, "requested by IOCP_BACKEND".to_string()),
+                None => (Backend::Auto, String::new()),
+            },
+        };
+        crate::port::Port::start(cfg, want, why)
+    }
+}
+

@@ -9,120 +9,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::backend::Config;
-pub use crate::backend::{Backend, BackendInfo, PortStats};
+pub use crate::backend::{Backend, BackendInfo, EngineStats, PortBuilder, PortStats};
 use crate::error::{self, GetError, SubmitError};
 use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
 use crate::pool::{PoolShared, PoolStats};
 use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue};
 use crate::sys::{self, Cmd, EngineShared, OpData, OpReq};
-
-/// What a port's engines did (summed over engines).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Completions the engines produced.
-    pub completions: u64,
-    /// Kernel entries (`io_uring_enter`, `epoll_wait`): completions ÷ enters
-    /// is the batching factor.
-    pub enters: u64,
-    /// Pooled receives that found the pool empty (ENOBUFS) and waited.
-    pub starved: u64,
-    /// Times the kernel held completions back because the CQ was full.
-    pub cq_overflows: u64,
-}
-
-/// Configures a [`Port`] (what `CreateIoCompletionPort`'s arguments and the
-/// engine behind it can be).
-#[derive(Debug, Clone)]
-pub struct PortBuilder {
-    cfg: Config,
-}
-
-impl Default for PortBuilder {
-    fn default() -> Self {
-        PortBuilder {
-            cfg: Config {
-                concurrency: 0,
-                engines: 1,
-                backend: None,
-                pool_bufs: 256,
-                pool_buf_size: 16 * 1024,
-                sq_entries: 256,
-                cq_entries: 4096,
-                inline: false,
-            },
-        }
-    }
-}
-
-impl PortBuilder {
-    /// The concurrency limit: how many threads may run at once. 0 means the
-    /// number of CPUs, as on Windows.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.cfg.concurrency = n;
-        self
-    }
-    /// How many engine threads feed the port (sockets are spread across them
-    /// round-robin). Default 1.
-    pub fn engines(mut self, n: usize) -> Self {
-        self.cfg.engines = n.max(1);
-        self
-    }
-    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
-    pub fn backend(mut self, b: Backend) -> Self {
-        self.cfg.backend = Some(b);
-        self
-    }
-    /// Pool buffers per engine for pooled receives (default 256, at most 32768).
-    pub fn pool_buffers(mut self, n: usize) -> Self {
-        self.cfg.pool_bufs = n.clamp(1, 32768);
-        self
-    }
-    /// Bytes per pool buffer (default 16 KiB).
-    pub fn pool_buffer_size(mut self, n: usize) -> Self {
-        self.cfg.pool_buf_size = n.max(1);
-        self
-    }
-    /// Submission queue entries per io_uring (default 256).
-    pub fn sq_entries(mut self, n: u32) -> Self {
-        self.cfg.sq_entries = n.max(8);
-        self
-    }
-    /// Completion queue entries per io_uring (default 4096; at least 2×SQ).
-    pub fn cq_entries(mut self, n: u32) -> Self {
-        self.cfg.cq_entries = n.max(16);
-        self
-    }
-    /// The per-core model: no engine thread; the thread that builds the port
-    /// drives its engine from inside `get` and handles its own completions,
-    /// with no hand-off. Such a port belongs to that one thread: other
-    /// threads may `post` to it (which wakes it) and start operations, but
-    /// only the owner should call `get`.
-    pub fn inline(mut self, yes: bool) -> Self {
-        self.cfg.inline = yes;
-        self
-    }
-
-    /// Creates the port and starts its engines.
-    pub fn build(self) -> io::Result<Port> {
-        let mut cfg = self.cfg;
-        if cfg.concurrency == 0 {
-            cfg.concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
-        }
-        if cfg.inline {
-            cfg.engines = 1;
-        }
-        let backend = match cfg.backend {
-            Some(b) => (b, "requested by the builder".to_string()),
-            None => match Backend::from_env()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-            {
-                Some(b) => (b, "requested by IOCP_BACKEND".to_string()),
-                None => (Backend::Auto, String::new()),
-            },
-        };
-        Port::start(cfg, backend)
-    }
-}
 
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
@@ -182,7 +74,11 @@ impl Port {
         PortBuilder::default()
     }
 
-    fn start(cfg: Config, (want, why): (Backend, String)) -> io::Result<Port> {
+    pub(crate) fn start(mut cfg: Config, want: Backend, why: String) -> io::Result<Port> {
+        if cfg.inline {
+            // The per-core model: one engine, driven by the building thread.
+            cfg.engines = 1;
+        }
         let queue = Queue::new(cfg.concurrency);
         let mut engines = Vec::new();
         let mut threads = Vec::new();

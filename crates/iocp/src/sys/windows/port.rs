@@ -42,7 +42,7 @@ use windows_sys::Win32::Networking::WinSock::SOCKET;
 use windows_sys::Win32::System::IO::{CreateIoCompletionPort, OVERLAPPED_ENTRY};
 
 pub(crate) use crate::backend::Config;
-pub use crate::backend::{Backend, BackendInfo, PortStats};
+pub use crate::backend::{Backend, BackendInfo, EngineStats, PortBuilder, PortStats};
 use crate::error::{self, GetError, SubmitError};
 use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
 use crate::pool::PoolStats;
@@ -50,111 +50,12 @@ use crate::queue::thread_tag;
 use crate::sys::windows::engine::{Got, HandleShared, OpData, Shared, Step, KEY_IO};
 use crate::sys::windows::timer::TimerItem;
 
-/// What a port's engine did. On Windows the kernel is the engine: these
-/// count what the library sees of it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Operation packets the port processed (including the library's
-    /// internal ones, e.g. a zero-byte receive's readiness).
-    pub completions: u64,
-    /// Kernel entries: `GetQueuedCompletionStatus(Ex)` calls through
-    /// `get`/`get_many` (completions ÷ enters is the batching factor).
-    pub enters: u64,
-    /// Pooled receives that found the pool empty and waited.
-    pub starved: u64,
-    /// Always 0: a kernel completion port has no fixed-size ring to overflow.
-    pub cq_overflows: u64,
-}
-
-/// Configures a [`Port`] (what `CreateIoCompletionPort`'s arguments and the
-/// engine behind it can be).
-#[derive(Debug, Clone)]
-pub struct PortBuilder {
-    cfg: Config,
-}
-
-impl Default for PortBuilder {
-    fn default() -> Self {
-        PortBuilder {
-            cfg: Config {
-                concurrency: 0,
-                engines: 1,
-                backend: None,
-                pool_bufs: 256,
-                pool_buf_size: 16 * 1024,
-                sq_entries: 256,
-                cq_entries: 4096,
-                inline: false,
-            },
-        }
-    }
-}
-
-impl PortBuilder {
-    /// The concurrency limit: how many threads may run at once. 0 means the
-    /// number of CPUs, as on Windows.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.cfg.concurrency = n;
-        self
-    }
-    /// How many engine threads feed the port on Linux. Ignored on Windows
-    /// (the kernel is the engine).
-    pub fn engines(mut self, n: usize) -> Self {
-        self.cfg.engines = n.max(1);
-        self
-    }
-    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else
-    /// `auto`. On Windows only `auto` and `iocp` exist.
-    pub fn backend(mut self, b: Backend) -> Self {
-        self.cfg.backend = Some(b);
-        self
-    }
-    /// Pool buffers for pooled receives (default 256, at most 32768; one
-    /// pool per port on Windows).
-    pub fn pool_buffers(mut self, n: usize) -> Self {
-        self.cfg.pool_bufs = n.clamp(1, 32768);
-        self
-    }
-    /// Bytes per pool buffer (default 16 KiB).
-    pub fn pool_buffer_size(mut self, n: usize) -> Self {
-        self.cfg.pool_buf_size = n.max(1);
-        self
-    }
-    /// Submission queue entries per io_uring. Ignored on Windows.
-    pub fn sq_entries(mut self, n: u32) -> Self {
-        self.cfg.sq_entries = n.max(8);
-        self
-    }
-    /// Completion queue entries per io_uring. Ignored on Windows.
-    pub fn cq_entries(mut self, n: u32) -> Self {
-        self.cfg.cq_entries = n.max(16);
-        self
-    }
-    /// The per-core model. On Windows this means concurrency 1: the kernel
-    /// lets one thread at a time run on the port.
-    pub fn inline(mut self, yes: bool) -> Self {
-        self.cfg.inline = yes;
-        self
-    }
-
-    /// Creates the port (`CreateIoCompletionPort`).
-    pub fn build(self) -> io::Result<Port> {
-        let mut cfg = self.cfg;
-        if cfg.concurrency == 0 {
-            cfg.concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
-        }
+impl Port {
+    pub(crate) fn start(mut cfg: Config, want: Backend, why: String) -> io::Result<Port> {
         if cfg.inline {
+            // The per-core model: the kernel lets one thread run at a time.
             cfg.concurrency = 1;
         }
-        let (want, why) = match cfg.backend {
-            Some(b) => (b, "requested by the builder".to_string()),
-            None => match Backend::from_env()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-            {
-                Some(b) => (b, "requested by IOCP_BACKEND".to_string()),
-                None => (Backend::Auto, String::new()),
-            },
-        };
         let reason = match want {
             Backend::Iocp => why,
             Backend::Auto if why.is_empty() => "auto: the kernel's I/O completion port".to_string(),
