@@ -224,4 +224,3 @@ impl PortBuilder {
         crate::port::Port::start(cfg, want, why)
     }
 }
-

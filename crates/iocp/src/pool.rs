@@ -110,6 +110,16 @@ impl PoolShared {
         out.append(&mut r);
     }
 
+    /// Whether buffers are waiting to be taken back (checked by an engine
+    /// before it sleeps, so a buffer dropped just then is not missed).
+    pub(crate) fn has_returned(&self) -> bool {
+        !self
+            .returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     pub(crate) fn stats(&self) -> PoolStats {
         PoolStats {
             total: self.count,

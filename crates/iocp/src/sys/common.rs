@@ -174,7 +174,9 @@ impl EngineShared {
     /// the meantime, in which case it must not block.
     pub(crate) fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
-        if self.has_cmds() || self.is_shutdown() {
+        // A pool buffer dropped before `sleeping` was set did not wake us
+        // (its dropper saw us awake); look for it now.
+        if self.has_cmds() || self.is_shutdown() || self.pool.has_returned() {
             self.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
@@ -272,6 +274,8 @@ pub(crate) enum TimerItem {
     Post(Completion),
     /// The deadline of operation `op` in slot `slot` passed.
     Deadline { slot: usize, op: u64 },
+    /// Re-arm standing operation `op` in slot `slot` (after a back-off).
+    Rearm { slot: usize, op: u64 },
 }
 
 /// A min-heap of timers.

@@ -544,6 +544,8 @@ impl EpollEngine {
                             self.cancel(slot, true);
                         }
                     }
+                    // This engine backs off per handle (`backoffs`).
+                    TimerItem::Rearm { .. } => {}
                 }
             }
             self.expired = items;

@@ -323,7 +323,8 @@ impl UringEngine {
                 false,
             ),
             OpData::AcceptMulti => (OpKind::Accept, Lane::None, Mem::None, true),
-            OpData::Connect(a) => (OpKind::Connect, Lane::None, Mem::Connect(a), false),
+            // Sends queue behind the connect, as they would behind a send.
+            OpData::Connect(a) => (OpKind::Connect, Lane::Write, Mem::Connect(a), false),
             OpData::Recv(b) => (OpKind::Recv, Lane::Read, Mem::Buf(b), false),
             OpData::RecvPooled => (OpKind::RecvPooled, Lane::Read, Mem::None, true),
             OpData::Send(b) => (OpKind::Send, Lane::Write, Mem::Buf(b), false),
@@ -358,13 +359,13 @@ impl UringEngine {
         };
         let Some(h) = self.handles.get_mut(&hid) else {
             let mut c = Completion::new(kind, 0, token, OpId(id), Err(error::handle_closed()));
-            c.buf = mem_into_buf(mem);
+            give_back(&mut c, mem);
             self.out.push(c);
             return;
         };
         if h.closing {
             let mut c = Completion::new(kind, h.key, token, OpId(id), Err(error::aborted()));
-            c.buf = mem_into_buf(mem);
+            give_back(&mut c, mem);
             self.out.push(c);
             return;
         }
@@ -596,24 +597,40 @@ impl UringEngine {
                         self.rearm(idx);
                     }
                 } else if !more {
+                    let errno = -res;
                     if res == -libc::ECANCELED || slot.cancelled {
-                        self.finish(idx, Err(error::aborted()));
-                    } else if is_transient_accept(-res) {
-                        // EMFILE and friends: report and keep the stream
-                        // going; the application decides how to back off.
-                        let c = Completion::new(
+                        let e = if slot.timed_out {
+                            error::timed_out()
+                        } else {
+                            error::aborted()
+                        };
+                        self.finish(idx, Err(e));
+                    } else if let Some(backoff) = accept_retry(errno) {
+                        // Report it and keep the stream going: the
+                        // application decides what to do about it. Out of
+                        // descriptors or memory, retrying at once would
+                        // spin, so the re-arm waits a little.
+                        let mut c = Completion::new(
                             OpKind::Accept,
                             slot.key,
                             slot.token,
                             OpId(slot.id),
-                            Err(io::Error::from_raw_os_error(-res)),
+                            Err(io::Error::from_raw_os_error(errno)),
                         );
-                        let mut c = c;
                         c.more = true;
                         self.out.push(c);
-                        self.rearm(idx);
+                        if backoff {
+                            slot.submitted = false;
+                            let op = slot.id;
+                            self.timers.add(
+                                Instant::now() + ACCEPT_BACKOFF,
+                                TimerItem::Rearm { slot: idx, op },
+                            );
+                        } else {
+                            self.rearm(idx);
+                        }
                     } else {
-                        self.finish(idx, Err(io::Error::from_raw_os_error(-res)));
+                        self.finish(idx, Err(io::Error::from_raw_os_error(errno)));
                     }
                 }
             }
@@ -941,6 +958,15 @@ impl UringEngine {
                         self.cancel_slot(slot, true);
                     }
                 }
+                TimerItem::Rearm { slot, op } => {
+                    if self
+                        .ops
+                        .get(slot)
+                        .is_some_and(|s| s.id == op && !s.submitted)
+                    {
+                        self.rearm(slot);
+                    }
+                }
             }
         }
         self.expired = items;
@@ -978,10 +1004,7 @@ impl UringEngine {
             }
             let mut slot = self.ops.remove(idx).expect("slot checked above");
             let mut c = Completion::new(slot.kind, slot.key, slot.token, OpId(slot.id), Err(err()));
-            match std::mem::replace(&mut slot.mem, Mem::None) {
-                Mem::Vectored(v, _, _) => c.extra = Extra::Vectored(v),
-                other => c.buf = mem_into_buf(other),
-            }
+            give_back(&mut c, std::mem::replace(&mut slot.mem, Mem::None));
             self.out.push(c);
             // It held no lane, so only the handle's op list changes.
             if let Some(h) = self.handles.get_mut(&hid) {
@@ -1085,17 +1108,31 @@ impl Drop for UringEngine {
     }
 }
 
-fn is_transient_accept(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EMFILE
-            | libc::ENFILE
-            | libc::ENOBUFS
-            | libc::ENOMEM
-            | libc::ECONNABORTED
-            | libc::EINTR
-            | libc::EAGAIN
-    )
+/// How long a standing accept waits before re-arming after running out of
+/// descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Whether an accept error leaves the listener usable: `Some(true)` when
+/// retrying must wait (out of descriptors or memory), `Some(false)` when it
+/// may retry at once (the errors accept(2) says to treat like EAGAIN: a
+/// connection that failed before it was accepted).
+fn accept_retry(errno: i32) -> Option<bool> {
+    match errno {
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => Some(true),
+        libc::ECONNABORTED
+        | libc::EINTR
+        | libc::EAGAIN
+        | libc::EPROTO
+        | libc::ENOPROTOOPT
+        | libc::EHOSTDOWN
+        | libc::ENONET
+        | libc::EHOSTUNREACH
+        | libc::EOPNOTSUPP
+        | libc::ENETDOWN
+        | libc::ENETUNREACH
+        | libc::ETIMEDOUT => Some(false),
+        _ => None,
+    }
 }
 
 fn new_addr() -> AddrBuf {
@@ -1118,10 +1155,13 @@ fn new_msg() -> Box<MsgParts> {
     })
 }
 
-fn mem_into_buf(mem: Mem) -> Option<Buf> {
+/// Puts the buffers of an operation that did not run back into its
+/// completion (vectored sends give back every buffer, in order).
+fn give_back(c: &mut Completion, mem: Mem) {
     match mem {
-        Mem::Buf(b) | Mem::Msg(b, _) => Some(b),
-        _ => None,
+        Mem::Buf(b) | Mem::Msg(b, _) => c.buf = Some(b),
+        Mem::Vectored(v, _, _) => c.extra = Extra::Vectored(v),
+        _ => {}
     }
 }
 
