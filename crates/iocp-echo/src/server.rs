@@ -1,12 +1,313 @@
-//! `iocp-echo server` (not written yet).
+//! `iocp-echo server`: an RFC 862 echo service on the `iocp` completion port.
+//!
+//! Two models (see `SERVER.md`):
+//!
+//! * `pool` — the seed's model: one [`Port`], N worker threads all waiting in
+//!   `get_many`; any worker handles any completion.
+//! * `per-core` — N shards, each one thread that builds its own inline port
+//!   and its own `SO_REUSEPORT` listener and handles its own completions.
+//!
+//! Module map: [`config`] (flags and their parsers), [`listen`] (binding,
+//! systemd socket activation), [`shard`] (everything that happens on a port:
+//! connections, listeners, UDP, timers, drain), [`table`] (the connection
+//! table keyed by completion key), [`stats`] (counters), [`udp`] (the
+//! per-source rate limiter), [`signals`] (SIGINT/SIGTERM).
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
-/// Arguments of `iocp-echo server`.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use iocp::Port;
 
-pub fn run(_a: Args) -> ExitCode {
-    eprintln!("iocp-echo server: not implemented yet");
-    ExitCode::from(1)
+mod config;
+mod listen;
+mod shard;
+#[cfg(unix)]
+mod signals;
+mod stats;
+mod table;
+mod udp;
+
+pub use config::Args;
+use config::{Config, Model};
+use listen::{Bound, Proto};
+use shard::Shard;
+use stats::Global;
+
+/// Runs `iocp-echo server`. Exit codes: 0 after a clean shutdown, 1 when the
+/// server could not run (bind, port or thread errors), 2 for bad flags.
+pub fn run(a: Args) -> ExitCode {
+    let cfg = match Config::from_args(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("iocp-echo server: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A started port with the threads waiting on it.
+struct Running {
+    ports: Vec<Port>,
+    threads: Vec<JoinHandle<()>>,
+    shards: Vec<Arc<Shard>>,
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    // Signals first: a SIGTERM that arrives right after the listening line
+    // is printed must already mean "drain", not "die".
+    #[cfg(unix)]
+    let mut sig =
+        signals::Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let nshards = match cfg.model {
+        Model::Pool => 1,
+        Model::PerCore => cfg.workers,
+    };
+    let bound = listen::bind_all(&cfg, nshards)?;
+    let global = Arc::new(Global::new(cfg.clone(), cfg.workers));
+
+    let running = match cfg.model {
+        Model::Pool => start_pool(&global, bound)?,
+        Model::PerCore => start_per_core(&global, bound, nshards)?,
+    };
+
+    // The ports are up and every socket is listening: tell the world.
+    let port0 = &running.ports[0];
+    let info = port0.backend();
+    let addrs: Vec<String> = running.shards[0].addresses();
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &addrs {
+            let _ = writeln!(out, "listening on {a}");
+        }
+        let _ = out.flush();
+    }
+    #[cfg(target_os = "linux")]
+    let features = info
+        .uring
+        .map_or_else(|| "none".to_string(), |f| f.describe());
+    #[cfg(not(target_os = "linux"))]
+    let features = "n/a".to_string();
+    tracing::info!(
+        backend = %info,
+        model = %cfg.model.name(),
+        workers = cfg.workers,
+        listen = %addrs.join(" "),
+        io_uring = %features,
+        max_conns = cfg.max_conns,
+        max_pending = cfg.max_pending,
+        idle_timeout = %config::fmt_opt_duration(cfg.idle_timeout),
+        drain_timeout = %humantime::format_duration(cfg.drain_timeout),
+        "iocp-echo server started"
+    );
+
+    #[cfg(unix)]
+    let sig_thread = sig.spawn(running.ports.clone(), global.clone());
+
+    let stats_stop = cfg.stats.map(|every| {
+        let (tx, rx) = mpsc::channel::<()>();
+        let g = global.clone();
+        let ports = running.ports.clone();
+        let t = std::thread::Builder::new()
+            .name("iocp-echo-stats".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => g.log_stats("stats", &ports),
+                    _ => return,
+                }
+            })
+            .ok();
+        (tx, t)
+    });
+
+    let mut panicked = 0;
+    for t in running.threads {
+        if t.join().is_err() {
+            panicked += 1;
+        }
+    }
+    if let Some((tx, t)) = stats_stop {
+        drop(tx);
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+    #[cfg(unix)]
+    sig.stop(sig_thread);
+
+    global.log_stats("final stats", &running.ports);
+    global.log_summary();
+    drop(running.shards);
+    for p in &running.ports {
+        p.close();
+    }
+    if panicked > 0 {
+        return Err(format!("{panicked} worker thread(s) panicked"));
+    }
+    Ok(())
+}
+
+/// `--model pool`: one port, `workers` threads waiting on it.
+fn start_pool(global: &Arc<Global>, bound: Vec<Bound>) -> Result<Running, String> {
+    let cfg = &global.cfg;
+    let mut b = Port::builder().concurrency(cfg.workers).engines(1);
+    if let Some(be) = cfg.backend {
+        b = b.backend(be);
+    }
+    let port = b.build().map_err(|e| port_error(cfg, &e))?;
+    let socks = bound
+        .into_iter()
+        .map(|b| {
+            (
+                b.proto,
+                b.addr,
+                b.socks.into_iter().next().expect("one socket"),
+            )
+        })
+        .collect();
+    // One worker per port thread would make the standing pooled receive
+    // safe (its completions stay in order); with several workers a pooled
+    // stream's packets go to different threads and could be handled out of
+    // order, so connections use one single-shot receive at a time.
+    let pooled = cfg.workers == 1;
+    let shard = Arc::new(
+        Shard::new(0, port.clone(), global.clone(), socks, pooled)
+            .map_err(|e| format!("cannot set up the port: {e}"))?,
+    );
+    shard.start();
+    let mut threads = Vec::new();
+    for w in 0..cfg.workers {
+        let s = shard.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("iocp-echo-worker-{w}"))
+            .spawn(move || s.worker_loop(w))
+            .map_err(|e| format!("cannot start worker thread {w}: {e}"))?;
+        threads.push(t);
+    }
+    Ok(Running {
+        ports: vec![port],
+        threads,
+        shards: vec![shard],
+    })
+}
+
+/// `--model per-core`: `n` shards, each a thread with its own inline port
+/// and its own listeners.
+fn start_per_core(global: &Arc<Global>, bound: Vec<Bound>, n: usize) -> Result<Running, String> {
+    // socks[shard] = that shard's sockets, in listener order.
+    let mut socks: Vec<Vec<(Proto, std::net::SocketAddr, socket2::Socket)>> =
+        (0..n).map(|_| Vec::new()).collect();
+    for b in bound {
+        for (i, s) in b.socks.into_iter().enumerate() {
+            socks[i].push((b.proto, b.addr, s));
+        }
+    }
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(Port, Arc<Shard>), String>)>();
+    let mut gos = Vec::new();
+    let mut threads = Vec::new();
+    for (i, mine) in socks.into_iter().enumerate() {
+        let (go_tx, go_rx) = mpsc::channel::<bool>();
+        gos.push(go_tx);
+        let g = global.clone();
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("iocp-echo-shard-{i}"))
+            .spawn(move || shard_thread(i, g, mine, ready, go_rx))
+            .map_err(|e| format!("cannot start shard thread {i}: {e}"))?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let mut ports: Vec<Option<(Port, Arc<Shard>)>> = (0..n).map(|_| None).collect();
+    let mut first_err = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok((i, Ok(p))) => ports[i] = Some(p),
+            Ok((i, Err(e))) => {
+                first_err.get_or_insert(format!("shard {i}: {e}"));
+            }
+            Err(_) => {
+                first_err.get_or_insert("a shard thread died while starting".to_string());
+                break;
+            }
+        }
+    }
+    let ok = first_err.is_none();
+    for go in &gos {
+        let _ = go.send(ok);
+    }
+    if let Some(e) = first_err {
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    let (ports, shards) = ports
+        .into_iter()
+        .map(|p| p.expect("every shard reported"))
+        .unzip();
+    Ok(Running {
+        ports,
+        threads,
+        shards,
+    })
+}
+
+type Ready = mpsc::Sender<(usize, Result<(Port, Arc<Shard>), String>)>;
+
+fn shard_thread(
+    i: usize,
+    global: Arc<Global>,
+    socks: Vec<(Proto, std::net::SocketAddr, socket2::Socket)>,
+    ready: Ready,
+    go: mpsc::Receiver<bool>,
+) {
+    let cfg = &global.cfg;
+    let mut b = Port::builder().inline(true);
+    if let Some(be) = cfg.backend {
+        b = b.backend(be);
+    }
+    let port = match b.build() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send((i, Err(port_error(cfg, &e))));
+            return;
+        }
+    };
+    let shard = match Shard::new(i, port.clone(), global.clone(), socks, true) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = ready.send((i, Err(format!("cannot set up the port: {e}"))));
+            port.close();
+            return;
+        }
+    };
+    let _ = ready.send((i, Ok((port.clone(), shard.clone()))));
+    drop(ready);
+    if go.recv() != Ok(true) {
+        drop(shard);
+        port.close();
+        return;
+    }
+    shard.start();
+    shard.worker_loop(i);
+    // The owner thread closes its inline port: the engine waits for the
+    // kernel to hand every buffer back before freeing it.
+    port.close();
+}
+
+fn port_error(cfg: &Config, e: &std::io::Error) -> String {
+    let want = cfg
+        .backend
+        .map_or_else(|| "auto".to_string(), |b| b.to_string());
+    format!("cannot create a completion port (backend {want}): {e}")
 }

@@ -1,0 +1,274 @@
+//! Binding: one listener per `--listen` address (pool), or one per shard on
+//! the same address with `SO_REUSEPORT` (per-core); or the sockets systemd
+//! hands over (`LISTEN_FDS`), duplicated once per shard.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::config::{Config, Model};
+
+const BACKLOG: i32 = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One bound address and its sockets, one per shard.
+pub(crate) struct Bound {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+    pub socks: Vec<Socket>,
+}
+
+/// Binds every listener the configuration asks for (or takes over the
+/// sockets of socket activation). Errors name the address and the OS error.
+pub(crate) fn bind_all(cfg: &Config, shards: usize) -> Result<Vec<Bound>, String> {
+    #[cfg(unix)]
+    if let Some(socks) = systemd::take()? {
+        if cfg.listen_explicit {
+            tracing::warn!(
+                "socket activation: using the {} inherited socket(s); --listen is ignored",
+                socks.len()
+            );
+        }
+        return inherited(socks, shards);
+    }
+    let reuseport = cfg.model == Model::PerCore;
+    let mut out = Vec::new();
+    for &addr in &cfg.listen {
+        let socks = bind_group(Proto::Tcp, addr, shards, reuseport)?;
+        let real = local(&socks[0]).map_err(|e| format!("cannot listen on tcp://{addr}: {e}"))?;
+        out.push(Bound {
+            proto: Proto::Tcp,
+            addr: real,
+            socks,
+        });
+        if cfg.udp {
+            // UDP on the same port as TCP (RFC 862 uses port 7 for both);
+            // when the port was picked by the kernel and is taken for UDP,
+            // let the kernel pick again.
+            let socks = match bind_group(Proto::Udp, real, shards, reuseport) {
+                Err(_) if addr.port() == 0 => bind_group(Proto::Udp, addr, shards, reuseport)?,
+                r => r?,
+            };
+            let ureal =
+                local(&socks[0]).map_err(|e| format!("cannot listen on udp://{addr}: {e}"))?;
+            out.push(Bound {
+                proto: Proto::Udp,
+                addr: ureal,
+                socks,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn local(s: &Socket) -> std::io::Result<SocketAddr> {
+    s.local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP socket"))
+}
+
+/// `n` sockets on `addr` (the first may pick the port; the rest reuse it).
+fn bind_group(
+    proto: Proto,
+    addr: SocketAddr,
+    n: usize,
+    reuseport: bool,
+) -> Result<Vec<Socket>, String> {
+    let first = bind_one(proto, addr, reuseport)
+        .map_err(|e| format!("cannot listen on {proto}://{addr}: {e}"))?;
+    let real = local(&first).map_err(|e| format!("cannot listen on {proto}://{addr}: {e}"))?;
+    let mut v = vec![first];
+    for i in 1..n {
+        let s = bind_one(proto, real, reuseport).map_err(|e| {
+            format!("cannot listen on {proto}://{real} (shard {i}, SO_REUSEPORT): {e}")
+        })?;
+        v.push(s);
+    }
+    Ok(v)
+}
+
+fn bind_one(proto: Proto, addr: SocketAddr, reuseport: bool) -> std::io::Result<Socket> {
+    let (ty, p) = match proto {
+        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(p))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if proto == Proto::Tcp {
+        // Rebinding while old connections sit in TIME_WAIT.
+        s.set_reuse_address(true)?;
+    }
+    if reuseport {
+        set_reuse_port(&s)?;
+    }
+    s.bind(&addr.into())?;
+    if proto == Proto::Tcp {
+        s.listen(BACKLOG)?;
+    }
+    Ok(s)
+}
+
+#[cfg(target_os = "linux")]
+fn set_reuse_port(s: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own with a pointer to a live c_int
+    // and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_reuse_port(_s: &Socket) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SO_REUSEPORT is not available here",
+    ))
+}
+
+/// Inherited sockets, each duplicated so every shard has its own
+/// descriptor on the same socket (every shard accepts on it).
+#[cfg(unix)]
+fn inherited(socks: Vec<Socket>, shards: usize) -> Result<Vec<Bound>, String> {
+    let mut out = Vec::new();
+    for (i, s) in socks.into_iter().enumerate() {
+        let fd = 3 + i;
+        let addr = local(&s).map_err(|e| format!("socket activation: fd {fd}: {e}"))?;
+        let proto = match s
+            .r#type()
+            .map_err(|e| format!("socket activation: fd {fd}: {e}"))?
+        {
+            Type::STREAM => Proto::Tcp,
+            Type::DGRAM => Proto::Udp,
+            other => {
+                return Err(format!(
+                    "socket activation: fd {fd} has unsupported socket type {other:?}"
+                ))
+            }
+        };
+        if proto == Proto::Tcp && !systemd::is_listening(&s) {
+            s.listen(BACKLOG)
+                .map_err(|e| format!("socket activation: fd {fd} ({addr}): listen: {e}"))?;
+        }
+        let mut v = Vec::with_capacity(shards);
+        for k in 1..shards {
+            v.push(
+                s.try_clone()
+                    .map_err(|e| format!("socket activation: fd {fd}: dup for shard {k}: {e}"))?,
+            );
+        }
+        v.insert(0, s);
+        tracing::info!(
+            "socket activation: fd {fd} is {proto}://{addr} (shared by {shards} shard(s))"
+        );
+        out.push(Bound {
+            proto,
+            addr,
+            socks: v,
+        });
+    }
+    Ok(out)
+}
+
+/// systemd socket activation (`sd_listen_fds(3)`): `LISTEN_PID` names this
+/// process and `LISTEN_FDS` counts the sockets passed from fd 3 on.
+#[cfg(unix)]
+pub(crate) mod systemd {
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+    use socket2::Socket;
+
+    const FIRST_FD: RawFd = 3;
+
+    /// Takes the inherited sockets, if they are meant for this process. The
+    /// variables are removed either way, so children do not see them.
+    pub(crate) fn take() -> Result<Option<Vec<Socket>>, String> {
+        let pid = std::env::var("LISTEN_PID").ok();
+        let fds = std::env::var("LISTEN_FDS").ok();
+        for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(v);
+        }
+        let (Some(pid), Some(fds)) = (pid, fds) else {
+            return Ok(None);
+        };
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .map_err(|_| format!("socket activation: LISTEN_PID={pid:?} is not a process id"))?;
+        if pid != std::process::id() {
+            tracing::info!(
+                "socket activation: LISTEN_PID={pid} is not this process; ignoring LISTEN_FDS"
+            );
+            return Ok(None);
+        }
+        let n: RawFd = fds
+            .trim()
+            .parse()
+            .map_err(|_| format!("socket activation: LISTEN_FDS={fds:?} is not a count"))?;
+        if n <= 0 {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for fd in FIRST_FD..FIRST_FD + n {
+            // SAFETY: fcntl on a descriptor number, no memory involved.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            if flags < 0 {
+                return Err(format!(
+                    "socket activation: LISTEN_FDS={n} but fd {fd} is not open: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: as above; keeps the socket from leaking into children.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+            // SAFETY: the service manager passed this descriptor to us and
+            // nothing else in the process owns it.
+            out.push(unsafe { Socket::from_raw_fd(fd) });
+        }
+        Ok(Some(out))
+    }
+
+    /// `SO_ACCEPTCONN`: whether `listen` was called on the socket.
+    pub(crate) fn is_listening(s: &Socket) -> bool {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a live c_int with its exact size.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        r == 0 && v != 0
+    }
+}

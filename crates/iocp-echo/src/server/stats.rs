@@ -1,0 +1,172 @@
+//! What every shard shares: the configuration, the counters, the global
+//! connection count (for `--max-conns`) and the UDP rate limiter.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use iocp::Port;
+
+use super::config::Config;
+use super::udp::RateLimiter;
+
+/// Counters, all monotonic except where noted.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub conns_total: AtomicU64,
+    pub rejected: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub resets: AtomicU64,
+    pub errors: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub accept_pauses: AtomicU64,
+    pub read_pauses: AtomicU64,
+    /// Sends and receives the engine ended with EAGAIN, retried.
+    pub send_retries: AtomicU64,
+    pub recv_retries: AtomicU64,
+    pub udp_in: AtomicU64,
+    pub udp_out: AtomicU64,
+    pub udp_dropped: AtomicU64,
+    /// Connections open when draining began (summed over shards).
+    pub drain_open: AtomicU64,
+    /// Connections that finished during the drain (peer closed, or closed
+    /// quiet with nothing left to echo).
+    pub drained: AtomicU64,
+    /// Bytes echoed while draining.
+    pub drain_bytes: AtomicU64,
+    /// Connections cut at the drain deadline, and the bytes they had not
+    /// echoed yet.
+    pub cut: AtomicU64,
+    pub cut_bytes: AtomicU64,
+}
+
+pub(crate) struct Global {
+    pub cfg: Config,
+    pub c: Counters,
+    /// Connections open now (all shards): admitted and not yet freed.
+    active: AtomicUsize,
+    /// Completions handled, per worker (pool) or shard (per-core).
+    pub completions: Vec<AtomicU64>,
+    pub udp_limiter: Mutex<RateLimiter>,
+    /// Set by the first SIGINT/SIGTERM.
+    pub draining: AtomicBool,
+    t0: Instant,
+    /// When the last "max-conns reached" warning was logged (ms after t0).
+    last_reject_warn: AtomicU64,
+}
+
+fn n(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Global {
+    pub(crate) fn new(cfg: Config, workers: usize) -> Global {
+        let limiter = RateLimiter::new(cfg.udp_rate);
+        Global {
+            cfg,
+            c: Counters::default(),
+            active: AtomicUsize::new(0),
+            completions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            udp_limiter: Mutex::new(limiter),
+            draining: AtomicBool::new(false),
+            t0: Instant::now(),
+            last_reject_warn: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Counts a new connection unless `--max-conns` are open already.
+    pub(crate) fn try_admit(&self) -> bool {
+        let max = self.cfg.max_conns;
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether to log a rejection (at most one warning per 5 s).
+    pub(crate) fn warn_rejects(&self) -> bool {
+        let now = self.t0.elapsed().as_millis() as u64;
+        let last = self.last_reject_warn.load(Ordering::Relaxed);
+        (last == u64::MAX || now.saturating_sub(last) >= 5000)
+            && self
+                .last_reject_warn
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    pub(crate) fn release(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add(a: &AtomicU64, v: u64) {
+        a.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// One line of counters.
+    pub(crate) fn log_stats(&self, what: &str, ports: &[Port]) {
+        let c = &self.c;
+        let completions: Vec<u64> = self.completions.iter().map(n).collect();
+        let queued: usize = ports.iter().map(|p| p.stats().queued).sum();
+        let pool = ports
+            .iter()
+            .map(|p| p.pool_stats())
+            .fold((0, 0), |a, s| (a.0 + s.in_use, a.1 + s.total));
+        tracing::info!(
+            conns_now = self.active(),
+            conns_total = n(&c.conns_total),
+            rejected = n(&c.rejected),
+            bytes_in = n(&c.bytes_in),
+            bytes_out = n(&c.bytes_out),
+            idle_closed = n(&c.idle_closed),
+            resets = n(&c.resets),
+            errors = n(&c.errors),
+            accept_errors = n(&c.accept_errors),
+            accept_pauses = n(&c.accept_pauses),
+            read_pauses = n(&c.read_pauses),
+            send_retries = n(&c.send_retries),
+            recv_retries = n(&c.recv_retries),
+            udp_in = n(&c.udp_in),
+            udp_out = n(&c.udp_out),
+            udp_dropped = n(&c.udp_dropped),
+            completions = ?completions,
+            queued,
+            pool_in_use = pool.0,
+            pool_total = pool.1,
+            "{what}"
+        );
+    }
+
+    /// The shutdown summary: what was drained, what was cut.
+    pub(crate) fn log_summary(&self) {
+        let c = &self.c;
+        if !self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let cut = n(&c.cut);
+        let msg = format!(
+            "shutdown: {} connection(s) open at the signal; drained {} ({} bytes echoed while draining), cut {} ({} bytes not echoed)",
+            n(&c.drain_open),
+            n(&c.drained),
+            n(&c.drain_bytes),
+            cut,
+            n(&c.cut_bytes)
+        );
+        if cut > 0 {
+            tracing::warn!(
+                drained = n(&c.drained),
+                cut,
+                cut_bytes = n(&c.cut_bytes),
+                "{msg}"
+            );
+        } else {
+            tracing::info!(drained = n(&c.drained), cut, cut_bytes = 0u64, "{msg}");
+        }
+    }
+}

@@ -1,0 +1,812 @@
+//! Integration tests of `iocp-echo server`: the real binary, on every engine
+//! (`--backend uring`, `--backend epoll`) and both models (`pool`,
+//! `per-core`), with clients nobody here wrote (socat, nc) and small Rust
+//! clients. Every wait is bounded.
+//!
+//! A backend whose engine is not written yet makes its cases print
+//! `SKIPPED` and pass, so they start counting once it lands. Missing tools
+//! (socat, nc) fail loudly.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_same, connect, echo_chunks, log_field, need_tool, start, Rng, Server, Spec, Started,
+};
+
+/// One (backend, model) cell of the matrix.
+struct Ctx {
+    backend: &'static str,
+    model: &'static str,
+}
+
+impl Ctx {
+    fn label(&self) -> String {
+        format!("{}/{}", self.backend, self.model)
+    }
+
+    fn base_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            self.backend,
+            "--model",
+            self.model,
+            "--workers",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    fn start(&self, extra: &[&str]) -> Option<Server> {
+        self.start_spec(Spec::new(&self.base_args(extra)))
+    }
+
+    fn start_spec(&self, spec: Spec) -> Option<Server> {
+        match start(&self.label(), spec) {
+            Started::Up(s) => Some(s),
+            Started::Skipped(why) => {
+                println!("SKIPPED: {}: {why}", self.label());
+                None
+            }
+        }
+    }
+}
+
+macro_rules! matrix {
+    ($($case:ident),* $(,)?) => {
+        mod uring_pool {
+            $( #[test] fn $case() { super::$case(&super::Ctx { backend: "uring", model: "pool" }) } )*
+        }
+        mod uring_per_core {
+            $( #[test] fn $case() { super::$case(&super::Ctx { backend: "uring", model: "per-core" }) } )*
+        }
+        mod epoll_pool {
+            $( #[test] fn $case() { super::$case(&super::Ctx { backend: "epoll", model: "pool" }) } )*
+        }
+        mod epoll_per_core {
+            $( #[test] fn $case() { super::$case(&super::Ctx { backend: "epoll", model: "per-core" }) } )*
+        }
+    };
+}
+
+matrix!(
+    socat_and_nc,
+    random_chunks_pipelined,
+    exact_16_mib,
+    concurrent_1000,
+    half_close,
+    reset_mid_stream,
+    never_reading_client,
+    sigterm_under_load,
+    emfile_recovery,
+    max_conns,
+    idle_timeout,
+    udp_echo_rate_limited,
+    socket_activation,
+);
+
+/// Runs `cmd` with `input` on its stdin; returns its stdout (20 s at most).
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client tool");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let r = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let st = common::wait_exit(&mut child, Duration::from_secs(20));
+    let _ = w.join();
+    let got = r.join().unwrap();
+    assert!(st.is_some(), "{cmd:?} did not finish within 20 s");
+    got
+}
+
+// ------------------------------------------------------------------- cases
+
+fn socat_and_nc(cx: &Ctx) {
+    need_tool("socat");
+    need_tool("nc");
+    let Some(s) = cx.start(&[]) else { return };
+    let port = s.tcp.port().to_string();
+    let data = Rng::new(1).bytes(1 << 20);
+    // socat half-closes after stdin's EOF and, with -t, waits for the rest
+    // of the echo (the server closes once everything is echoed).
+    let out = run_with_stdin(
+        Command::new("socat").args(["-t", "10", "-", &format!("TCP:127.0.0.1:{port}")]),
+        &data,
+    );
+    assert_same(&format!("{}: socat", cx.label()), &data, &out);
+    // nc -N: shutdown(SHUT_WR) after stdin's EOF, then read to the end.
+    let out = run_with_stdin(
+        Command::new("nc").args(["-N", "-w", "10", "127.0.0.1", &port]),
+        &data,
+    );
+    assert_same(&format!("{}: nc", cx.label()), &data, &out);
+    s.stop_ok();
+}
+
+fn random_chunks_pipelined(cx: &Ctx) {
+    let Some(s) = cx.start(&[]) else { return };
+    let addr = s.tcp;
+    let threads: Vec<_> = (0..4u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = Arc::new(Rng::new(100 + i).bytes(2 << 20));
+                let got = echo_chunks(addr, data.clone(), 7 + i, 1, 65_536);
+                assert_same(&format!("connection {i}"), &data, &got);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    s.stop_ok();
+}
+
+fn exact_16_mib(cx: &Ctx) {
+    let Some(s) = cx.start(&[]) else { return };
+    let data = Arc::new(Rng::new(16).bytes(16 << 20));
+    let got = echo_chunks(s.tcp, data.clone(), 16, 64 * 1024, 256 * 1024);
+    assert_same("16 MiB", &data, &got);
+    let log = s.stop_ok();
+    assert_eq!(
+        log_field(&log, "final stats", "bytes_out"),
+        Some(16 << 20),
+        "{log}"
+    );
+}
+
+fn concurrent_1000(cx: &Ctx) {
+    let Some(s) = cx.start(&[]) else { return };
+    let mut conns: Vec<TcpStream> = (0..1000).map(|_| connect(s.tcp)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("hello {i:05}\n").as_bytes()).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut b = [0u8; 12];
+        c.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(&b, format!("hello {i:05}\n").as_bytes(), "connection {i}");
+    }
+    drop(conns);
+    let log = s.stop_ok();
+    assert_eq!(
+        log_field(&log, "final stats", "conns_total"),
+        Some(1000),
+        "{log}"
+    );
+    assert_eq!(log_field(&log, "final stats", "rejected"), Some(0));
+}
+
+fn half_close(cx: &Ctx) {
+    let Some(s) = cx.start(&[]) else { return };
+    // Send more than --max-pending, half-close before reading anything: the
+    // server must echo all of it after the FIN, then close its side.
+    let data = Rng::new(3).bytes(300 * 1024);
+    let mut c = connect(s.tcp);
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("read to EOF (no reset)");
+    assert_same("half-close", &data, &got);
+    // A tiny one.
+    let mut c = connect(s.tcp);
+    c.write_all(b"abc").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"abc");
+    s.stop_ok();
+}
+
+fn reset_mid_stream(cx: &Ctx) {
+    let Some(s) = cx.start(&["--stats", "100ms"]) else {
+        return;
+    };
+    let data = Rng::new(5).bytes(4 << 20);
+    for round in 0..3 {
+        let mut c = connect(s.tcp);
+        c.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        // Write without reading until the buffers fill (or all is sent).
+        let mut off = 0;
+        while off < data.len() {
+            match c.write(&data[off..(off + 64 * 1024).min(data.len())]) {
+                Ok(n) => off += n,
+                Err(_) => break,
+            }
+        }
+        // Abort: SO_LINGER 0 makes close send RST.
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        let _ = round;
+    }
+    // Others are served.
+    let small = Arc::new(Rng::new(6).bytes(256 * 1024));
+    assert_same(
+        "after resets",
+        &small,
+        &echo_chunks(s.tcp, small.clone(), 6, 1000, 9000),
+    );
+    // The server forgets the reset connections.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.log();
+        if log_field(&log, "stats", "conns_now") == Some(0)
+            && log_field(&log, "stats", "resets").unwrap_or(0) >= 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reset connections not released:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.stop_ok();
+}
+
+fn never_reading_client(cx: &Ctx) {
+    let Some(s) = cx.start(&["--max-pending", "256KiB"]) else {
+        return;
+    };
+    // Warm up: pools, allocator arenas, rings.
+    let warm: Vec<_> = (0..4u64)
+        .map(|i| {
+            let addr = s.tcp;
+            std::thread::spawn(move || {
+                let d = Arc::new(Rng::new(40 + i).bytes(4 << 20));
+                assert_same(
+                    "warm-up",
+                    &d,
+                    &echo_chunks(addr, d.clone(), i, 16 * 1024, 128 * 1024),
+                );
+            })
+        })
+        .collect();
+    for t in warm {
+        if t.join().is_err() {
+            panic!(
+                "{}: warm-up echo failed; server log:\n{}",
+                cx.label(),
+                s.log()
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = s.rss_kib();
+
+    // The hog: sends up to 256 MiB and never reads.
+    let hog = connect(s.tcp);
+    hog.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let (sent2, stalled2) = (sent.clone(), stalled.clone());
+    let mut hw = hog.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![0x5au8; 256 * 1024];
+        while sent2.load(Ordering::Relaxed) < 256 << 20 {
+            match hw.write(&chunk) {
+                Ok(n) => {
+                    sent2.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    stalled2.store(true, Ordering::Release);
+                    return;
+                }
+                Err(e) => panic!("hog write: {e}"),
+            }
+        }
+    });
+    // While it pushes, another client is served.
+    let other = Arc::new(Rng::new(41).bytes(1 << 20));
+    assert_same(
+        "other client",
+        &other,
+        &echo_chunks(s.tcp, other.clone(), 41, 1000, 50_000),
+    );
+    writer.join().unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        stalled.load(Ordering::Acquire),
+        "{}: the server kept reading a client that never reads ({} MiB accepted)",
+        cx.label(),
+        sent >> 20
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let after = s.rss_kib();
+    let growth = after.saturating_sub(before);
+    let limit = 256 + 16 * 1024;
+    println!(
+        "{}: hog sent {} KiB before stalling; RSS {before} -> {after} KiB (+{growth} KiB, limit +{limit} KiB)",
+        cx.label(),
+        sent >> 10
+    );
+    assert!(
+        growth <= limit,
+        "{}: RSS grew by {growth} KiB (> max-pending + 16 MiB)",
+        cx.label()
+    );
+    // Still serving others while the hog sits there.
+    let again = Arc::new(Rng::new(42).bytes(64 * 1024));
+    assert_same(
+        "while stalled",
+        &again,
+        &echo_chunks(s.tcp, again.clone(), 42, 100, 5000),
+    );
+    drop(hog);
+    s.stop_ok();
+}
+
+fn sigterm_under_load(cx: &Ctx) {
+    let Some(s) = cx.start(&["--drain-timeout", "2s"]) else {
+        return;
+    };
+    let addr = s.tcp;
+    // An idle client: closed soon after the signal (nothing in flight).
+    let mut idle = connect(addr);
+    idle.write_all(b"hi").unwrap();
+    let mut b = [0u8; 2];
+    idle.read_exact(&mut b).unwrap();
+    // A stuck client that never reads: it is cut at the deadline.
+    let mut stuck = connect(addr);
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let chunk = vec![1u8; 256 * 1024];
+    while stuck.write(&chunk).is_ok() {}
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    // Finishers: 4 MiB each, paced, verified byte for byte.
+    let finishers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                let data = Rng::new(70 + i).bytes(4 << 20);
+                let c = connect(addr);
+                let mut w = c.try_clone().unwrap();
+                let d2 = data.clone();
+                let wt = std::thread::spawn(move || {
+                    for (k, chunk) in d2.chunks(64 * 1024).enumerate() {
+                        w.write_all(chunk).expect("finisher write");
+                        if k == 4 {
+                            progress.fetch_add(1, Ordering::AcqRel);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut got = Vec::new();
+                let mut r = c;
+                r.read_to_end(&mut got).expect("finisher read");
+                wt.join().unwrap();
+                assert_same(&format!("finisher {i}"), &data, &got);
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.load(Ordering::Acquire) < 4 {
+        assert!(Instant::now() < deadline, "finishers made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    // Idle connection: EOF well before the deadline.
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = idle.read(&mut b).expect("idle client read");
+    assert_eq!(n, 0, "idle connection should see EOF while draining");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "idle connection closed after {:?}",
+        t0.elapsed()
+    );
+    // New connections are refused once accepting stops.
+    assert!(s.wait_log("draining", Duration::from_secs(5)));
+    let refused = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Err(_) => true,
+            Ok(mut c) => {
+                // Accepted by the kernel before the listener closed: it
+                // must not be served.
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = c.write_all(b"x");
+                let mut b = [0u8; 1];
+                !matches!(c.read(&mut b), Ok(1))
+            }
+        }
+    });
+    assert!(refused, "new connections still served after SIGTERM");
+    for f in finishers {
+        f.join()
+            .expect("a finisher's echo was not completed during the drain");
+    }
+    let label = cx.label();
+    let mut s = s;
+    let st = common::wait_exit(&mut s.child, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(50));
+    let log = s.log();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{label}: exit {st:?}\n{log}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "drain took {:?}",
+        t0.elapsed()
+    );
+    drop(stuck);
+    assert!(
+        log.contains("cutting connection"),
+        "{label}: the cut is not logged:\n{log}"
+    );
+    assert_eq!(log_field(&log, "shutdown:", "cut"), Some(1), "{log}");
+    assert!(
+        log_field(&log, "shutdown:", "drained").unwrap_or(0) >= 5,
+        "{log}"
+    );
+}
+
+fn emfile_recovery(cx: &Ctx) {
+    let mut spec = Spec::new(&cx.base_args(&[]));
+    spec.nofile = Some(64);
+    let Some(s) = cx.start_spec(spec) else { return };
+    // More clients than the server has descriptors.
+    let clients: Vec<TcpStream> = (0..100).map(|_| connect(s.tcp)).collect();
+    assert!(
+        s.wait_log("pausing accepts", Duration::from_secs(5)),
+        "{}: no EMFILE back-off logged:\n{}",
+        cx.label(),
+        s.log()
+    );
+    // Backing off, not spinning.
+    let t = Instant::now();
+    let c0 = s.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    let ticks = s.cpu_ticks() - c0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = ticks as f64 / hz / t.elapsed().as_secs_f64();
+    assert!(
+        cpu < 0.5,
+        "{}: server used {:.0}% CPU while out of descriptors",
+        cx.label(),
+        cpu * 100.0
+    );
+    drop(clients);
+    // Once descriptors free up, a new client is served within 1 s.
+    let t0 = Instant::now();
+    let mut c = connect(s.tcp);
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    c.read_exact(&mut b).expect("served after EMFILE");
+    assert_eq!(&b, b"ping");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "{}: served {took:?} after descriptors freed up",
+        cx.label()
+    );
+    drop(c);
+    let log = s.stop_ok();
+    assert!(log_field(&log, "final stats", "accept_pauses").unwrap_or(0) >= 1);
+}
+
+fn max_conns(cx: &Ctx) {
+    let Some(s) = cx.start(&["--max-conns", "2"]) else {
+        return;
+    };
+    let echo = |c: &mut TcpStream, m: &[u8]| -> bool {
+        if c.write_all(m).is_err() {
+            return false;
+        }
+        let mut b = vec![0u8; m.len()];
+        c.read_exact(&mut b).is_ok() && b == m
+    };
+    let mut a = connect(s.tcp);
+    let mut b = connect(s.tcp);
+    assert!(echo(&mut a, b"a"));
+    assert!(echo(&mut b, b"b"));
+    // The third is closed at once.
+    let mut c = connect(s.tcp);
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t0 = Instant::now();
+    let _ = c.write_all(b"c");
+    let mut buf = [0u8; 1];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("{}: third connection was served: {other:?}", cx.label()),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // After one leaves, a new one is served.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut d = connect(s.tcp);
+        d.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if echo(&mut d, b"d") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot freed after a client left"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(echo(&mut b, b"b2"));
+    let log = s.stop_ok();
+    assert!(
+        log_field(&log, "final stats", "rejected").unwrap_or(0) >= 1,
+        "{log}"
+    );
+    assert!(log.contains("--max-conns reached"), "{log}");
+}
+
+fn idle_timeout(cx: &Ctx) {
+    let Some(s) = cx.start(&["--idle-timeout", "300ms"]) else {
+        return;
+    };
+    let mut quiet = connect(s.tcp);
+    quiet.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    quiet.read_exact(&mut b).unwrap();
+    let t0 = Instant::now();
+    // A chatty client stays open meanwhile.
+    let addr = s.tcp;
+    let chatty = std::thread::spawn(move || {
+        let mut c = connect(addr);
+        for i in 0..12u8 {
+            c.write_all(&[i]).unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b)
+                .expect("chatty client closed while active");
+            assert_eq!(b[0], i);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = quiet.read(&mut b).expect("idle close is a FIN");
+    let took = t0.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{}: idle connection closed after {took:?}",
+        cx.label()
+    );
+    chatty.join().unwrap();
+    let log = s.stop_ok();
+    assert!(log_field(&log, "final stats", "idle_closed").unwrap_or(0) >= 1);
+}
+
+fn udp_echo_rate_limited(cx: &Ctx) {
+    need_tool("nc");
+    need_tool("socat");
+    let Some(mut s) = cx.start(&["--udp", "--udp-rate", "10"]) else {
+        return;
+    };
+    let u = s.udp();
+    assert_eq!(u.ip(), s.tcp.ip());
+    // Tools first (each takes a token).
+    let out = run_with_stdin(
+        Command::new("nc").args(["-u", "-w", "1", "127.0.0.1", &u.port().to_string()]),
+        b"nc-udp\n",
+    );
+    assert_eq!(out, b"nc-udp\n", "{}: nc -u", cx.label());
+    let out = run_with_stdin(
+        Command::new("socat").args(["-T", "1", "-", &format!("UDP:127.0.0.1:{}", u.port())]),
+        b"socat-udp\n",
+    );
+    assert_eq!(out, b"socat-udp\n", "{}: socat UDP", cx.label());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // A burst of 100: about the bucket's worth comes back, the rest is dropped.
+    for i in 0..100u32 {
+        sock.send_to(&i.to_le_bytes(), u).unwrap();
+    }
+    let mut back = 0;
+    let mut b = [0u8; 64];
+    while let Ok((n, from)) = sock.recv_from(&mut b) {
+        assert_eq!(from, u);
+        assert_eq!(n, 4);
+        back += 1;
+    }
+    assert!(
+        (1..=15).contains(&back),
+        "{}: {back} of 100 datagrams echoed at --udp-rate 10",
+        cx.label()
+    );
+    let log = s.stop_ok();
+    assert!(
+        log_field(&log, "final stats", "udp_dropped").unwrap_or(0) >= 80,
+        "{log}"
+    );
+}
+
+fn socket_activation(cx: &Ctx) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(128).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let args = vec![
+        "--backend".to_string(),
+        cx.backend.to_string(),
+        "--model".to_string(),
+        cx.model.to_string(),
+        "--workers".to_string(),
+        "2".to_string(),
+    ];
+    let mut spec = Spec::new(&args);
+    spec.inherit = Some(l);
+    let Some(s) = cx.start_spec(spec) else { return };
+    assert_eq!(s.tcp, addr, "the inherited socket's address is printed");
+    assert!(
+        s.wait_log("socket activation: fd 3", Duration::from_secs(2)),
+        "{}",
+        s.log()
+    );
+    let clients: Vec<_> = (0..16u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let d = Arc::new(Rng::new(90 + i).bytes(64 * 1024));
+                assert_same("activated", &d, &echo_chunks(addr, d.clone(), i, 500, 8000));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    s.stop_ok();
+}
+
+// ------------------------------------------------------- outside the matrix
+
+/// `iocp-echo server ARGS` that must fail: returns (exit code, stderr).
+fn run_failing(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(common::bin())
+        .arg("server")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let st = common::wait_exit(&mut child, Duration::from_secs(10));
+    let mut out = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    assert!(
+        !out.contains("listening on"),
+        "{args:?} printed a listening line: {out}"
+    );
+    (st.and_then(|s| s.code()), t.join().unwrap())
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    for (args, needle) in [
+        (&["--workers", "abc"][..], "--workers"),
+        (&["--workers", "0"][..], "--workers"),
+        (&["--backend", "bogus"][..], "unknown backend"),
+        (&["--backend", "iocp"][..], "only available on Windows"),
+        (&["--model", "weird"][..], "--model"),
+        (&["--max-pending", "12XB"][..], "unknown unit"),
+        (&["--max-pending", "0"][..], "at least 1"),
+        (&["--idle-timeout", "5 parsecs"][..], "--idle-timeout"),
+        (&["--drain-timeout", "soon"][..], "--drain-timeout"),
+        (&["--listen", "nowhere"][..], "--listen"),
+        (&["--udp-rate", "0"][..], "--udp-rate"),
+        (&["--max-conns", "-1"][..], "-1"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let (code, err) = run_failing(args);
+        assert_eq!(code, Some(2), "{args:?}: stderr: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr does not mention {needle:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn busy_address_exit_1() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    for model in ["pool", "per-core"] {
+        let (code, err) = run_failing(&["--listen", &addr, "--model", model, "--workers", "2"]);
+        assert_eq!(code, Some(1), "{model}: {err}");
+        assert!(
+            err.contains(&format!("tcp://{addr}")),
+            "{model}: the message names the address: {err}"
+        );
+        assert!(
+            err.contains("Address already in use"),
+            "{model}: the message has the OS error: {err}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_address_exit_1() {
+    // TEST-NET-1: never a local address, so bind fails (no traffic is sent).
+    let (code, err) = run_failing(&["--listen", "192.0.2.1:7007"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tcp://192.0.2.1:7007"), "{err}");
+    assert!(err.contains("Cannot assign requested address"), "{err}");
+}
+
+/// The pool model with one worker uses the standing pooled receive (its
+/// completions cannot be reordered with a single thread): the paths the
+/// matrix covers for per-core, on the pool model.
+#[test]
+fn pool_single_worker_pooled_receive() {
+    let Started::Up(s) = start(
+        "uring/pool/1",
+        Spec::new(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "uring",
+            "--model",
+            "pool",
+            "--workers",
+            "1",
+        ]),
+    ) else {
+        panic!("io_uring is expected to work here")
+    };
+    let data = Arc::new(Rng::new(11).bytes(8 << 20));
+    assert_same(
+        "pool/1",
+        &data,
+        &echo_chunks(s.tcp, data.clone(), 11, 1, 200_000),
+    );
+    let small = Rng::new(12).bytes(300 * 1024);
+    let mut c = connect(s.tcp);
+    c.write_all(&small).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_same("pool/1 half-close", &small, &got);
+    let log = s.stop_ok();
+    assert_eq!(log_field(&log, "final stats", "errors"), Some(0), "{log}");
+}
