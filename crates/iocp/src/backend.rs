@@ -128,6 +128,9 @@ pub struct EngineStats {
     pub starved: u64,
     /// Times the kernel held completions back because the CQ was full.
     pub cq_overflows: u64,
+    /// Sends and receives the kernel ended with a spurious EAGAIN that the
+    /// engine re-issued (polling first) without losing progress.
+    pub eagain_retries: u64,
 }
 
 /// Configures a [`Port`](crate::Port) (what `CreateIoCompletionPort`'s arguments and the

@@ -112,6 +112,7 @@ impl PoolShared {
 
     /// Whether buffers are waiting to be taken back (checked by an engine
     /// before it sleeps, so a buffer dropped just then is not missed).
+    #[cfg(target_os = "linux")]
     pub(crate) fn has_returned(&self) -> bool {
         !self
             .returned

@@ -458,6 +458,7 @@ impl Port {
             s.enters += c.enters.load(Ordering::Relaxed);
             s.starved += c.starved.load(Ordering::Relaxed);
             s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
+            s.eagain_retries += c.eagain_retries.load(Ordering::Relaxed);
         }
         s
     }

@@ -87,6 +87,8 @@ pub(crate) struct EngineCounters {
     pub starved: std::sync::atomic::AtomicU64,
     /// Times the kernel reported completions held back by a full CQ.
     pub cq_overflows: std::sync::atomic::AtomicU64,
+    /// Sends and receives the kernel ended with EAGAIN, re-issued.
+    pub eagain_retries: std::sync::atomic::AtomicU64,
 }
 
 impl EngineCounters {

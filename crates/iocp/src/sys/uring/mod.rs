@@ -35,6 +35,8 @@ pub(crate) use probe::ENV_SWITCHES;
 const WAKE_UD: u64 = u64::MAX;
 const CANCEL_UD: u64 = u64::MAX - 1;
 const POLL_BIT: u64 = 1 << 62;
+/// `IORING_RECVSEND_POLL_FIRST` (5.19): arm the poll before the first try.
+const POLL_FIRST: u16 = 1;
 
 /// Which per-handle lane an operation waits in (one in flight per lane keeps
 /// a stream's bytes in issue order, as Winsock promises).
@@ -82,6 +84,8 @@ struct Slot {
     multishot: bool,
     /// Pooled receive waiting for buffers (ENOBUFS).
     starved: bool,
+    /// The last attempt ended with EAGAIN: poll before trying again.
+    poll_first: bool,
 }
 
 struct HState {
@@ -276,6 +280,10 @@ impl UringEngine {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Register { hid, fd, key } => {
+                // io_uring waits by itself (FAST_POLL); a non-blocking socket
+                // would only turn a retry the kernel runs in io-wq into a
+                // spurious EAGAIN.
+                let _ = socket2::SockRef::from(&fd).set_nonblocking(false);
                 self.handles.insert(
                     hid,
                     HState {
@@ -384,6 +392,7 @@ impl UringEngine {
             timed_out: false,
             multishot,
             starved: false,
+            poll_first: false,
         });
         h.ops.push(idx);
         let go = match lane {
@@ -429,6 +438,7 @@ impl UringEngine {
         let fd = types::Fd(h.fd.as_raw_fd());
         let ud = idx as u64;
         slot.submitted = true;
+        let prio = if slot.poll_first { POLL_FIRST } else { 0 };
         let e = match (&mut slot.mem, slot.kind) {
             (Mem::Accept(a), _) => {
                 a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -437,17 +447,17 @@ impl UringEngine {
                     &mut a.storage as *mut _ as *mut libc::sockaddr,
                     &mut a.len,
                 )
-                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .flags(libc::SOCK_CLOEXEC)
                 .build()
             }
             (Mem::None, OpKind::Accept) => {
                 if feats.multishot_accept {
                     opcode::AcceptMulti::new(fd)
-                        .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                        .flags(libc::SOCK_CLOEXEC)
                         .build()
                 } else {
                     opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
-                        .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                        .flags(libc::SOCK_CLOEXEC)
                         .build()
                 }
             }
@@ -456,11 +466,14 @@ impl UringEngine {
             }
             (Mem::Buf(b), OpKind::Recv) => {
                 let (p, n) = b.spare();
-                opcode::Recv::new(fd, p, n.min(u32::MAX as usize) as u32).build()
+                opcode::Recv::new(fd, p, n.min(u32::MAX as usize) as u32)
+                    .ioprio(prio)
+                    .build()
             }
             (Mem::Buf(b), _) => {
                 let s = &b.as_slice()[slot.done..];
                 opcode::Send::new(fd, s.as_ptr(), s.len().min(u32::MAX as usize) as u32)
+                    .ioprio(prio)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }
@@ -484,6 +497,7 @@ impl UringEngine {
                 hdr.msg_iov = iov.as_mut_ptr();
                 hdr.msg_iovlen = n as _;
                 opcode::SendMsg::new(fd, &**hdr as *const libc::msghdr)
+                    .ioprio(prio)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
             }
@@ -498,7 +512,7 @@ impl UringEngine {
                 m.hdr.msg_namelen = m.addr.len;
                 m.hdr.msg_iov = &mut m.iov;
                 m.hdr.msg_iovlen = 1;
-                opcode::RecvMsg::new(fd, &mut m.hdr).build()
+                opcode::RecvMsg::new(fd, &mut m.hdr).ioprio(prio).build()
             }
             (Mem::Msg(b, m), _) => {
                 let s = b.as_slice();
@@ -511,6 +525,7 @@ impl UringEngine {
                 m.hdr.msg_iov = &mut m.iov;
                 m.hdr.msg_iovlen = 1;
                 opcode::SendMsg::new(fd, &m.hdr)
+                    .ioprio(prio)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
             }
@@ -633,6 +648,18 @@ impl UringEngine {
                         self.finish(idx, Err(io::Error::from_raw_os_error(errno)));
                     }
                 }
+            }
+            OpKind::Send | OpKind::SendTo | OpKind::Recv | OpKind::RecvFrom
+                if res == -libc::EAGAIN && !slot.cancelled =>
+            {
+                // The kernel gave up on a retry it ran off the fast path (a
+                // send continued in io-wq, say). Nothing of this attempt was
+                // transferred and `done` still counts what earlier attempts
+                // sent, so the operation goes on from there: poll first, so
+                // it waits for the socket instead of spinning.
+                slot.poll_first = true;
+                EngineCounters::bump(&self.shared.counters.eagain_retries, 1);
+                self.issue(idx);
             }
             OpKind::Send | OpKind::SendTo if res >= 0 => {
                 let total = match &slot.mem {

@@ -514,6 +514,7 @@ impl Port {
             enters: s.enters.load(Ordering::Relaxed),
             starved: s.starved.load(Ordering::Relaxed),
             cq_overflows: 0,
+            eagain_retries: 0,
         }
     }
 
