@@ -708,10 +708,6 @@ impl Shard {
             // `progress` re-arms when there is room.
             Ok(_) => {}
             Err(e) if is_aborted(e) => {}
-            // Nothing was consumed: `progress` re-arms (see `on_send`).
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Global::add(&self.g.c.recv_retries, 1)
-            }
             Err(e) => self.fail(conn, e, "recv"),
         }
     }
@@ -742,12 +738,6 @@ impl Shard {
                 }
             }
             Err(e) if is_aborted(e) && conn.closing => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !conn.closing => {
-                Global::add(&self.g.c.recv_retries, 1);
-                if let Some(Buf::Vec(v)) = buf {
-                    conn.spare = Some(v);
-                }
-            }
             Err(e) => self.fail(conn, e, "recv"),
         }
     }
@@ -812,34 +802,6 @@ impl Shard {
                 }
             }
             Err(e) if is_aborted(e) && conn.closing => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !conn.closing => {
-                // Workaround for an engine bug: io_uring may hand a send to
-                // its worker pool (after repeated poll retries), where the
-                // non-blocking socket returns EAGAIN, and the engine reports
-                // it as the send's result without saying how much of the
-                // buffer it had already sent. The kernel knows how many
-                // bytes this socket was given in total; everything before
-                // this send was confirmed, so the difference is this send's
-                // progress. Re-queue the rest.
-                match kernel_sent_total(&conn.h) {
-                    Some(total) if total >= conn.tx && total - conn.tx <= bytes as u64 => {
-                        let done = (total - conn.tx) as usize;
-                        Global::add(&self.g.c.send_retries, 1);
-                        tracing::debug!(
-                            peer = %fmt_peer(conn.peer),
-                            done,
-                            bytes,
-                            "send: EAGAIN from the engine; re-sending the rest"
-                        );
-                        self.sent(conn, done, now);
-                        self.requeue_front(conn, returned, done);
-                    }
-                    other => {
-                        tracing::debug!(peer = %fmt_peer(conn.peer), ?other, tx = conn.tx, bytes, "send: EAGAIN and the progress is unknown");
-                        self.fail(conn, e, "send");
-                    }
-                }
-            }
             Err(e) => self.fail(conn, e, "send"),
         }
     }
@@ -851,31 +813,6 @@ impl Shard {
         Global::add(&self.g.c.bytes_out, bytes as u64);
         if self.draining.load(Ordering::Relaxed) {
             Global::add(&self.g.c.drain_bytes, bytes as u64);
-        }
-    }
-
-    /// Puts the unsent part of `bufs` (all but the first `skip` bytes) back
-    /// at the head of the send queue, in order.
-    fn requeue_front(&self, conn: &mut Conn, bufs: Vec<Buf>, mut skip: usize) {
-        let mut rest = Vec::with_capacity(bufs.len());
-        for b in bufs {
-            let n = b.len();
-            if skip >= n {
-                skip -= n;
-                continue;
-            }
-            if skip > 0 {
-                rest.push(Buf::Vec(b.as_slice()[skip..].to_vec()));
-                skip = 0;
-            } else {
-                if matches!(b, Buf::Pooled(_)) {
-                    conn.pooled_held += 1;
-                }
-                rest.push(b);
-            }
-        }
-        for b in rest.into_iter().rev() {
-            conn.out.push_front(b);
         }
     }
 
@@ -1056,62 +993,6 @@ impl Shard {
             _ => {}
         }
     }
-}
-
-/// Bytes this TCP socket has been given by sends, in total: acknowledged
-/// bytes plus what is still in the send queue. Read until both agree on the
-/// acknowledgement point (an ACK may land between the two reads).
-#[cfg(target_os = "linux")]
-fn kernel_sent_total(h: &Handle) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    h.with_socket(|s| {
-        let fd = s.as_raw_fd();
-        let acked = || -> io::Result<u64> {
-            // SAFETY: an all-zero tcp_info is valid; getsockopt writes at
-            // most `len` bytes into it.
-            let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-            // SAFETY: valid pointers to `ti` and `len`, which outlive the call.
-            let r = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    &mut ti as *mut _ as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            let need = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if (len as usize) < need {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "tcpi_bytes_acked unavailable",
-                ));
-            }
-            Ok(ti.tcpi_bytes_acked)
-        };
-        for _ in 0..8 {
-            let a1 = acked()?;
-            let mut q: libc::c_int = 0;
-            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
-            if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut q) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if acked()? == a1 {
-                return Ok(a1 + q.max(0) as u64);
-            }
-        }
-        Err(io::Error::other("acknowledgements kept moving"))
-    })
-    .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn kernel_sent_total(_h: &Handle) -> Option<u64> {
-    None
 }
 
 fn fmt_peer(p: Option<SocketAddr>) -> String {

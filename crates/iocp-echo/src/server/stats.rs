@@ -23,9 +23,6 @@ pub(crate) struct Counters {
     pub accept_errors: AtomicU64,
     pub accept_pauses: AtomicU64,
     pub read_pauses: AtomicU64,
-    /// Sends and receives the engine ended with EAGAIN, retried.
-    pub send_retries: AtomicU64,
-    pub recv_retries: AtomicU64,
     pub udp_in: AtomicU64,
     pub udp_out: AtomicU64,
     pub udp_dropped: AtomicU64,
@@ -130,8 +127,6 @@ impl Global {
             accept_errors = n(&c.accept_errors),
             accept_pauses = n(&c.accept_pauses),
             read_pauses = n(&c.read_pauses),
-            send_retries = n(&c.send_retries),
-            recv_retries = n(&c.recv_retries),
             udp_in = n(&c.udp_in),
             udp_out = n(&c.udp_out),
             udp_dropped = n(&c.udp_dropped),
