@@ -25,6 +25,9 @@ mod listen;
 mod shard;
 #[cfg(unix)]
 mod signals;
+#[cfg(windows)]
+#[path = "server/signals_windows.rs"]
+mod signals;
 mod stats;
 mod table;
 mod udp;
@@ -65,7 +68,7 @@ struct Running {
 fn serve(cfg: Config) -> Result<(), String> {
     // Signals first: a SIGTERM that arrives right after the listening line
     // is printed must already mean "drain", not "die".
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     let mut sig =
         signals::Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
@@ -111,7 +114,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         "iocp-echo server started"
     );
 
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     let sig_thread = sig.spawn(running.ports.clone(), global.clone());
 
     let stats_stop = cfg.stats.map(|every| {
@@ -142,7 +145,7 @@ fn serve(cfg: Config) -> Result<(), String> {
             let _ = t.join();
         }
     }
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     sig.stop(sig_thread);
 
     global.log_stats("final stats", &running.ports);
