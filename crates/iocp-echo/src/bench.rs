@@ -5,7 +5,7 @@
 //! driving its share of `--connections` with batched `get_many`; a pooled
 //! standing receive per connection; closed loop (`--depth`) or open loop
 //! (`--rate`, latency from each message's scheduled send time). See
-//! `CLIENT.md` for the flags, the report and the JSON keys.
+//! the README ("iocp-echo bench") for the flags, the report and the JSON keys.
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};

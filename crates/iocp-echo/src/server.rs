@@ -1,6 +1,6 @@
 //! `iocp-echo server`: an RFC 862 echo service on the `iocp` completion port.
 //!
-//! Two models (see `SERVER.md`):
+//! Two models (see the README, "iocp-echo server"):
 //!
 //! * `pool` — the seed's model: one [`Port`], N worker threads all waiting in
 //!   `get_many`; any worker handles any completion.
