@@ -12,6 +12,9 @@ use iocp::Backend;
 Every bound address is printed on stdout as `listening on tcp://ADDR` (and `udp://ADDR`).\n\
 Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited sockets are used instead of --listen."
 )]
+// These doc comments are the `--help` text, written for a terminal:
+// `[::1]:7007` there is an address, not an intra-doc link.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub struct Args {
     /// Address to listen on, IP:PORT ([::1]:7007 for IPv6; port 0 picks a
     /// free one and prints it). Repeat for several. [default: 127.0.0.1:7007]
