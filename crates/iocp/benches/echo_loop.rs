@@ -94,13 +94,11 @@ fn server(
                         _ => {}
                     }
                 }
-                OpKind::Send => {
-                    if recv == Recv::Single && c.is_ok() {
-                        let h = &conns[c.key as usize];
-                        let mut v = c.take_buf().map(Buf::into_vec).unwrap_or_default();
-                        v.clear();
-                        let _ = port.recv(h, v, 0);
-                    }
+                OpKind::Send if recv == Recv::Single && c.is_ok() => {
+                    let h = &conns[c.key as usize];
+                    let mut v = c.take_buf().map(Buf::into_vec).unwrap_or_default();
+                    v.clear();
+                    let _ = port.recv(h, v, 0);
                 }
                 _ => {}
             }
