@@ -69,8 +69,8 @@ windows() {
   return $rc
 }
 
+stages="packages $stages"
 stage packages need_pkgs
-stages="$stages packages"
 stage workspace workspace
 stage features-off features_off
 stage loom loom
