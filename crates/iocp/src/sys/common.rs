@@ -337,3 +337,28 @@ pub(crate) fn sockaddr_from_storage(
     };
     addr.as_socket()
 }
+
+/// Handle ids are small unique counters handed out by the port, never
+/// chosen by a peer, so the engines' handle maps need no DoS-resistant
+/// hash: a multiplicative mix is enough (the default SipHash showed up in
+/// profiles, being run on every completion).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map from handle id to an engine's per-handle state.
+pub(crate) type HandleMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;

@@ -48,7 +48,7 @@ mod poller;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -59,7 +59,7 @@ use crate::op::{Completion, Extra, OpId, OpKind};
 use crate::port::Config;
 use crate::queue::Queue;
 use crate::sys::common::{
-    Cmd, EngineCounters, EngineShared, OpData, OpReq, Slab, TimerItem, Timers,
+    Cmd, EngineCounters, EngineShared, HandleMap, OpData, OpReq, Slab, TimerItem, Timers,
 };
 
 use ops::{Ctx, Lane, Mem, Op, Step};
@@ -115,7 +115,7 @@ impl HState {
 pub(crate) struct EpollEngine {
     poller: Poller,
     ops: Slab<Op>,
-    handles: HashMap<u64, HState>,
+    handles: HandleMap<HState>,
     shared: Arc<EngineShared>,
     queue: Queue<Completion>,
     timers: Timers,
@@ -147,7 +147,7 @@ impl EpollEngine {
         Ok(EpollEngine {
             poller,
             ops: Slab::new(),
-            handles: HashMap::new(),
+            handles: HandleMap::default(),
             shared,
             queue,
             timers: Timers::new(),

@@ -7,7 +7,7 @@
 //! owns until that operation's final CQE, so the kernel never writes to
 //! freed or moved memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -21,8 +21,8 @@ use crate::error;
 use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::queue::Queue;
 use crate::sys::common::{
-    sockaddr_from_storage, Cmd, EngineCounters, EngineShared, OpData, OpReq, Slab, TimerItem,
-    Timers,
+    sockaddr_from_storage, Cmd, EngineCounters, EngineShared, HandleMap, OpData, OpReq, Slab,
+    TimerItem, Timers,
 };
 
 mod bufring;
@@ -107,7 +107,7 @@ pub(crate) struct UringEngine {
     ring: IoUring,
     bufring: Option<BufRing>,
     ops: Slab<Slot>,
-    handles: HashMap<u64, HState>,
+    handles: HandleMap<HState>,
     shared: Arc<EngineShared>,
     queue: Queue<Completion>,
     timers: Timers,
@@ -153,7 +153,7 @@ impl UringEngine {
             ring,
             bufring,
             ops: Slab::new(),
-            handles: HashMap::new(),
+            handles: HandleMap::default(),
             shared,
             queue,
             timers: Timers::new(),
