@@ -125,21 +125,18 @@ impl<T: Send + 'static> SlotOwner for LoomOwner<T> {
 
 struct Running {
     queue_id: u64,
-    /// `None` once the record is disarmed (its slot released by the caller).
     owner: Option<OwnerRef>,
-}
-
-impl Running {
-    /// Drops the record without releasing the slot (the caller accounts for
-    /// it under the lock). Forgetting the record instead would leak its
-    /// reference to the queue.
-    fn disarm(mut self) {
-        self.owner = None;
-    }
+    /// Whether the thread currently holds a running slot. A record stays in
+    /// place between `get`s with `armed` toggled, so the hot path touches no
+    /// reference count (shared counters bounce between cores).
+    armed: bool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         // Thread exit, or the thread moved to another queue: the slot is freed.
         #[cfg(not(loom))]
         if let Some(owner) = self.owner.take().and_then(|w| w.upgrade()) {
@@ -280,21 +277,42 @@ impl<T: Send + 'static> Queue<T> {
     /// queue is dropped, which releases that queue's slot (a thread is
     /// associated with one port at a time, as on Windows).
     fn take_running(&self) -> bool {
-        let rec = RUNNING.with(|r| r.borrow_mut().take());
-        match rec {
-            Some(rec) if rec.queue_id == self.inner.id => {
-                rec.disarm();
-                true
+        let id = self.inner.id;
+        let (was, old) = RUNNING.with(|r| {
+            let mut r = r.borrow_mut();
+            match r.as_mut() {
+                Some(rec) if rec.queue_id == id => {
+                    let was = std::mem::replace(&mut rec.armed, false);
+                    // Under loom no record may outlive the call: loom checks
+                    // that every reference is released by the model's end.
+                    #[cfg(loom)]
+                    let old = r.take();
+                    #[cfg(not(loom))]
+                    let old = None;
+                    (was, old)
+                }
+                Some(_) => (false, r.take()),
+                None => (false, None),
             }
-            Some(other) => {
-                drop(other);
-                false
-            }
-            None => false,
-        }
+        });
+        // Outside the borrow: dropping an armed record of another queue
+        // releases that queue's slot.
+        drop(old);
+        was
     }
 
     fn set_running(&self) {
+        let id = self.inner.id;
+        let rearmed = RUNNING.with(|r| match r.borrow_mut().as_mut() {
+            Some(rec) if rec.queue_id == id => {
+                rec.armed = true;
+                true
+            }
+            _ => false,
+        });
+        if rearmed {
+            return;
+        }
         #[cfg(not(loom))]
         let owner = {
             let strong: Arc<dyn SlotOwner> = self.inner.clone();
@@ -303,14 +321,12 @@ impl<T: Send + 'static> Queue<T> {
         #[cfg(loom)]
         let owner: OwnerRef = std::sync::Arc::new(LoomOwner(self.inner.clone()));
         let rec = Running {
-            queue_id: self.inner.id,
+            queue_id: id,
             owner: Some(owner),
+            armed: true,
         };
         let old = RUNNING.with(|r| r.borrow_mut().replace(rec));
-        debug_assert!(old.is_none());
-        if let Some(old) = old {
-            old.disarm();
-        }
+        drop(old);
     }
 
     /// Waits for one packet. `None` waits forever; `Some(ZERO)` polls.
@@ -455,7 +471,7 @@ impl<T: Send + 'static> Queue<T> {
         RUNNING.with(|r| {
             r.borrow()
                 .as_ref()
-                .is_some_and(|rec| rec.queue_id == self.inner.id)
+                .is_some_and(|rec| rec.queue_id == self.inner.id && rec.armed)
         })
     }
 
