@@ -33,6 +33,29 @@ mod table;
 mod udp;
 
 pub use config::Args;
+
+/// A stop request (SIGINT/SIGTERM, or Ctrl-C on Windows), the `nth` one
+/// seen: the first drains gracefully, any later one cuts what is left. A
+/// packet posted to every port wakes a worker there to act on it.
+#[cfg(any(unix, windows))]
+fn stop_requested(nth: usize, name: &str, ports: &[Port], g: &Global) {
+    use shard::{CTRL_KEY, C_CUT, C_SHUTDOWN};
+    if nth == 1 {
+        g.draining.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            "{name}: stopping accepts, draining in-flight echoes (up to {}); repeat it to cut now",
+            humantime::format_duration(g.cfg.drain_timeout)
+        );
+        for p in ports {
+            let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
+        }
+    } else {
+        tracing::warn!("{name} again: cutting the remaining connections now");
+        for p in ports {
+            let _ = p.post(CTRL_KEY, 0, C_CUT);
+        }
+    }
+}
 use config::{Config, Model};
 use listen::{Bound, Proto};
 use shard::Shard;

@@ -2,7 +2,6 @@
 //! packet posted to each wakes a worker there), the second cuts what is
 //! still open.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -10,7 +9,6 @@ use iocp::Port;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals as Iter};
 
-use super::shard::{CTRL_KEY, C_CUT, C_SHUTDOWN};
 use super::stats::Global;
 
 pub(crate) struct Signals {
@@ -39,21 +37,7 @@ impl Signals {
                 for sig in it.forever() {
                     seen += 1;
                     let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                    if seen == 1 {
-                        g.draining.store(true, Ordering::Release);
-                        tracing::info!(
-                            "{name}: stopping accepts, draining in-flight echoes (up to {}); send it again to cut now",
-                            humantime::format_duration(g.cfg.drain_timeout)
-                        );
-                        for p in &ports {
-                            let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
-                        }
-                    } else {
-                        tracing::warn!("{name} again: cutting the remaining connections now");
-                        for p in &ports {
-                            let _ = p.post(CTRL_KEY, 0, C_CUT);
-                        }
-                    }
+                    super::stop_requested(seen, name, &ports, &g);
                 }
             })
             .map_err(|e| tracing::error!("cannot start the signal thread: {e}"))

@@ -7,7 +7,6 @@
 //! Verified to build and start under Wine; delivering a real Ctrl-C to a
 //! console process is verified only on Windows.
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +17,6 @@ use windows_sys::Win32::System::Console::{
     SetConsoleCtrlHandler, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_C_EVENT,
 };
 
-use super::shard::{CTRL_KEY, C_CUT, C_SHUTDOWN};
 use super::stats::Global;
 
 /// Where the handler sends events; `None` once the server is done.
@@ -74,21 +72,7 @@ impl Signals {
                         CTRL_BREAK_EVENT => "Ctrl-Break",
                         _ => "console close",
                     };
-                    if seen == 1 {
-                        g.draining.store(true, Ordering::Release);
-                        tracing::info!(
-                            "{name}: stopping accepts, draining in-flight echoes (up to {}); press it again to cut now",
-                            humantime::format_duration(g.cfg.drain_timeout)
-                        );
-                        for p in &ports {
-                            let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
-                        }
-                    } else {
-                        tracing::warn!("{name} again: cutting the remaining connections now");
-                        for p in &ports {
-                            let _ = p.post(CTRL_KEY, 0, C_CUT);
-                        }
-                    }
+                    super::stop_requested(seen, name, &ports, &g);
                 }
             })
             .map_err(|e| tracing::error!("cannot start the console-event thread: {e}"))
