@@ -34,6 +34,7 @@
 mod backend;
 pub mod error;
 pub mod op;
+mod ops;
 pub mod pool;
 #[cfg(not(windows))]
 pub mod port;

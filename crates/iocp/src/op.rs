@@ -340,3 +340,29 @@ impl Completion {
         }
     }
 }
+
+/// What an operation does, with the memory it owns until its completion —
+/// the same on every platform; each backend turns it into its own requests.
+pub(crate) enum OpData {
+    Accept,
+    AcceptMulti,
+    Connect(Box<socket2::SockAddr>),
+    Recv(Buf),
+    RecvPooled,
+    Send(Buf),
+    SendV(Vec<Buf>),
+    RecvFrom(Buf),
+    SendTo(Buf, Box<socket2::SockAddr>),
+}
+
+impl OpData {
+    /// Hands back the buffer of an operation that never started.
+    pub(crate) fn into_buf(self) -> Option<Buf> {
+        match self {
+            OpData::Recv(b) | OpData::Send(b) | OpData::RecvFrom(b) | OpData::SendTo(b, _) => {
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+}

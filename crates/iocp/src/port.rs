@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub(crate) use crate::backend::Config;
 pub use crate::backend::{Backend, BackendInfo, EngineStats, PortBuilder, PortStats};
 use crate::error::{self, GetError, SubmitError};
-use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
+use crate::op::{Completion, OpId, OpKind, OpOptions};
 use crate::pool::{PoolShared, PoolStats};
 use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue};
 use crate::sys::{self, Cmd, EngineShared, OpData, OpReq};
@@ -186,7 +186,12 @@ impl Port {
         })
     }
 
-    fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+    pub(crate) fn start_op(
+        &self,
+        h: &Handle,
+        data: OpData,
+        opts: OpOptions,
+    ) -> Result<OpId, SubmitError> {
         if h.inner.port != self.inner.id {
             return Err(SubmitError::new(
                 io::Error::new(
@@ -217,108 +222,6 @@ impl Port {
             }
             Err(_) => Err(SubmitError::new(error::port_closed(), None)),
         }
-    }
-
-    /// `AcceptEx`: one incoming connection on a listening handle. The
-    /// completion carries the new socket ([`Completion::take_accepted`]),
-    /// which is not associated with any port yet.
-    pub fn accept(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::Accept, opts.into())
-    }
-
-    /// A standing accept: a completion (with `more == true`) for every
-    /// incoming connection until it is cancelled or the handle closes, then
-    /// one final completion with `more == false`. On io_uring this is a
-    /// multishot accept, re-armed whenever the kernel ends it; transient
-    /// errors (`EMFILE`, `ENFILE`, `ECONNABORTED`, …) arrive as `more == true`
-    /// completions carrying the error, and the stream goes on.
-    pub fn accept_stream(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::AcceptMulti, opts.into())
-    }
-
-    /// `ConnectEx`: connects an associated, unconnected socket.
-    pub fn connect(
-        &self,
-        h: &Handle,
-        addr: SocketAddr,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
-    }
-
-    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
-    /// One completion; 0 bytes means the peer closed its side.
-    pub fn recv(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Recv(buf.into()), opts.into())
-    }
-
-    /// A pooled, standing receive: a stream of completions, each with a
-    /// buffer lent by the library's pool (`more == true`), ending with
-    /// exactly one final completion (`more == false`: 0 bytes at the peer's
-    /// FIN, or the error). An idle connection holds no buffer.
-    pub fn recv_pooled(&self, h: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvPooled, opts.into())
-    }
-
-    /// `WSASend`: completes when every byte is sent (short writes are
-    /// finished inside the library, in order), or with an error.
-    pub fn send(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Send(buf.into()), opts.into())
-    }
-
-    /// `WSASend` with several buffers, sent in order as one operation; they
-    /// come back with [`Completion::take_bufs`].
-    pub fn send_vectored(
-        &self,
-        h: &Handle,
-        bufs: Vec<Buf>,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::SendV(bufs), opts.into())
-    }
-
-    /// `WSARecvFrom` (UDP): one datagram; the sender is
-    /// [`Completion::from_addr`].
-    pub fn recv_from(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
-    }
-
-    /// `WSASendTo` (UDP): one datagram to `addr`.
-    pub fn send_to(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        addr: SocketAddr,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(
-            h,
-            OpData::SendTo(buf.into(), Box::new(addr.into())),
-            opts.into(),
-        )
     }
 
     /// `PostQueuedCompletionStatus`: queues a packet of the application's

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use socket2::SockAddr;
 
-use crate::op::{Buf, Completion};
+use crate::op::Completion;
+pub(crate) use crate::op::OpData;
 use crate::pool::{PoolShared, ReturnWaker};
 
 /// Work for an engine, queued by any thread.
@@ -37,31 +38,6 @@ pub(crate) struct OpReq {
     pub token: u64,
     pub deadline: Option<Instant>,
     pub data: OpData,
-}
-
-/// What the operation does, with the memory it owns.
-pub(crate) enum OpData {
-    Accept,
-    AcceptMulti,
-    Connect(Box<SockAddr>),
-    Recv(Buf),
-    RecvPooled,
-    Send(Buf),
-    SendV(Vec<Buf>),
-    RecvFrom(Buf),
-    SendTo(Buf, Box<SockAddr>),
-}
-
-impl OpData {
-    /// Hands back the buffers of an operation that never started.
-    pub(crate) fn into_buf(self) -> Option<Buf> {
-        match self {
-            OpData::Recv(b) | OpData::Send(b) | OpData::RecvFrom(b) | OpData::SendTo(b, _) => {
-                Some(b)
-            }
-            _ => None,
-        }
-    }
 }
 
 /// The part of an engine other threads may touch.

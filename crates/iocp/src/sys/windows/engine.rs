@@ -86,18 +86,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What an operation does, with the memory it owns (as on Linux).
-pub(crate) enum OpData {
-    Accept,
-    AcceptMulti,
-    Connect(Box<SockAddr>),
-    Recv(Buf),
-    RecvPooled,
-    Send(Buf),
-    SendV(Vec<Buf>),
-    RecvFrom(Buf),
-    SendTo(Buf, Box<SockAddr>),
-}
+pub(crate) use crate::op::OpData;
 
 // ---------------------------------------------------------------------------
 // The port

@@ -44,7 +44,7 @@ use windows_sys::Win32::System::IO::{CreateIoCompletionPort, OVERLAPPED_ENTRY};
 pub(crate) use crate::backend::Config;
 pub use crate::backend::{Backend, BackendInfo, EngineStats, PortBuilder, PortStats};
 use crate::error::{self, GetError, SubmitError};
-use crate::op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
+use crate::op::{Completion, OpId, OpKind, OpOptions};
 use crate::pool::PoolStats;
 use crate::queue::thread_tag;
 use crate::sys::windows::engine::{Got, HandleShared, OpData, Shared, Step, KEY_IO};
@@ -212,13 +212,13 @@ impl Port {
         })
     }
 
-    fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
-        let into_buf = |d: OpData| match d {
-            OpData::Recv(b) | OpData::Send(b) | OpData::RecvFrom(b) | OpData::SendTo(b, _) => {
-                Some(b)
-            }
-            _ => None,
-        };
+    pub(crate) fn start_op(
+        &self,
+        h: &Handle,
+        data: OpData,
+        opts: OpOptions,
+    ) -> Result<OpId, SubmitError> {
+        let into_buf = OpData::into_buf;
         if h.inner.h.port.id != self.inner.shared.id {
             return Err(SubmitError::new(
                 io::Error::new(
@@ -235,112 +235,6 @@ impl Port {
             return Err(SubmitError::new(error::handle_closed(), into_buf(data)));
         }
         h.inner.h.start(data, opts.token, opts.deadline)
-    }
-
-    /// `AcceptEx`: one incoming connection on a listening handle. The
-    /// completion carries the new socket ([`Completion::take_accepted`]),
-    /// which is not associated with any port yet.
-    pub fn accept(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::Accept, opts.into())
-    }
-
-    /// A standing accept: a completion (with `more == true`) for every
-    /// incoming connection until it is cancelled or the handle closes, then
-    /// one final completion with `more == false`. On Windows one `AcceptEx`
-    /// is kept outstanding and re-issued after each connection; transient
-    /// errors (a peer that reset before it was accepted, `WSAEMFILE`,
-    /// `WSAENOBUFS`) arrive as `more == true` completions and the stream
-    /// goes on (after a 50 ms pause when no socket could be created).
-    pub fn accept_stream(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::AcceptMulti, opts.into())
-    }
-
-    /// `ConnectEx`: connects an associated, unconnected socket (bound to the
-    /// unspecified address first if it is not bound).
-    pub fn connect(
-        &self,
-        h: &Handle,
-        addr: SocketAddr,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
-    }
-
-    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
-    /// One completion; 0 bytes means the peer closed its side.
-    pub fn recv(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Recv(buf.into()), opts.into())
-    }
-
-    /// A pooled, standing receive: a stream of completions, each with a
-    /// buffer lent by the library's pool (`more == true`), ending with
-    /// exactly one final completion (`more == false`: 0 bytes at the peer's
-    /// FIN, or the error). On Windows: a zero-byte `WSARecv`, then a
-    /// non-blocking `recv` into a pool buffer, then the next zero-byte
-    /// `WSARecv`; an idle connection pins no buffer.
-    pub fn recv_pooled(&self, h: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvPooled, opts.into())
-    }
-
-    /// `WSASend`: completes when every byte is sent (in order with the
-    /// handle's other sends), or with an error.
-    pub fn send(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Send(buf.into()), opts.into())
-    }
-
-    /// `WSASend` with several buffers, sent in order as one operation; they
-    /// come back with [`Completion::take_bufs`].
-    pub fn send_vectored(
-        &self,
-        h: &Handle,
-        bufs: Vec<Buf>,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::SendV(bufs), opts.into())
-    }
-
-    /// `WSARecvFrom` (UDP): one datagram; the sender is
-    /// [`Completion::from_addr`].
-    pub fn recv_from(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
-    }
-
-    /// `WSASendTo` (UDP): one datagram to `addr`.
-    pub fn send_to(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        addr: SocketAddr,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(
-            h,
-            OpData::SendTo(buf.into(), Box::new(addr.into())),
-            opts.into(),
-        )
     }
 
     /// `PostQueuedCompletionStatus`: queues a packet of the application's

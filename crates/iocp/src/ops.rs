@@ -1,0 +1,110 @@
+//! The operations of a port — `AcceptEx`, `ConnectEx`, `WSARecv`,
+//! `WSASend` and friends — written once for every platform: each builds an
+//! [`OpData`] that owns its memory and hands it to the platform port's
+//! `start_op`.
+
+use std::net::SocketAddr;
+
+use crate::error::SubmitError;
+use crate::op::{Buf, IoBuf, OpData, OpId, OpOptions};
+use crate::port::{Handle, Port};
+
+impl Port {
+    /// `AcceptEx`: one incoming connection on a listening handle. The
+    /// completion carries the new socket ([`crate::Completion::take_accepted`]),
+    /// which is not associated with any port yet.
+    pub fn accept(
+        &self,
+        listener: &Handle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(listener, OpData::Accept, opts.into())
+    }
+    /// A standing accept: a completion (with `more == true`) for every
+    /// incoming connection until it is cancelled or the handle closes, then
+    /// one final completion with `more == false`. On io_uring this is a
+    /// multishot accept, re-armed whenever the kernel ends it; transient
+    /// errors (`EMFILE`, `ENFILE`, `ECONNABORTED`, …) arrive as `more == true`
+    /// completions carrying the error, and the stream goes on.
+    pub fn accept_stream(
+        &self,
+        listener: &Handle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(listener, OpData::AcceptMulti, opts.into())
+    }
+    /// `ConnectEx`: connects an associated, unconnected socket (on Windows it
+    /// is first bound to the unspecified address if it is not bound).
+    pub fn connect(
+        &self,
+        h: &Handle,
+        addr: SocketAddr,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
+    }
+    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
+    /// One completion; 0 bytes means the peer closed its side.
+    pub fn recv(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Recv(buf.into()), opts.into())
+    }
+    /// A pooled, standing receive: a stream of completions, each with a
+    /// buffer lent by the library's pool (`more == true`), ending with
+    /// exactly one final completion (`more == false`: 0 bytes at the peer's
+    /// FIN, or the error). An idle connection holds no buffer. On io_uring a
+    /// multishot receive into a provided-buffer ring; on epoll a read on
+    /// readiness; on Windows a zero-byte `WSARecv`, then a non-blocking read
+    /// into a pool buffer.
+    pub fn recv_pooled(&self, h: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::RecvPooled, opts.into())
+    }
+    /// `WSASend`: completes when every byte is sent (short writes are
+    /// finished inside the library, in order), or with an error.
+    pub fn send(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::Send(buf.into()), opts.into())
+    }
+    /// `WSASend` with several buffers, sent in order as one operation; they
+    /// come back with [`crate::Completion::take_bufs`].
+    pub fn send_vectored(
+        &self,
+        h: &Handle,
+        bufs: Vec<Buf>,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::SendV(bufs), opts.into())
+    }
+    /// `WSARecvFrom` (UDP): one datagram; the sender is
+    /// [`crate::Completion::from_addr`].
+    pub fn recv_from(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
+    }
+    /// `WSASendTo` (UDP): one datagram to `addr`.
+    pub fn send_to(
+        &self,
+        h: &Handle,
+        buf: impl IoBuf,
+        addr: SocketAddr,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(
+            h,
+            OpData::SendTo(buf.into(), Box::new(addr.into())),
+            opts.into(),
+        )
+    }
+}
