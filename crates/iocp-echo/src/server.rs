@@ -118,18 +118,13 @@ fn serve(cfg: Config) -> Result<(), String> {
         }
         let _ = out.flush();
     }
-    #[cfg(target_os = "linux")]
-    let features = info
-        .uring
-        .map_or_else(|| "none".to_string(), |f| f.describe());
-    #[cfg(not(target_os = "linux"))]
-    let features = "n/a".to_string();
+    // `backend` names the engine, why it was chosen and, on io_uring, the
+    // kernel features in use.
     tracing::info!(
         backend = %info,
         model = %cfg.model.name(),
         workers = cfg.workers,
         listen = %addrs.join(" "),
-        io_uring = %features,
         max_conns = cfg.max_conns,
         max_pending = cfg.max_pending,
         idle_timeout = %config::fmt_opt_duration(cfg.idle_timeout),
