@@ -134,8 +134,9 @@ impl PoolShared {
 impl Drop for PoolShared {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout; every PooledBuf holds
-        // an Arc, and the engine drops its Arc only after the kernel has let
-        // go of the ring, so no one can reach the memory any more.
+        // an Arc, and an engine drops its Arcs only after it reaped every
+        // request that could write a pool buffer (or leaks them when it
+        // cannot), so no one can reach the memory any more.
         unsafe { std::alloc::dealloc(self.base, self.layout) }
     }
 }

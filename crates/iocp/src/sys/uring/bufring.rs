@@ -34,8 +34,9 @@ impl BufRing {
             std::alloc::handle_alloc_error(layout);
         }
         // SAFETY: `entries` points to `n` page-aligned entries that live until
-        // this BufRing is dropped, which happens after the ring is dropped
-        // (field order in `UringEngine`), i.e. after the kernel unregisters it.
+        // this BufRing is dropped, which the engine does only after reaping
+        // every request that could select from it (or never: it leaks the
+        // ring when it cannot reap them; see `UringEngine::shutdown`).
         let r = unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(entries as u64, n16, bgid, 0)
@@ -85,8 +86,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with `layout`; the ring that used it has
-        // been dropped already (see the field order of `UringEngine`).
+        // SAFETY: allocated in `new` with `layout`; the engine drops a BufRing
+        // only once no request that selects from it is in the kernel.
         unsafe { std::alloc::dealloc(self.entries as *mut u8, self.layout) }
     }
 }

@@ -102,8 +102,10 @@ struct HState {
 /// The engine. Lives on one thread for its whole life (the ring is created
 /// with `SINGLE_ISSUER` when the kernel has it).
 pub(crate) struct UringEngine {
-    // Field order matters: the ring is dropped (and the kernel lets go of
-    // every buffer) before the slots and the buffer ring are freed.
+    // `shutdown` reaps every request the kernel holds (operations and the
+    // eventfd read) before anything is freed, or leaks what it could not
+    // reap; the ring is still declared first so it is closed before the
+    // slots and the buffer ring go.
     ring: IoUring,
     bufring: Option<BufRing>,
     ops: Slab<Slot>,
@@ -917,8 +919,15 @@ impl UringEngine {
             let pool = &self.shared.pool;
             // SAFETY: `bid` is free (owned by the engine), so its memory may be
             // written; `buf_size` bytes fit in it.
-            let n =
-                unsafe { libc::recv(fd, pool.addr(bid) as *mut libc::c_void, pool.buf_size, 0) };
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    pool.addr(bid) as *mut libc::c_void,
+                    pool.buf_size,
+                    // The socket is in blocking mode under io_uring.
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n > 0 {
                 // SAFETY: `recv` wrote `n` bytes into buffer `bid`, which we own.
                 let pb = unsafe { pool.lend(bid, n as usize) };
@@ -1100,14 +1109,41 @@ impl UringEngine {
             self.turn(Some(Duration::from_millis(50)), true);
         }
         self.out.clear();
-        if !self.ops.is_empty() {
+        // The eventfd read is the last request the kernel holds: cancel it
+        // and reap its CQE, so closing the ring leaves nothing in flight
+        // (the kernel cancels requests of a closed ring asynchronously).
+        if self.ops.is_empty() && self.wake_armed {
+            let e = opcode::AsyncCancel::new(WAKE_UD)
+                .build()
+                .user_data(CANCEL_UD);
+            self.push(e);
+            let until = Instant::now() + Duration::from_secs(2);
+            while self.wake_armed && Instant::now() < until {
+                let ts = types::Timespec::from(Duration::from_millis(50));
+                let args = types::SubmitArgs::new().timespec(&ts);
+                let r = self.ring.submitter().submit_with_args(1, &args);
+                self.check_enter(r);
+                self.reap();
+                self.out.clear();
+            }
+        }
+        if !self.ops.is_empty() || self.wake_armed {
             tracing::error!(
                 "io_uring engine: {} operations still held by the kernel after 10 s; leaking their buffers",
                 self.ops.len()
             );
-            std::mem::forget(std::mem::replace(&mut self.ops, Slab::new()));
+            self.leak_kernel_memory();
         }
         self.handles.clear();
+    }
+
+    /// Gives up on memory the kernel may still write (operation slots, the
+    /// buffer ring and its pool, the wake-up buffer): leaked, never freed
+    /// under it.
+    fn leak_kernel_memory(&mut self) {
+        std::mem::forget(std::mem::replace(&mut self.ops, Slab::new()));
+        std::mem::forget(self.bufring.take());
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
     }
 }
 
@@ -1116,20 +1152,19 @@ impl UringEngine {
     /// submitted from here, so the kernel may still hold buffers; they are
     /// leaked rather than freed under it.
     pub(crate) fn abandon(mut self) {
-        if !self.ops.is_empty() {
-            tracing::warn!(
-                "io_uring engine dropped off its thread with {} operations in flight; leaking their buffers",
-                self.ops.len()
-            );
-            std::mem::forget(std::mem::replace(&mut self.ops, Slab::new()));
-        }
+        tracing::warn!(
+            "io_uring engine dropped off its thread with {} operations in flight; leaking their buffers",
+            self.ops.len()
+        );
+        // The wake-up read (and any operation) may still be in the kernel.
+        self.leak_kernel_memory();
         self.handles.clear();
     }
 }
 
 impl Drop for UringEngine {
     fn drop(&mut self) {
-        if !self.ops.is_empty() {
+        if !self.ops.is_empty() || self.wake_armed {
             self.shutdown();
         }
     }
