@@ -40,6 +40,10 @@ pub enum OpKind {
 /// that is `len..capacity` (the length grows by the bytes received); for
 /// `Box<[u8]>` it is the whole slice from the start. Sends send the
 /// initialised bytes (`..len`, or the whole `Box<[u8]>`).
+///
+/// A receive into a buffer with no room transfers nothing: like a zero-byte
+/// `WSARecv`, its 0-byte completion does not by itself mean the peer
+/// closed — only a read with room that returns 0 does.
 pub enum Buf {
     /// A vector; receives append into its spare capacity.
     Vec(Vec<u8>),
