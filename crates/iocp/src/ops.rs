@@ -3,6 +3,7 @@
 //! [`OpData`] that owns its memory and hands it to the platform port's
 //! `start_op`.
 
+use std::io;
 use std::net::SocketAddr;
 
 use crate::error::SubmitError;
@@ -106,5 +107,25 @@ impl Port {
             OpData::SendTo(buf.into(), Box::new(addr.into())),
             opts.into(),
         )
+    }
+}
+
+impl Handle {
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.peer_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
     }
 }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -510,23 +509,5 @@ impl Handle {
             return Err(error::handle_closed());
         }
         sys::with_sockref(self.inner.raw, f)
-    }
-
-    /// The socket's local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.peer_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
     }
 }

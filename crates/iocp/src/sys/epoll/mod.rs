@@ -191,17 +191,10 @@ impl EpollEngine {
         self.fire_timers();
         self.run_deferred();
         let may_block = block && self.out.is_empty() && self.deferred.is_empty();
+        // `prepare_sleep` refuses while commands or returned pool buffers
+        // wait, so nothing that arrived before `sleeping` was set is missed.
         if may_block && self.shared.prepare_sleep() {
-            // A pool buffer dropped after `recycle` above but before
-            // `prepare_sleep` saw `sleeping == false` and wrote nothing to
-            // the eventfd: look once more now that `sleeping` is set (a
-            // buffer dropped after this look will write it).
-            self.recycle();
-            let ms = if self.out.is_empty() && self.deferred.is_empty() {
-                self.wait_ms(timeout)
-            } else {
-                0
-            };
+            let ms = self.wait_ms(timeout);
             self.poll(ms);
             self.shared.woke();
         } else {

@@ -181,9 +181,7 @@ impl UringEngine {
     pub(crate) fn run(mut self) {
         loop {
             self.turn(None, true);
-            if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
-                self.out.clear();
-            }
+            self.flush_to_queue();
             if self.shared.is_shutdown() {
                 break;
             }
@@ -191,7 +189,7 @@ impl UringEngine {
         self.shutdown();
     }
 
-    /// Moves completions made so far into the port's queue (inline mode).
+    /// Moves completions made so far into the port's queue.
     pub(crate) fn flush_to_queue(&mut self) {
         if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
             self.out.clear();

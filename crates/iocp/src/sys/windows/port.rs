@@ -31,7 +31,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::os::windows::io::{AsRawSocket, IntoRawSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -512,23 +511,5 @@ impl Handle {
             return Err(error::handle_closed());
         }
         self.inner.h.with_socket(f)
-    }
-
-    /// The socket's local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.peer_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
     }
 }
