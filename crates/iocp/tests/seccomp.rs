@@ -8,9 +8,10 @@
 //! parent checks its exit status and output.
 #![cfg(target_os = "linux")]
 
+mod util;
+
 use std::io;
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
 use iocp::{Backend, Completion, OpKind, Port};
@@ -148,27 +149,7 @@ fn child_runs(scenario: &str) -> bool {
 /// Runs test `name` in a child process with the filter; returns its output,
 /// or `None` when the child could not install a filter (printed as a skip).
 fn run_child(name: &str) -> Option<String> {
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .env_remove("IOCP_BACKEND")
-        .output()
-        .expect("spawning the child test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child `{name}` failed ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child `{name}` did not run its test:\n{text}"
-    );
+    let text = util::run_self_as_child(name, CHILD);
     if let Some(line) = text.lines().find(|l| l.contains(UNAVAILABLE)) {
         eprintln!("skipping `{name}`: {line}");
         return None;

@@ -20,20 +20,6 @@ use iocp::{Backend, Handle, OpKind, Port};
 use socket2::SockRef;
 use util::*;
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| d.count())
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-}
-
-fn fds() -> usize {
-    count("/proc/self/fd")
-}
-
-fn threads() -> usize {
-    count("/proc/self/task")
-}
-
 /// A port with one operation of every kind in flight, and the peers.
 struct Scene {
     port: Port,

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests (conformance, echo_prop, teardown).
+//! Helpers shared by the integration tests (conformance, echo_prop, teardown,
+//! seccomp, start_failure).
 //! Every wait here is bounded: a test fails with a message instead of hanging.
 #![allow(dead_code)]
 
@@ -18,6 +19,53 @@ pub const T: Duration = Duration::from_secs(10);
 pub fn say(line: impl AsRef<str>) {
     let mut e = io::stderr().lock();
     let _ = writeln!(e, "{}", line.as_ref());
+}
+
+/// Entries of a directory (for `/proc/self/fd` and `/proc/self/task`).
+pub fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+}
+
+/// Descriptors the process has open (Linux).
+pub fn fds() -> usize {
+    count_entries("/proc/self/fd")
+}
+
+/// Threads the process runs (Linux).
+pub fn threads() -> usize {
+    count_entries("/proc/self/task")
+}
+
+/// Runs this test binary again as a child that runs only test `name`
+/// (`--exact`), with `var=name` in its environment so the test knows it is
+/// the child; fails unless the child passed that one test. Returns its
+/// stdout and stderr. For what must not touch the test process itself
+/// (a seccomp filter, a lowered descriptor limit).
+pub fn run_self_as_child(name: &str, var: &str) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, name)
+        .env_remove("IOCP_BACKEND")
+        .output()
+        .expect("spawning the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child `{name}` failed ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child `{name}` did not run its test:\n{text}"
+    );
+    text
 }
 
 /// One way of running a port: a backend, threaded or inline (per-core).
