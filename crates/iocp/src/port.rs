@@ -79,8 +79,9 @@ impl Port {
             cfg.engines = 1;
         }
         let queue = Queue::new(cfg.concurrency);
-        let mut engines = Vec::new();
-        let mut threads = Vec::new();
+        // Dropped on an early return, this stops the engines started so far:
+        // a failed build leaves no thread, ring, epoll set or descriptor.
+        let mut started = Started::default();
         let mut inline = None;
         let mut info = None;
         for i in 0..cfg.engines {
@@ -120,14 +121,24 @@ impl Port {
                             }
                         }
                     })?;
-                let bi = rx
+                let reply = rx
                     .recv()
-                    .map_err(|_| io::Error::other("engine thread died while starting"))??;
+                    .unwrap_or_else(|_| Err(io::Error::other("engine thread died while starting")));
+                let bi = match reply {
+                    Ok(bi) => bi,
+                    Err(e) => {
+                        // The thread is ending: wait for it.
+                        let _ = t.join();
+                        return Err(e);
+                    }
+                };
                 info.get_or_insert(bi);
-                threads.push(t);
+                started.threads.push(t);
             }
-            engines.push(shared);
+            started.engines.push(shared);
         }
+        let engines = std::mem::take(&mut started.engines);
+        let threads = std::mem::take(&mut started.threads);
         let info = info.expect("at least one engine");
         tracing::debug!("iocp port: backend {info}");
         Ok(Port {
@@ -399,15 +410,8 @@ impl PortInner {
             return;
         }
         drop(self.queue.close());
-        for e in &self.engines {
-            e.begin_shutdown();
-        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in threads {
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
+        stop_engines(&self.engines, threads);
         if let Some(inl) = &self.inline {
             let engine = inl.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(mut engine) = engine {
@@ -417,6 +421,32 @@ impl PortInner {
                     engine.abandon();
                 }
             }
+        }
+    }
+}
+
+/// The engines a starting port has started so far.
+#[derive(Default)]
+struct Started {
+    engines: Vec<Arc<EngineShared>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        stop_engines(&self.engines, std::mem::take(&mut self.threads));
+    }
+}
+
+/// Asks every engine to stop and joins their threads (each engine closes
+/// what it holds on its own thread before it ends).
+fn stop_engines(engines: &[Arc<EngineShared>], threads: Vec<JoinHandle<()>>) {
+    for e in engines {
+        e.begin_shutdown();
+    }
+    for t in threads {
+        if t.thread().id() != std::thread::current().id() {
+            let _ = t.join();
         }
     }
 }
