@@ -220,6 +220,7 @@ impl Port {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let req = OpReq {
             hid: h.inner.hid,
+            key: h.inner.key,
             id,
             token: opts.token,
             deadline: opts.deadline,

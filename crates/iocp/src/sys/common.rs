@@ -34,6 +34,9 @@ pub(crate) enum Cmd {
 /// One operation as the application started it.
 pub(crate) struct OpReq {
     pub hid: u64,
+    /// The handle's completion key: the completion carries it even when the
+    /// handle is gone by the time the engine sees the operation.
+    pub key: u64,
     pub id: u64,
     pub token: u64,
     pub deadline: Option<Instant>,

@@ -78,7 +78,6 @@ const EVENTS: usize = 256;
 /// A socket the engine owns.
 struct HState {
     fd: OwnedFd,
-    key: u64,
     /// `epoll_ctl(ADD)` refused the descriptor: every operation fails with
     /// this errno.
     reg_err: Option<i32>,
@@ -299,7 +298,6 @@ impl EpollEngine {
             hid,
             HState {
                 fd,
-                key,
                 reg_err,
                 readable: true,
                 writable: true,
@@ -313,6 +311,7 @@ impl EpollEngine {
     fn start(&mut self, req: OpReq) {
         let OpReq {
             hid,
+            key,
             id,
             token,
             deadline,
@@ -335,20 +334,22 @@ impl EpollEngine {
             OpData::SendTo(b, a) => (OpKind::SendTo, Lane::Write, Mem::SendTo(b, a), false),
         };
         let Some(h) = self.handles.get_mut(&hid) else {
+            // Closed after the port let this start: it still completes
+            // once, under the handle's key.
             self.out
-                .push(unstarted(kind, 0, token, id, error::handle_closed(), mem));
+                .push(unstarted(kind, key, token, id, error::handle_closed(), mem));
             return;
         };
         if let Some(errno) = h.reg_err {
             let e = io::Error::from_raw_os_error(errno);
-            self.out.push(unstarted(kind, h.key, token, id, e, mem));
+            self.out.push(unstarted(kind, key, token, id, e, mem));
             return;
         }
         let idx = self.ops.insert(Op {
             hid,
             id,
             token,
-            key: h.key,
+            key,
             kind,
             lane,
             mem,

@@ -90,7 +90,6 @@ struct Slot {
 
 struct HState {
     fd: OwnedFd,
-    key: u64,
     ops: Vec<usize>,
     readq: VecDeque<usize>,
     read_busy: bool,
@@ -279,7 +278,7 @@ impl UringEngine {
 
     fn command(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Register { hid, fd, key } => {
+            Cmd::Register { hid, fd, key: _ } => {
                 // io_uring waits by itself (FAST_POLL); a non-blocking socket
                 // would only turn a retry the kernel runs in io-wq into a
                 // spurious EAGAIN.
@@ -288,7 +287,6 @@ impl UringEngine {
                     hid,
                     HState {
                         fd,
-                        key,
                         ops: Vec::new(),
                         readq: VecDeque::new(),
                         read_busy: false,
@@ -318,6 +316,7 @@ impl UringEngine {
     fn start(&mut self, req: OpReq) {
         let OpReq {
             hid,
+            key,
             id,
             token,
             deadline,
@@ -366,18 +365,19 @@ impl UringEngine {
             }
         };
         let Some(h) = self.handles.get_mut(&hid) else {
-            let mut c = Completion::new(kind, 0, token, OpId(id), Err(error::handle_closed()));
+            // Closed (and its last operation done) after the port let this
+            // start: it still completes once, under the handle's key.
+            let mut c = Completion::new(kind, key, token, OpId(id), Err(error::handle_closed()));
             give_back(&mut c, mem);
             self.out.push(c);
             return;
         };
         if h.closing {
-            let mut c = Completion::new(kind, h.key, token, OpId(id), Err(error::aborted()));
+            let mut c = Completion::new(kind, key, token, OpId(id), Err(error::aborted()));
             give_back(&mut c, mem);
             self.out.push(c);
             return;
         }
-        let key = h.key;
         let idx = self.ops.insert(Slot {
             hid,
             id,
