@@ -13,7 +13,7 @@ use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpId, OpKind, OpOptions};
 use crate::pool::{PoolShared, PoolStats};
 use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue};
-use crate::sys::{self, Cmd, EngineShared, OpData, OpReq};
+use crate::sys::{self, Cmd, EngineShared, OpData, OpReq, SocketFd};
 
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
@@ -179,8 +179,8 @@ impl Port {
         let e = self.inner.next_engine.fetch_add(1, Ordering::Relaxed) % n;
         let engine = self.inner.engines[e].clone();
         let hid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let fd = sys::socket_into_fd(socket);
-        let raw = sys::raw_fd(&fd);
+        let (sock, fd) = SocketFd::new(socket.into());
+        // A refused command is dropped here, which closes the socket.
         engine
             .send(Cmd::Register { hid, fd, key })
             .map_err(|_| error::port_closed())?;
@@ -190,7 +190,7 @@ impl Port {
                 key,
                 port: self.inner.id,
                 engine,
-                raw,
+                sock,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -463,7 +463,11 @@ struct HandleInner {
     key: u64,
     port: u64,
     engine: Arc<EngineShared>,
-    raw: sys::RawSocket,
+    /// The descriptor, shared with the engine, which closes it after the
+    /// handle's last operation (or at the port's close) and after the last
+    /// `with_socket` borrow.
+    sock: Arc<SocketFd>,
+    /// `close` was called or the last clone dropped.
     closed: AtomicBool,
 }
 
@@ -476,8 +480,10 @@ impl Drop for HandleInner {
 }
 
 /// A socket associated with a port. Clones share the socket; it is closed
-/// when [`Handle::close`] is called or the last clone is dropped, and its
-/// descriptor is released only after its last operation completed.
+/// when [`Handle::close`] is called, the last clone is dropped, or the port
+/// is closed (or dropped); its descriptor is released only after its last
+/// operation completed and no [`with_socket`](Handle::with_socket) call is
+/// running.
 #[derive(Clone)]
 pub struct Handle {
     inner: Arc<HandleInner>,
@@ -525,20 +531,34 @@ impl Handle {
         }
     }
 
-    /// Whether `close` was called.
+    /// Whether `close` was called (or the port was closed).
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.closed.load(Ordering::Acquire) || self.inner.engine.is_shutdown()
     }
 
     /// Runs `f` with a borrowed view of the socket (for socket options,
-    /// addresses, `shutdown`). Fails once the handle is closed.
+    /// addresses, `shutdown`). Fails once the handle or its port is closed.
+    /// The socket stays open while `f` runs, even if another thread closes
+    /// the handle or the port meanwhile (the close of the descriptor then
+    /// waits for `f`), so `f` never acts on a descriptor number that was
+    /// closed or handed to another socket.
     pub fn with_socket<R>(
         &self,
         f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
     ) -> io::Result<R> {
+        let closed = || {
+            if self.inner.engine.is_shutdown() {
+                error::port_closed()
+            } else {
+                error::handle_closed()
+            }
+        };
         if self.is_closed() {
-            return Err(error::handle_closed());
+            return Err(closed());
         }
-        sys::with_sockref(self.inner.raw, f)
+        self.inner
+            .sock
+            .borrow(|fd| f(&socket2::SockRef::from(&fd)))
+            .unwrap_or_else(|| Err(closed()))
     }
 }

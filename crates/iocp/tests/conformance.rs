@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,9 @@ const CLAUSES: &[Clause] = clauses![
     any close_handle_in_flight,
     threaded close_port_wakes_waiters,
     any close_port_then_calls_fail,
+    any port_close_closes_handles,
+    any with_socket_holds_descriptor,
+    any with_socket_races_close,
     any closed_handle_completion_keeps_key,
     any get_many,
     any post_after_timer,
@@ -926,6 +929,202 @@ fn close_port_then_calls_fail(t: &Target) {
         .expect_err("port closed");
     assert_eq!(e.buf.map(|b| b.into_vec()), Some(b"k".to_vec()));
     port.close(); // twice is fine
+}
+
+/// The error `with_socket` gives for a handle whose descriptor is gone: a
+/// "closed" error, never what the system call on a stale number returned.
+#[track_caller]
+fn assert_closed_error(e: &std::io::Error, what: &str) {
+    assert!(
+        e.to_string().contains("closed"),
+        "{what}: expected a \"closed\" error, got {e:?}"
+    );
+}
+
+/// Closing the port closes every handle, and dropping it too: each reports
+/// closed, and `with_socket` fails with a "closed" error. It must never
+/// reach the descriptor number the handle had, which the system hands to
+/// the next socket opened (here, new listeners).
+fn port_close_closes_handles(t: &Target) {
+    for close_first in [true, false] {
+        let port = t.port();
+        let mut old = Vec::new();
+        for i in 0..4 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            old.push((port.associate(l, 110 + i).unwrap(), addr));
+        }
+        port.accept(&old[0].0, 1).unwrap(); // one with an operation in flight
+        if close_first {
+            port.close();
+        }
+        drop(port);
+        let fresh: Vec<TcpListener> = (0..8)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let fresh_addrs: HashSet<SocketAddr> =
+            fresh.iter().map(|l| l.local_addr().unwrap()).collect();
+        let how = if close_first { "close + drop" } else { "drop" };
+        for (h, addr) in &old {
+            match h.with_socket(|s| s.local_addr()) {
+                Ok(a) => {
+                    let a = a.as_socket();
+                    let whose = if a.is_some_and(|a| fresh_addrs.contains(&a)) {
+                        "a NEW listener's address"
+                    } else {
+                        "not a new listener's"
+                    };
+                    panic!(
+                        "after the port's {how}, with_socket on {h:?} (was {addr}) reached a \
+                         descriptor with address {a:?}: {whose}"
+                    );
+                }
+                Err(e) => assert_closed_error(&e, &format!("with_socket after the port's {how}")),
+            }
+            assert!(
+                h.is_closed(),
+                "after the port's {how}, {h:?} does not report closed"
+            );
+        }
+    }
+}
+
+/// While `with_socket` runs, its descriptor stays open: a `close` of the
+/// handle meanwhile (even once its last operation completed) closes the
+/// socket only when the borrow ends, so the number cannot be handed to
+/// another socket under the borrower. Afterwards the socket is closed (the
+/// peer sees EOF) and later borrows fail.
+fn with_socket_holds_descriptor(t: &Target) {
+    let port = t.port();
+    let (h, mut peer) = tcp_pair(&port, 120);
+    let own = h.with_socket(|s| s.local_addr()).unwrap().as_socket();
+    let op = port.recv(&h, Vec::with_capacity(8), 1).unwrap();
+    let (in_tx, in_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let h2 = h.clone();
+    let borrower = std::thread::spawn(move || {
+        h2.with_socket(|s| {
+            in_tx.send(()).unwrap();
+            go_rx.recv_timeout(T).expect("the go from the test thread");
+            Ok(s.local_addr().map(|a| a.as_socket()))
+        })
+    });
+    in_rx.recv_timeout(T).expect("the borrow started");
+    h.close();
+    // The close aborted the receive; on a port that does not wait for the
+    // borrower, the descriptor was closed together with that completion.
+    let c = get(&port);
+    assert_eq!((c.token, c.op), (1, op), "{}", brief(&c));
+    assert!(c.is_aborted(), "{}", brief(&c));
+    // Sockets opened now take any number that close freed.
+    let fresh: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    go_tx.send(()).unwrap();
+    let seen = borrower.join().unwrap().expect("with_socket ran f");
+    match seen {
+        Ok(a) => assert_eq!(
+            a, own,
+            "the borrowed descriptor became another socket while the borrow ran"
+        ),
+        Err(e) => panic!("the borrowed descriptor was closed while the borrow ran: {e:?}"),
+    }
+    // The borrow ended: now the socket is closed.
+    let mut b = [0u8; 8];
+    assert_eq!(
+        peer.read(&mut b).expect("EOF, not a timeout"),
+        0,
+        "the peer sees the close"
+    );
+    let e = h.with_socket(|s| s.local_addr()).unwrap_err();
+    assert_closed_error(&e, "with_socket after close");
+    drop(fresh);
+    no_packet(&port, Duration::from_millis(30));
+}
+
+/// `close` racing `with_socket`, many times: every borrow either sees its
+/// own socket for its whole length or fails with a "closed" error, never a
+/// closed descriptor (EBADF) or another socket's. A second thread keeps
+/// opening sockets, so a number freed early is soon someone else's.
+fn with_socket_races_close(t: &Target) {
+    const ROUNDS: usize = 300;
+    let port = t.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                std::hint::black_box(&s);
+                drop(s);
+                n += 1;
+                std::thread::yield_now();
+            }
+            n
+        })
+    };
+    let started = Instant::now();
+    let (mut refused_at_once, mut rounds) = (0, 0);
+    for round in 0..ROUNDS {
+        if started.elapsed() > T / 2 {
+            break;
+        }
+        rounds += 1;
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let own = u.local_addr().unwrap();
+        let h = port.associate(u, 140).unwrap();
+        let h2 = h.clone();
+        let (in_tx, in_rx) = mpsc::channel();
+        let borrower = std::thread::spawn(move || {
+            let mut borrows = 0u32;
+            loop {
+                let r = h2.with_socket(|s| {
+                    for _ in 0..64 {
+                        let a = s.local_addr()?.as_socket();
+                        if a != Some(own) {
+                            return Ok(Some(a));
+                        }
+                    }
+                    Ok(None)
+                });
+                if borrows == 0 {
+                    let _ = in_tx.send(());
+                }
+                borrows += 1;
+                match r {
+                    Ok(None) => {}
+                    Ok(Some(other)) => {
+                        return Err(format!("borrow {borrows} saw another socket: {other:?}"))
+                    }
+                    Err(e) if e.to_string().contains("closed") => return Ok(borrows),
+                    Err(e) => return Err(format!("borrow {borrows} failed with {e:?}")),
+                }
+            }
+        });
+        in_rx.recv_timeout(T).expect("the borrower started");
+        // Vary where in a borrow the close lands.
+        for _ in 0..(round % 16) * 50 {
+            std::hint::spin_loop();
+        }
+        h.close();
+        if t.inline {
+            // The owner turns the engine, which processes the close.
+            no_packet(&port, Duration::ZERO);
+        }
+        match borrower.join().unwrap() {
+            Ok(1) => refused_at_once += 1,
+            Ok(_) => {}
+            Err(e) => panic!("round {round}: {e} (own {own})"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = churn.join().unwrap();
+    no_packet(&port, Duration::from_millis(30));
+    println!(
+        "with_socket vs close: {rounds} rounds ({refused_at_once} ended at the first borrow), \
+         {opened} sockets opened meanwhile"
+    );
 }
 
 /// A completion for an operation whose handle was closed concurrently —

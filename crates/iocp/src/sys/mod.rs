@@ -12,14 +12,13 @@ pub(crate) mod uring;
 pub(crate) mod windows;
 
 #[cfg(target_os = "linux")]
-pub(crate) use common::{Cmd, EngineShared, OpData, OpReq};
+pub(crate) use common::{Cmd, EngineShared, OpData, OpReq, SocketFd};
 #[cfg(target_os = "linux")]
 pub use uring::UringFeatures;
 
 #[cfg(target_os = "linux")]
 mod linux {
     use std::io;
-    use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -29,27 +28,6 @@ mod linux {
     use crate::op::Completion;
     use crate::port::{Backend, BackendInfo, Config};
     use crate::queue::Queue;
-
-    pub(crate) type RawSocket = RawFd;
-
-    pub(crate) fn socket_into_fd(s: socket2::Socket) -> OwnedFd {
-        s.into()
-    }
-
-    pub(crate) fn raw_fd(fd: &OwnedFd) -> RawSocket {
-        fd.as_raw_fd()
-    }
-
-    pub(crate) fn with_sockref<R>(
-        raw: RawSocket,
-        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
-    ) -> io::Result<R> {
-        // SAFETY: the handle is not closed (checked by the caller), so the
-        // engine still owns this descriptor and will not close it before the
-        // handle's close is processed.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        f(&socket2::SockRef::from(&fd))
-    }
 
     /// One engine of either kind.
     pub(crate) enum Engine {

@@ -50,7 +50,7 @@ mod tests;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ use crate::op::{Completion, Extra, OpId, OpKind};
 use crate::port::Config;
 use crate::queue::Queue;
 use crate::sys::common::{
-    Cmd, EngineCounters, EngineShared, HandleMap, OpData, OpReq, Slab, TimerItem, Timers,
+    Cmd, EngineCounters, EngineFd, EngineShared, HandleMap, OpData, OpReq, Slab, TimerItem, Timers,
 };
 
 use ops::{Ctx, Lane, Mem, Op, Step};
@@ -77,7 +77,7 @@ const EVENTS: usize = 256;
 
 /// A socket the engine owns.
 struct HState {
-    fd: OwnedFd,
+    fd: EngineFd,
     /// `epoll_ctl(ADD)` refused the descriptor: every operation fails with
     /// this errno.
     reg_err: Option<i32>,
@@ -284,7 +284,7 @@ impl EpollEngine {
         self.cmds = cmds;
     }
 
-    fn register(&mut self, hid: u64, fd: OwnedFd, key: u64) {
+    fn register(&mut self, hid: u64, fd: EngineFd, key: u64) {
         let reg_err = match self.poller.add(fd.as_raw_fd(), poller::SOCKET_EVENTS, hid) {
             Ok(()) => None,
             Err(e) => {

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,8 @@ use crate::error;
 use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::queue::Queue;
 use crate::sys::common::{
-    sockaddr_from_storage, Cmd, EngineCounters, EngineShared, HandleMap, OpData, OpReq, Slab,
-    TimerItem, Timers,
+    sockaddr_from_storage, Cmd, EngineCounters, EngineFd, EngineShared, HandleMap, OpData, OpReq,
+    Slab, TimerItem, Timers,
 };
 
 mod bufring;
@@ -89,7 +89,7 @@ struct Slot {
 }
 
 struct HState {
-    fd: OwnedFd,
+    fd: EngineFd,
     ops: Vec<usize>,
     readq: VecDeque<usize>,
     read_busy: bool,

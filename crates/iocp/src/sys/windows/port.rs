@@ -500,13 +500,18 @@ impl Handle {
     }
 
     /// Runs `f` with a borrowed view of the socket (for socket options,
-    /// addresses, `shutdown`). Fails once the handle is closed. The socket
-    /// stays open while `f` runs. Do not switch it back to blocking mode:
-    /// the pooled receive's follow-up read relies on non-blocking mode.
+    /// addresses, `shutdown`). Fails once the handle or its port is closed.
+    /// The socket stays open while `f` runs, even if another thread closes
+    /// the handle or the port meanwhile (`closesocket` then waits for `f`).
+    /// Do not switch it back to blocking mode: the pooled receive's
+    /// follow-up read relies on non-blocking mode.
     pub fn with_socket<R>(
         &self,
         f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
     ) -> io::Result<R> {
+        if self.inner.h.port.closed.load(Ordering::Acquire) {
+            return Err(error::port_closed());
+        }
         if self.is_closed() {
             return Err(error::handle_closed());
         }
