@@ -10,7 +10,8 @@
 //!
 //! Multi-thread clauses (LIFO wake, the concurrency limit, waiters woken by
 //! close) do not apply to an inline (per-core) port, whose only getter is its
-//! owner; every other clause runs there too.
+//! owner; every other clause runs there too. A few clauses are about what
+//! only an inline port has (an owner thread) and run only there.
 
 mod util;
 
@@ -30,19 +31,30 @@ const ZERO: Option<Duration> = Some(Duration::ZERO);
 
 struct Clause {
     name: &'static str,
-    /// Needs several threads waiting on one port (not for inline ports).
-    threaded_only: bool,
+    /// Which targets the clause applies to.
+    mode: Mode,
     run: fn(&Target),
 }
 
+#[derive(PartialEq)]
+enum Mode {
+    Any,
+    /// Needs several threads waiting on one port (not for inline ports).
+    Threaded,
+    /// About a port driven by its owner thread (inline ports only).
+    Inline,
+}
+
 /// `any name` runs on every target; `threaded name` only where several
-/// threads may wait on the port (not inline ports).
+/// threads may wait on the port (not inline ports); `inline name` only on
+/// inline ports.
 macro_rules! clauses {
     ($($mode:ident $name:ident,)*) => {
-        &[$(Clause { name: stringify!($name), threaded_only: clauses!(@$mode), run: $name },)*]
+        &[$(Clause { name: stringify!($name), mode: clauses!(@$mode), run: $name },)*]
     };
-    (@threaded) => { true };
-    (@any) => { false };
+    (@threaded) => { Mode::Threaded };
+    (@inline) => { Mode::Inline };
+    (@any) => { Mode::Any };
 }
 
 const CLAUSES: &[Clause] = clauses![
@@ -63,6 +75,7 @@ const CLAUSES: &[Clause] = clauses![
     any port_close_closes_handles,
     any with_socket_holds_descriptor,
     any with_socket_races_close,
+    inline inline_port_closed_off_thread,
     any closed_handle_completion_keeps_key,
     any get_many,
     any post_after_timer,
@@ -122,7 +135,7 @@ fn run_target(backend: Backend, inline: bool) {
         if !filter.is_empty() && !c.name.contains(filter.as_str()) {
             continue;
         }
-        if c.threaded_only && inline {
+        if (c.mode == Mode::Threaded && inline) || (c.mode == Mode::Inline && !inline) {
             na += 1;
             continue;
         }
@@ -1125,6 +1138,92 @@ fn with_socket_races_close(t: &Target) {
         "with_socket vs close: {rounds} rounds ({refused_at_once} ended at the first borrow), \
          {opened} sockets opened meanwhile"
     );
+}
+
+/// A tracing subscriber that keeps every warning and error event.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        let mut s = format!("{} ", e.metadata().level());
+        e.record(&mut Message(&mut s));
+        self.0.lock().unwrap().push(s);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// An inline port closed or dropped by a thread other than its owner stops
+/// at once and never enters the owner's engine from that thread (an
+/// io_uring ring made `SINGLE_ISSUER` refuses any other thread with
+/// `EEXIST`): no warning but one saying what was left to the kernel, and
+/// its handles report closed.
+fn inline_port_closed_off_thread(t: &Target) {
+    for close_first in [true, false] {
+        let port = t.port();
+        let (h, _peer) = tcp_pair(&port, 130);
+        port.recv(&h, Vec::with_capacity(64), 1).unwrap();
+        let (h2, _peer2) = tcp_pair(&port, 131);
+        port.recv_pooled(&h2, 2).unwrap();
+        // Turn the engine once, so the kernel holds the operations.
+        no_packet(&port, Duration::ZERO);
+        let how = if close_first { "close" } else { "drop" };
+        let (took, warnings) = std::thread::spawn(move || {
+            let w = Arc::new(Warnings::default());
+            let took = tracing::subscriber::with_default(w.clone(), || {
+                let t0 = Instant::now();
+                if close_first {
+                    port.close();
+                }
+                drop(port);
+                t0.elapsed()
+            });
+            let w = std::mem::take(&mut *w.0.lock().unwrap());
+            (took, w)
+        })
+        .join()
+        .unwrap();
+        let eexist = warnings
+            .iter()
+            .filter(|w| w.contains("File exists") || w.contains("EEXIST"))
+            .count();
+        assert_eq!(
+            eexist,
+            0,
+            "{how} off the owner thread entered the ring from there: {eexist} EEXIST \
+             warnings in {took:?}; first: {:?}",
+            warnings.first()
+        );
+        assert!(
+            warnings.len() <= 1,
+            "{how} off the owner thread logged {} warnings: {:?}",
+            warnings.len(),
+            &warnings[..warnings.len().min(3)]
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "{how} off the owner thread took {took:?}"
+        );
+        assert!(h.is_closed(), "the port's {how} closes its handles");
+    }
 }
 
 /// A completion for an operation whose handle was closed concurrently —

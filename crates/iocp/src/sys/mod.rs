@@ -170,12 +170,13 @@ mod linux {
             }
         }
 
-        /// Stops from a thread that does not own the engine: nothing may be
-        /// submitted, so buffers the kernel may still hold are leaked rather
-        /// than freed.
+        /// Stops from a thread that does not own the engine: an io_uring
+        /// engine submits nothing from here, so buffers the kernel may still
+        /// hold are leaked rather than freed; an epoll engine holds nothing
+        /// in the kernel and shuts down as usual.
         pub(crate) fn abandon(self) {
             match self {
-                Engine::Uring(e) => e.abandon(),
+                Engine::Uring(mut e) => e.abandon(),
                 Engine::Epoll(mut e) => e.shutdown(),
             }
         }

@@ -124,6 +124,9 @@ pub(crate) struct UringEngine {
     free_bufs: Vec<u16>,
     feats: UringFeatures,
     draining: bool,
+    /// The thread that created the ring: the only one that may enter it
+    /// (a `SINGLE_ISSUER` ring refuses every other with `EEXIST`).
+    owner: std::thread::ThreadId,
 }
 
 impl UringEngine {
@@ -169,6 +172,7 @@ impl UringEngine {
             free_bufs,
             feats,
             draining: false,
+            owner: std::thread::current().id(),
         })
     }
 
@@ -1084,8 +1088,13 @@ impl UringEngine {
     }
 
     /// Stops: aborts every operation, waits until the kernel has returned
-    /// every buffer, closes every descriptor.
+    /// every buffer, closes every descriptor. Off the owner thread this is
+    /// [`abandon`](Self::abandon): it never enters the ring from there.
     pub(crate) fn shutdown(&mut self) {
+        if std::thread::current().id() != self.owner {
+            self.abandon();
+            return;
+        }
         // Commands queued before the shutdown flag went up (none can come
         // after) go first: a handle registered at the last moment must be
         // closed below too, or its operations would outlive the drain.
@@ -1146,16 +1155,29 @@ impl UringEngine {
 }
 
 impl UringEngine {
-    /// Gives up from a thread that does not own the ring: nothing can be
-    /// submitted from here, so the kernel may still hold buffers; they are
-    /// leaked rather than freed under it.
-    pub(crate) fn abandon(mut self) {
-        tracing::warn!(
-            "io_uring engine dropped off its thread with {} operations in flight; leaking their buffers",
-            self.ops.len()
-        );
-        // The wake-up read (and any operation) may still be in the kernel.
+    /// Gives up from a thread that does not own the ring. Nothing may be
+    /// submitted or reaped from here, so whatever the kernel may still hold
+    /// is leaked rather than freed under it: the operation slots (buffers,
+    /// addresses, iovecs), the buffer ring with its pool, the eventfd read's
+    /// buffer. Descriptors are released (a request the kernel holds keeps
+    /// its own reference to the socket, so the number may be reused safely),
+    /// and dropping the ring afterwards closes it: the kernel then cancels
+    /// what is left on its own and writes only into the leaked memory.
+    pub(crate) fn abandon(&mut self) {
+        if self.ops.is_empty() {
+            tracing::debug!("io_uring engine stopped off its thread; leaking its buffer pool");
+        } else {
+            tracing::warn!(
+                "io_uring engine stopped off its thread with {} operations in flight; leaking their buffers",
+                self.ops.len()
+            );
+        }
         self.leak_kernel_memory();
+        // The eventfd read's buffer went with the rest: nothing is left to
+        // wait for, so `Drop` does not try to.
+        self.wake_armed = false;
+        self.timers.clear();
+        self.out.clear();
         self.handles.clear();
     }
 }
@@ -1163,6 +1185,7 @@ impl UringEngine {
 impl Drop for UringEngine {
     fn drop(&mut self) {
         if !self.ops.is_empty() || self.wake_armed {
+            // Abandons instead when dropped off the owner thread.
             self.shutdown();
         }
     }
