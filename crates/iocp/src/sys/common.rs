@@ -203,9 +203,12 @@ impl ReturnWaker for EngineShared {
     }
 }
 
-/// A slab: stable indices for in-flight operation slots.
+/// A slab: stable indices for in-flight operation slots. Each index also
+/// has a generation, bumped whenever its slot is freed, so a name made of
+/// (index, generation) never refers to a later occupant of the slot.
 pub(crate) struct Slab<T> {
     items: Vec<Option<T>>,
+    gens: Vec<u32>,
     free: Vec<usize>,
     len: usize,
 }
@@ -214,6 +217,7 @@ impl<T> Slab<T> {
     pub(crate) fn new() -> Self {
         Slab {
             items: Vec::new(),
+            gens: Vec::new(),
             free: Vec::new(),
             len: 0,
         }
@@ -225,16 +229,22 @@ impl<T> Slab<T> {
             i
         } else {
             self.items.push(Some(v));
+            self.gens.push(0);
             self.items.len() - 1
         }
     }
     pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
         let v = self.items.get_mut(i)?.take();
         if v.is_some() {
+            self.gens[i] = self.gens[i].wrapping_add(1);
             self.free.push(i);
             self.len -= 1;
         }
         v
+    }
+    /// The generation of slot `i`: how many times it has been freed.
+    pub(crate) fn generation(&self, i: usize) -> u32 {
+        self.gens.get(i).copied().unwrap_or(0)
     }
     pub(crate) fn get(&self, i: usize) -> Option<&T> {
         self.items.get(i)?.as_ref()

@@ -27,14 +27,25 @@ use crate::sys::common::{
 
 mod bufring;
 mod probe;
+#[cfg(test)]
+mod tests;
 
 use bufring::BufRing;
 pub use probe::UringFeatures;
 pub(crate) use probe::ENV_SWITCHES;
 
+// An operation's `user_data` names its slot and the slot's generation:
+// bits 0..32 the slab index, bits 32..62 the generation (the slab bumps it
+// each time the slot is freed), bit 62 the poll-mode flag. A CQE or an
+// `AsyncCancel` carrying an earlier generation never matches the slot's
+// next occupant. Bit 63 is never set in an operation's name, so the two
+// engine-internal names below cannot collide with one.
 const WAKE_UD: u64 = u64::MAX;
 const CANCEL_UD: u64 = u64::MAX - 1;
 const POLL_BIT: u64 = 1 << 62;
+const INDEX_MASK: u64 = (1 << 32) - 1;
+const GEN_SHIFT: u32 = 32;
+const GEN_MASK: u64 = (1 << 30) - 1;
 /// `IORING_RECVSEND_POLL_FIRST` (5.19): arm the poll before the first try.
 const POLL_FIRST: u16 = 1;
 
@@ -174,6 +185,23 @@ impl UringEngine {
             draining: false,
             owner: std::thread::current().id(),
         })
+    }
+
+    /// The `user_data` the operation in slot `idx` is issued with: its
+    /// index and the slot's current generation (without the poll flag).
+    fn user_data(&self, idx: usize) -> u64 {
+        debug_assert!(idx as u64 <= INDEX_MASK, "slot index {idx} out of range");
+        idx as u64 | (u64::from(self.ops.generation(idx)) & GEN_MASK) << GEN_SHIFT
+    }
+
+    /// The live slot a `user_data` names (poll flag cleared), or `None` if
+    /// that slot has since been freed (and perhaps reused).
+    fn slot_of(&self, ud: u64) -> Option<usize> {
+        let idx = (ud & INDEX_MASK) as usize;
+        let gen = (ud >> GEN_SHIFT) & GEN_MASK;
+        let live =
+            self.ops.get(idx).is_some() && u64::from(self.ops.generation(idx)) & GEN_MASK == gen;
+        live.then_some(idx)
     }
 
     pub(crate) fn features(&self) -> UringFeatures {
@@ -433,6 +461,7 @@ impl UringEngine {
     fn issue(&mut self, idx: usize) {
         let bgid = self.bufring.as_ref().map(|b| b.bgid);
         let feats = self.feats;
+        let ud = self.user_data(idx);
         let Some(slot) = self.ops.get_mut(idx) else {
             return;
         };
@@ -440,7 +469,6 @@ impl UringEngine {
             return;
         };
         let fd = types::Fd(h.fd.as_raw_fd());
-        let ud = idx as u64;
         slot.submitted = true;
         let prio = if slot.poll_first { POLL_FIRST } else { 0 };
         let e = match (&mut slot.mem, slot.kind) {
@@ -590,15 +618,19 @@ impl UringEngine {
         if ud == CANCEL_UD {
             return;
         }
-        if ud & POLL_BIT != 0 {
-            self.on_poll_ready((ud & !POLL_BIT) as usize, res);
-            return;
-        }
-        let idx = ud as usize;
-        let Some(slot) = self.ops.get_mut(idx) else {
-            tracing::error!("io_uring: CQE for unknown slot {idx} (res {res})");
+        let Some(idx) = self.slot_of(ud & !POLL_BIT) else {
+            // Every slot is freed only by its final CQE, so this is a bug;
+            // the generation keeps it from touching the slot's next occupant.
+            tracing::error!(
+                "io_uring: CQE for a finished operation (user_data {ud:#x}, res {res})"
+            );
             return;
         };
+        if ud & POLL_BIT != 0 {
+            self.on_poll_ready(idx, res);
+            return;
+        }
+        let slot = self.ops.get_mut(idx).expect("slot_of found it live");
         let more = cqueue::more(flags);
         match slot.kind {
             OpKind::RecvPooled => self.on_pooled(idx, res, flags),
@@ -1055,13 +1087,13 @@ impl UringEngine {
             }
             return;
         }
-        let target = if matches!(slot.mem, Mem::None)
+        let poll_mode = matches!(slot.mem, Mem::None)
             && slot.kind == OpKind::RecvPooled
-            && self.bufring.is_none()
-        {
-            idx as u64 | POLL_BIT
+            && self.bufring.is_none();
+        let target = if poll_mode {
+            self.user_data(idx) | POLL_BIT
         } else {
-            idx as u64
+            self.user_data(idx)
         };
         let e = opcode::AsyncCancel::new(target)
             .build()

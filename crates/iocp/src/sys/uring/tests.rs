@@ -1,0 +1,164 @@
+//! The io_uring engine's `user_data`: a late CQE or an `AsyncCancel` meant
+//! for an operation whose slot has since been reused must not reach the
+//! operation now in that slot.
+//!
+//! Both tests drive an engine directly: op A (a receive with data waiting)
+//! completes and frees its slot; op B (a receive with nothing to read)
+//! takes the same slot. Then something addressed to A arrives — a CQE made
+//! up with A's `user_data`, or a real `AsyncCancel` of A's `user_data` —
+//! and B must stay pending until its own data comes.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::pool::PoolShared;
+use crate::sys::common::SocketFd;
+
+struct Rig {
+    engine: UringEngine,
+    /// Client ends of handle 1 (op A) and handle 2 (op B).
+    peers: Vec<TcpStream>,
+    done: Vec<Completion>,
+}
+
+fn pair() -> (OwnedFd, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (s.into(), c)
+}
+
+fn rig() -> Option<Rig> {
+    let cfg = crate::port::Config {
+        concurrency: 1,
+        engines: 1,
+        backend: None,
+        pool_bufs: 4,
+        pool_buf_size: 1024,
+        sq_entries: 64,
+        cq_entries: 128,
+        inline: true,
+    };
+    let shared = EngineShared::new(PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size)).unwrap();
+    let engine = match UringEngine::new(shared, Queue::new(1), &cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("skipping: io_uring unavailable: {e}");
+            return None;
+        }
+    };
+    let mut r = Rig {
+        engine,
+        peers: Vec::new(),
+        done: Vec::new(),
+    };
+    for hid in [1, 2] {
+        let (fd, c) = pair();
+        let (_sock, fd) = SocketFd::new(fd);
+        r.engine.command(Cmd::Register { hid, fd, key: hid });
+        r.peers.push(c);
+    }
+    Some(r)
+}
+
+impl Rig {
+    fn recv(&mut self, hid: u64, id: u64) -> usize {
+        self.engine.command(Cmd::Start(OpReq {
+            hid,
+            key: hid,
+            id,
+            token: id,
+            deadline: None,
+            data: OpData::Recv(Buf::from(Vec::with_capacity(64))),
+        }));
+        *self.engine.handles[&hid]
+            .ops
+            .last()
+            .expect("the op has a slot")
+    }
+
+    /// Turns the engine for about `d`, keeping what completed.
+    fn turn_for(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.engine.turn(Some(Duration::from_millis(5)), true);
+            self.done.append(&mut self.engine.out);
+        }
+    }
+
+    /// Turns until op `id` completes (bounded).
+    fn wait_for(&mut self, id: u64) -> Completion {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(p) = self.done.iter().position(|c| c.op.as_u64() == id) {
+                return self.done.remove(p);
+            }
+            assert!(Instant::now() < until, "op {id} did not complete");
+            self.turn_for(Duration::from_millis(5));
+        }
+    }
+
+    /// Op A completes and frees its slot; op B reuses it. Returns A's
+    /// `user_data` as it was issued.
+    fn reuse_slot(&mut self) -> u64 {
+        self.peers[0].write_all(b"a").unwrap();
+        let a = self.recv(1, 10);
+        let a_ud = self.engine.user_data(a);
+        let c = self.wait_for(10);
+        assert_eq!(c.result.as_ref().ok(), Some(&1), "{c:?}");
+        let b = self.recv(2, 20);
+        assert_eq!(a, b, "B reuses A's slot (the scenario needs it)");
+        let b_ud = self.engine.user_data(b);
+        assert_ne!(a_ud, b_ud, "a reused slot gets a new name");
+        assert_eq!(self.engine.slot_of(b_ud), Some(b));
+        assert_eq!(
+            self.engine.slot_of(a_ud),
+            None,
+            "A's name names nothing now"
+        );
+        for ud in [a_ud, b_ud] {
+            assert_eq!(ud & (POLL_BIT | 1 << 63), 0, "{ud:#x}");
+            assert!(ud != WAKE_UD && ud != CANCEL_UD);
+        }
+        self.turn_for(Duration::from_millis(20));
+        assert!(self.done.is_empty(), "B waits for data: {:?}", self.done);
+        a_ud
+    }
+
+    /// B is still pending; its own data completes it normally.
+    fn b_unharmed(&mut self, what: &str) {
+        self.turn_for(Duration::from_millis(50));
+        assert!(
+            self.done.is_empty(),
+            "{what} reached op B, which reused A's slot: {:?}",
+            self.done
+        );
+        self.peers[1].write_all(b"bb").unwrap();
+        let c = self.wait_for(20);
+        assert_eq!(c.result.as_ref().ok(), Some(&2), "{what}: B ended {c:?}");
+        self.engine.shutdown();
+    }
+}
+
+#[test]
+fn late_cqe_for_reused_slot_is_ignored() {
+    let Some(mut r) = rig() else { return };
+    let a_ud = r.reuse_slot();
+    // A CQE for A arriving now (as one could after a kernel retry).
+    r.engine.on_cqe(a_ud, -libc::ECANCELED, 0);
+    r.done.append(&mut r.engine.out);
+    r.b_unharmed("a late CQE for A");
+}
+
+#[test]
+fn stale_cancel_misses_reused_slot() {
+    let Some(mut r) = rig() else { return };
+    let a_ud = r.reuse_slot();
+    // A cancel of A submitted only now, after its slot was reused.
+    let e = opcode::AsyncCancel::new(a_ud).build().user_data(CANCEL_UD);
+    r.engine.push(e);
+    r.b_unharmed("a cancel of A");
+}
