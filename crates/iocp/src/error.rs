@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use crate::op::Buf;
+use crate::op::{Buf, OpData};
 
 /// `get`/`get_many` returned without a packet (GQCS returning FALSE with a
 /// NULL `lpOverlapped`). A *failed operation* is not this: it is a
@@ -39,17 +39,42 @@ impl From<crate::queue::Empty> for GetError {
 }
 
 /// An operation could not be started: no completion will come for it, and
-/// its buffer is handed back here, untouched.
+/// every buffer it would have owned is handed back here, untouched — as in
+/// a [`crate::Completion`], in [`SubmitError::buf`] for the operations that
+/// take one buffer and in [`SubmitError::bufs`] (in order) for a vectored
+/// send.
 pub struct SubmitError {
     /// Why it could not start.
     pub error: io::Error,
-    /// The buffer the operation would have owned.
+    /// The buffer the operation would have owned (`recv`, `send`,
+    /// `recv_from`, `send_to`); `None` for the others.
     pub buf: Option<Buf>,
+    /// The buffers of a vectored send, in the order given; empty for every
+    /// other operation.
+    pub bufs: Vec<Buf>,
 }
 
 impl SubmitError {
-    pub(crate) fn new(error: io::Error, buf: Option<Buf>) -> Self {
-        SubmitError { error, buf }
+    /// `data`'s buffers go back in the error.
+    pub(crate) fn new(error: io::Error, data: OpData) -> Self {
+        let (buf, bufs) = data.into_bufs();
+        SubmitError::with_bufs(error, buf, bufs)
+    }
+
+    pub(crate) fn with_bufs(error: io::Error, buf: Option<Buf>, bufs: Vec<Buf>) -> Self {
+        SubmitError { error, buf, bufs }
+    }
+
+    /// The buffer of a one-buffer operation, handed back (as
+    /// [`crate::Completion::take_buf`]).
+    pub fn take_buf(&mut self) -> Option<Buf> {
+        self.buf.take()
+    }
+
+    /// The buffers of a vectored send, handed back in order (as
+    /// [`crate::Completion::take_bufs`]); empty for other operations.
+    pub fn take_bufs(&mut self) -> Vec<Buf> {
+        std::mem::take(&mut self.bufs)
     }
 }
 
@@ -58,6 +83,7 @@ impl fmt::Debug for SubmitError {
         f.debug_struct("SubmitError")
             .field("error", &self.error)
             .field("buf", &self.buf)
+            .field("bufs", &self.bufs)
             .finish()
     }
 }

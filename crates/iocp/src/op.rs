@@ -360,13 +360,17 @@ pub(crate) enum OpData {
 }
 
 impl OpData {
-    /// Hands back the buffer of an operation that never started.
-    pub(crate) fn into_buf(self) -> Option<Buf> {
+    /// Hands back the buffers of an operation that never started: the one
+    /// buffer of a one-buffer operation, or a vectored send's buffers.
+    pub(crate) fn into_bufs(self) -> (Option<Buf>, Vec<Buf>) {
         match self {
             OpData::Recv(b) | OpData::Send(b) | OpData::RecvFrom(b) | OpData::SendTo(b, _) => {
-                Some(b)
+                (Some(b), Vec::new())
             }
-            _ => None,
+            OpData::SendV(v) => (None, v),
+            OpData::Accept | OpData::AcceptMulti | OpData::Connect(_) | OpData::RecvPooled => {
+                (None, Vec::new())
+            }
         }
     }
 }

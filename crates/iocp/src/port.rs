@@ -208,14 +208,14 @@ impl Port {
                     io::ErrorKind::InvalidInput,
                     "the handle belongs to another port",
                 ),
-                data.into_buf(),
+                data,
             ));
         }
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(SubmitError::new(error::port_closed(), data.into_buf()));
+            return Err(SubmitError::new(error::port_closed(), data));
         }
         if h.inner.closed.load(Ordering::Acquire) {
-            return Err(SubmitError::new(error::handle_closed(), data.into_buf()));
+            return Err(SubmitError::new(error::handle_closed(), data));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let req = OpReq {
@@ -228,10 +228,12 @@ impl Port {
         };
         match h.inner.engine.send(Cmd::Start(req)) {
             Ok(()) => Ok(OpId(id)),
-            Err(Cmd::Start(req)) => {
-                Err(SubmitError::new(error::port_closed(), req.data.into_buf()))
-            }
-            Err(_) => Err(SubmitError::new(error::port_closed(), None)),
+            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data)),
+            Err(_) => Err(SubmitError::with_bufs(
+                error::port_closed(),
+                None,
+                Vec::new(),
+            )),
         }
     }
 

@@ -82,6 +82,7 @@ const CLAUSES: &[Clause] = clauses![
     any op_deadline,
     any send_ordering,
     any large_send_slow_peer,
+    any send_vectored_refused,
     any udp_round_trip,
     any pooled_stream,
 ];
@@ -1719,4 +1720,57 @@ fn pooled_stream(t: &Target) {
         "own post + get is not a hand-off"
     );
     println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
+}
+
+// ---- sends: refused vectored sends ----------------------------------------
+
+/// Every buffer a refused operation hands back, in order.
+fn refused_bufs(mut e: iocp::SubmitError) -> Vec<Buf> {
+    let mut v: Vec<Buf> = e.take_buf().into_iter().collect();
+    v.extend(e.take_bufs());
+    v
+}
+
+/// Four buffers of three kinds, one of them empty, for a vectored send.
+fn four_bufs() -> Vec<Buf> {
+    vec![
+        Buf::from(b"one".to_vec()),
+        Buf::from(b"two".to_vec().into_boxed_slice()),
+        Buf::from(Vec::new()),
+        Buf::from(b"four".to_vec()),
+    ]
+}
+
+/// A vectored send that cannot start (a handle of another port, a closed
+/// handle, a closed port) hands every one of its buffers back, in order,
+/// contents intact, in its `SubmitError`.
+fn send_vectored_refused(t: &Target) {
+    let want: Vec<Vec<u8>> = vec![b"one".to_vec(), b"two".to_vec(), vec![], b"four".to_vec()];
+    let mut problems = Vec::new();
+    let mut check = |what: &str, r: Result<iocp::OpId, iocp::SubmitError>| {
+        let e = r.expect_err(what);
+        let got: Vec<Vec<u8>> = refused_bufs(e).into_iter().map(Buf::into_vec).collect();
+        if got != want {
+            problems.push(format!("{what}: got back {got:?}"));
+        }
+    };
+    let port = t.port();
+    let other = t.port();
+    let (ho, _co) = tcp_pair(&other, 1);
+    check(
+        "a handle of another port",
+        port.send_vectored(&ho, four_bufs(), 1),
+    );
+    let (h, _c) = tcp_pair(&port, 2);
+    h.close();
+    check("a closed handle", port.send_vectored(&h, four_bufs(), 2));
+    let (h2, _c2) = tcp_pair(&port, 3);
+    port.close();
+    check("a closed port", port.send_vectored(&h2, four_bufs(), 3));
+    assert!(
+        problems.is_empty(),
+        "every buffer of a refused vectored send comes back, in order, intact \
+         ({want:?}): {}",
+        problems.join("; ")
+    );
 }

@@ -652,10 +652,15 @@ impl Drop for OpBox {
     }
 }
 
-fn mem_into_buf(mem: Mem) -> Option<Buf> {
+/// The error of an operation that could not start, with every buffer it
+/// owned.
+fn refused(error: io::Error, mem: Mem) -> SubmitError {
     match mem {
-        Mem::Buf(b) | Mem::To(b, _) => Some(b),
-        _ => None,
+        Mem::Buf(b) | Mem::To(b, _) => SubmitError::with_bufs(error, Some(b), Vec::new()),
+        Mem::Vectored(v) => SubmitError::with_bufs(error, None, v),
+        Mem::None | Mem::Accept { .. } | Mem::Connect(_) => {
+            SubmitError::with_bufs(error, None, Vec::new())
+        }
     }
 }
 
@@ -1235,8 +1240,8 @@ impl HandleShared {
             zero: 0,
         });
         if port.closed.load(Ordering::SeqCst) {
-            let buf = mem_into_buf(std::mem::replace(&mut b.mem, Mem::None));
-            return Err(SubmitError::new(error::port_closed(), buf));
+            let mem = std::mem::replace(&mut b.mem, Mem::None);
+            return Err(refused(error::port_closed(), mem));
         }
         let p = Box::into_raw(b);
         let mut st = lock(&self.state);
@@ -1245,8 +1250,8 @@ impl HandleShared {
                 drop(st);
                 // SAFETY: `p` was never handed to the kernel.
                 let mut b = unsafe { Box::from_raw(p) };
-                let buf = mem_into_buf(std::mem::replace(&mut b.mem, Mem::None));
-                return Err(SubmitError::new(error::port_closed(), buf));
+                let mem = std::mem::replace(&mut b.mem, Mem::None);
+                return Err(refused(error::port_closed(), mem));
             }
             // Closed between the caller's check and now: it still completes
             // once, aborted, like any operation caught by a close.

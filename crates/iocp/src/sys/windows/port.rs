@@ -217,21 +217,20 @@ impl Port {
         data: OpData,
         opts: OpOptions,
     ) -> Result<OpId, SubmitError> {
-        let into_buf = OpData::into_buf;
         if h.inner.h.port.id != self.inner.shared.id {
             return Err(SubmitError::new(
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "the handle belongs to another port",
                 ),
-                into_buf(data),
+                data,
             ));
         }
         if self.inner.shared.closed.load(Ordering::Acquire) {
-            return Err(SubmitError::new(error::port_closed(), into_buf(data)));
+            return Err(SubmitError::new(error::port_closed(), data));
         }
         if h.is_closed() {
-            return Err(SubmitError::new(error::handle_closed(), into_buf(data)));
+            return Err(SubmitError::new(error::handle_closed(), data));
         }
         h.inner.h.start(data, opts.token, opts.deadline)
     }
