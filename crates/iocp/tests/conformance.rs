@@ -83,6 +83,7 @@ const CLAUSES: &[Clause] = clauses![
     any send_ordering,
     any large_send_slow_peer,
     any send_vectored_refused,
+    any send_vectored_many_buffers,
     any udp_round_trip,
     any pooled_stream,
 ];
@@ -1722,7 +1723,7 @@ fn pooled_stream(t: &Target) {
     println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
 }
 
-// ---- sends: refused vectored sends ----------------------------------------
+// ---- sends: refused vectored sends, IOV_MAX ------------------------------
 
 /// Every buffer a refused operation hands back, in order.
 fn refused_bufs(mut e: iocp::SubmitError) -> Vec<Buf> {
@@ -1773,4 +1774,70 @@ fn send_vectored_refused(t: &Target) {
          ({want:?}): {}",
         problems.join("; ")
     );
+}
+
+/// Vectored sends of more buffers than `IOV_MAX` (1024 on Linux): 2000
+/// one-byte buffers, then 3000 buffers of mixed sizes and kinds (some
+/// empty, some large). Each completes as one operation with its total byte
+/// count and every buffer back in order; the peer reads every byte, in
+/// order, the two sends one after the other.
+fn send_vectored_many_buffers(t: &Target) {
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 94);
+    let ones: Vec<Buf> = pattern(0, 2000)
+        .into_iter()
+        .map(|b| Buf::from(vec![b]))
+        .collect();
+    let sizes: Vec<usize> = (0..3000usize)
+        .map(|i| match i % 10 {
+            0 => 0,
+            1 => 1,
+            5 => 4096 + i,
+            9 if i % 500 == 9 => 200_000,
+            _ => (i * 37) % 1500,
+        })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let mut mixed = Vec::with_capacity(sizes.len());
+    let mut at = 2000;
+    for (i, &n) in sizes.iter().enumerate() {
+        let bytes = pattern(at, n);
+        at += n;
+        mixed.push(if i % 2 == 0 {
+            Buf::from(bytes)
+        } else {
+            Buf::from(bytes.into_boxed_slice())
+        });
+    }
+    let want = pattern(0, 2000 + total);
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 2000 + total];
+        c.read_exact(&mut got).map(|_| got)
+    });
+    let op1 = port.send_vectored(&h, ones, 1).unwrap();
+    let op2 = port.send_vectored(&h, mixed, 2).unwrap();
+    for (op, tok, n, lens) in [
+        (op1, 1, 2000, vec![1; 2000]),
+        (op2, 2, total, sizes.clone()),
+    ] {
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op),
+            (OpKind::Send, 94, tok, op),
+            "{}",
+            brief(&comp)
+        );
+        assert_eq!(
+            comp.result.as_ref().ok(),
+            Some(&n),
+            "a vectored send of {} buffers completes whole, as one operation: {}",
+            lens.len(),
+            brief(&comp)
+        );
+        let back: Vec<usize> = comp.take_bufs().iter().map(Buf::len).collect();
+        assert!(back == lens, "every buffer comes back, in order");
+    }
+    let got = reader.join().unwrap().expect("the peer reads every byte");
+    assert!(got == want, "bytes differ or out of order at the peer");
+    no_packet(&port, Duration::from_millis(20));
 }

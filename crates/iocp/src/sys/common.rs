@@ -44,6 +44,11 @@ pub(crate) struct OpReq {
     pub data: OpData,
 }
 
+/// The most iovecs one `sendmsg(2)` takes (`UIO_MAXIOV`; more fail with
+/// `EMSGSIZE`): a longer vectored send goes out in several calls, still as
+/// one operation.
+pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+
 /// The part of an engine other threads may touch.
 pub(crate) struct EngineShared {
     cmds: Mutex<Vec<Cmd>>,

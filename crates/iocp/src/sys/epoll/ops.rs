@@ -16,6 +16,7 @@ use socket2::{SockAddr, SockRef};
 use super::poller;
 use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::pool::PoolShared;
+use crate::sys::common::IOV_MAX;
 
 /// Which per-handle FIFO an operation waits in. One lane per direction
 /// keeps a stream's bytes in issue order (as Winsock promises); accepts and
@@ -90,8 +91,6 @@ pub(super) struct Ctx<'a> {
 
 const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-/// `IOV_MAX` on Linux: a longer vectored send goes out in several calls.
-const IOV_MAX: usize = 1024;
 
 enum Errno {
     WouldBlock,

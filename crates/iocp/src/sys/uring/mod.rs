@@ -22,7 +22,7 @@ use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::queue::Queue;
 use crate::sys::common::{
     sockaddr_from_storage, Cmd, EngineCounters, EngineFd, EngineShared, HandleMap, OpData, OpReq,
-    Slab, TimerItem, Timers,
+    Slab, TimerItem, Timers, IOV_MAX,
 };
 
 mod bufring;
@@ -373,7 +373,7 @@ impl UringEngine {
                         iov_base: std::ptr::null_mut(),
                         iov_len: 0
                     };
-                    v.len()
+                    v.len().min(IOV_MAX)
                 ]
                 .into();
                 // SAFETY: an all-zero msghdr is a valid empty header.
@@ -510,7 +510,9 @@ impl UringEngine {
                     .build()
             }
             (Mem::Vectored(bufs, iov, hdr), _) => {
-                // Rebuild the iovecs past the bytes already sent.
+                // Rebuild the iovecs past the bytes already sent, at most
+                // IOV_MAX of them: the rest goes out as the remainder of a
+                // short send.
                 let mut skip = slot.done;
                 let mut n = 0;
                 for b in bufs.iter() {
@@ -518,6 +520,9 @@ impl UringEngine {
                     if skip >= s.len() {
                         skip -= s.len();
                         continue;
+                    }
+                    if n == iov.len() {
+                        break;
                     }
                     iov[n] = libc::iovec {
                         iov_base: s[skip..].as_ptr() as *mut libc::c_void,

@@ -664,6 +664,11 @@ fn refused(error: io::Error, mem: Mem) -> SubmitError {
     }
 }
 
+/// WSABUFs per `WSASend`: a longer vectored send goes out in several
+/// calls, still as one operation. Wine turns one `WSASend` into one
+/// `sendmsg(2)`, which takes at most 1024 iovecs and fails past that.
+const MAX_WSABUFS: usize = 1024;
+
 /// Whether a Winsock call that returned failure is in fact pending.
 fn pending_or(ok: bool) -> io::Result<()> {
     if ok {
@@ -826,6 +831,10 @@ impl OpBox {
                     if skip >= sl.len() {
                         skip -= sl.len();
                         continue;
+                    }
+                    if op.wsabufs.len() == MAX_WSABUFS {
+                        // The rest goes out as the remainder of a short send.
+                        break;
                     }
                     op.wsabufs
                         .push(wsabuf(sl[skip..].as_ptr(), sl.len() - skip));
