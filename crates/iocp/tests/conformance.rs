@@ -85,6 +85,7 @@ const CLAUSES: &[Clause] = clauses![
     any send_vectored_refused,
     any send_vectored_many_buffers,
     any udp_round_trip,
+    any udp_truncated_datagram,
     any pooled_stream,
 ];
 
@@ -1630,6 +1631,33 @@ fn udp_round_trip(t: &Target) {
         assert_eq!(r.take_buf().unwrap().as_slice(), &[7u8; 33][..]);
         assert_eq!(by_token[&4].bytes(), 33);
     }
+}
+
+/// A datagram larger than the receive buffer is cut to the buffer
+/// (`Ok(len)`, as `recvmsg` does) and completes exactly once — also when it
+/// was already waiting as the receive started (Winsock then fails the call
+/// with `WSAEMSGSIZE` and still queues its packet).
+fn udp_truncated_datagram(t: &Target) {
+    let port = t.port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    b.send_to(&pattern(0, 100), a.local_addr().unwrap())
+        .unwrap();
+    a.set_read_timeout(Some(T)).unwrap();
+    let mut room = [0u8; 200];
+    let (n, _) = a.peek_from(&mut room).expect("the datagram arrives");
+    assert_eq!(n, 100);
+    let ha = port.associate(a, 81).unwrap();
+    let op = port.recv_from(&ha, Vec::with_capacity(10), 1).unwrap();
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op),
+        (OpKind::RecvFrom, 81, 1, op)
+    );
+    assert_eq!(comp.result.as_ref().ok(), Some(&10), "{}", brief(&comp));
+    assert_eq!(comp.take_buf().unwrap().as_slice(), &pattern(0, 10)[..]);
+    assert_eq!(comp.from_addr(), Some(b.local_addr().unwrap()));
+    no_packet(&port, Duration::from_millis(100));
 }
 
 /// A pooled receive is a stream of `more == true` chunks in pool buffers and

@@ -54,7 +54,8 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Networking::WinSock::{
     closesocket, recv, WSAGetLastError, WSARecv, WSARecvFrom, WSASend, WSASendTo, AF_INET6,
-    SOCKADDR, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, WSABUF, WSAEWOULDBLOCK, WSA_IO_PENDING,
+    SOCKADDR, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, WSABUF, WSAEMSGSIZE, WSAEWOULDBLOCK,
+    WSA_IO_PENDING,
 };
 use windows_sys::Win32::System::IO::{
     CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatus, GetQueuedCompletionStatusEx,
@@ -669,14 +670,19 @@ fn refused(error: io::Error, mem: Mem) -> SubmitError {
 /// `sendmsg(2)`, which takes at most 1024 iovecs and fails past that.
 const MAX_WSABUFS: usize = 1024;
 
-/// Whether a Winsock call that returned failure is in fact pending.
+/// Whether a Winsock call that returned failure still queues a packet:
+/// pending (`WSA_IO_PENDING`), or `WSAEMSGSIZE`, which is the warning status
+/// `STATUS_BUFFER_OVERFLOW` (a datagram larger than the receive buffer, too
+/// many buffers for one send under Wine): the call returns the error *and*
+/// queues a packet with `ERROR_MORE_DATA`, so posting a failure of our own
+/// would complete the operation twice.
 fn pending_or(ok: bool) -> io::Result<()> {
     if ok {
         return Ok(());
     }
     // SAFETY: no preconditions.
     let e = unsafe { WSAGetLastError() };
-    if e == WSA_IO_PENDING {
+    if e == WSA_IO_PENDING || e == WSAEMSGSIZE {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(e))
