@@ -8,7 +8,8 @@
 #   env IOCP_WINE_TIMEOUT    seconds per test binary (default 300); on expiry exit 124 (137 if
 #                            the binary also ignored SIGTERM for 10 s).
 # The binary's exit code passes through (101 for a failed libtest run). Note: Unix keeps only
-# the low 8 bits, so an NTSTATUS crash code such as 0xC0000005 shows up as 5.
+# the low 8 bits, so an NTSTATUS crash code such as 0xC0000005 shows up as 5; a crash that
+# Wine reports with exit 0 becomes 3.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,9 +39,16 @@ unset DISPLAY WAYLAND_DISPLAY
 flock "$prefix/.iocp-wineboot.lock" "$WINE64" wineboot </dev/null >/dev/null 2>&1 || true
 
 limit="${IOCP_WINE_TIMEOUT:-300}"
-timeout --kill-after=10 "$limit" "$WINE64" "$@"
-rc=$?
+# stderr also goes through `tee` into a file: a program that dies of an unhandled exception
+# (Wine prints "wine: Unhandled page fault ..." and runs its debugger) sometimes exits 0 under
+# Wine 8.0, which would pass a crashed test binary.
+errlog="$(mktemp)"
+trap 'rm -f "$errlog"' EXIT
+{ timeout --kill-after=10 "$limit" "$WINE64" "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; rc=${PIPESTATUS[0]}; } 3>&1
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
   echo "wine-runner: TIMEOUT after ${limit}s (exit $rc): $*" >&2
+elif grep -q '^wine: Unhandled' "$errlog"; then
+  echo "wine-runner: the program died of an unhandled exception (exit $rc): $*" >&2
+  [[ $rc -eq 0 ]] && rc=3
 fi
 exit $rc
