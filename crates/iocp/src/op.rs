@@ -193,7 +193,8 @@ pub struct OpOptions {
     /// completion (what an `OVERLAPPED` pointer identifies on Windows).
     pub token: u64,
     /// If set and the operation has not completed by then, it is cancelled
-    /// and completes with `ErrorKind::TimedOut`.
+    /// and completes with `ErrorKind::TimedOut` (a send cut part-way so:
+    /// see [`Completion::transferred`]).
     pub deadline: Option<Instant>,
 }
 
@@ -231,7 +232,9 @@ pub struct Completion {
     pub kind: OpKind,
     /// Bytes transferred, or the error the operation failed with.
     /// Aborted operations fail with [`crate::error::aborted`]'s kind
-    /// (`ECANCELED`), deadlines with `ErrorKind::TimedOut`.
+    /// (`ECANCELED`), deadlines with `ErrorKind::TimedOut`. A send that
+    /// failed part-way still says how much of it went out:
+    /// [`Completion::transferred`].
     pub result: io::Result<usize>,
     /// For standing (pooled) receives: `true` while more completions will
     /// follow for the same operation; the last one has `more == false`.
@@ -240,6 +243,8 @@ pub struct Completion {
     pub op: OpId,
     pub(crate) buf: Option<Buf>,
     pub(crate) extra: Extra,
+    /// Bytes a failed operation moved before it failed.
+    pub(crate) partial: usize,
 }
 
 /// Rarely used parts of a completion, kept out of line.
@@ -259,6 +264,7 @@ impl fmt::Debug for Completion {
             .field("token", &self.token)
             .field("kind", &self.kind)
             .field("result", &self.result)
+            .field("transferred", &self.transferred())
             .field("more", &self.more)
             .field("op", &self.op)
             .field("buf", &self.buf)
@@ -283,6 +289,7 @@ impl Completion {
             op,
             buf: None,
             extra: Extra::None,
+            partial: 0,
         }
     }
 
@@ -296,9 +303,28 @@ impl Completion {
         matches!(&self.result, Err(e) if crate::error::is_aborted(e))
     }
 
-    /// Bytes transferred (0 for a failed operation).
+    /// Bytes transferred (0 for a failed operation; see
+    /// [`Completion::transferred`] for what a failed send moved).
     pub fn bytes(&self) -> usize {
         *self.result.as_ref().unwrap_or(&0)
+    }
+
+    /// Bytes the operation moved, whatever its result: `n` for `Ok(n)`;
+    /// for a failed send, the bytes of it that went out before it failed
+    /// (a send cancelled, timed out or reset part-way); 0 for every other
+    /// failure.
+    ///
+    /// A TCP send that fails with `transferred() > 0` left a partial
+    /// message on the wire, so the stream can no longer be trusted: from
+    /// then on every send on that handle — those queued behind it and every
+    /// later one — completes aborted without writing anything, until the
+    /// handle is closed. Receives are not affected, and neither are UDP
+    /// sends (a datagram goes out whole or not at all).
+    pub fn transferred(&self) -> usize {
+        match &self.result {
+            Ok(n) => *n,
+            Err(_) => self.partial,
+        }
     }
 
     /// The buffer the operation owned, handed back (a pool buffer for

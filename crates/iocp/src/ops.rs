@@ -65,7 +65,10 @@ impl Port {
         self.start_op(h, OpData::RecvPooled, opts.into())
     }
     /// `WSASend`: completes when every byte is sent (short writes are
-    /// finished inside the library, in order), or with an error.
+    /// finished inside the library, in order), or with an error. A send
+    /// that fails part-way reports what went out in
+    /// [`crate::Completion::transferred`], and on TCP every later send on
+    /// the handle then completes aborted (see there).
     pub fn send(
         &self,
         h: &Handle,
@@ -74,8 +77,9 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::Send(buf.into()), opts.into())
     }
-    /// `WSASend` with several buffers, sent in order as one operation; they
-    /// come back with [`crate::Completion::take_bufs`].
+    /// `WSASend` with several buffers, sent in order as one operation
+    /// whatever their number; they come back with
+    /// [`crate::Completion::take_bufs`].
     pub fn send_vectored(
         &self,
         h: &Handle,

@@ -84,6 +84,8 @@ const CLAUSES: &[Clause] = clauses![
     any large_send_slow_peer,
     any send_vectored_refused,
     any send_vectored_many_buffers,
+    any send_cancel_part_way,
+    any send_deadline_part_way,
     any udp_round_trip,
     any udp_truncated_datagram,
     any pooled_stream,
@@ -1751,13 +1753,19 @@ fn pooled_stream(t: &Target) {
     println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
 }
 
-// ---- sends: refused vectored sends, IOV_MAX ------------------------------
+// ---- sends: refused vectored sends, IOV_MAX, sends cut part-way ------------
 
 /// Every buffer a refused operation hands back, in order.
 fn refused_bufs(mut e: iocp::SubmitError) -> Vec<Buf> {
     let mut v: Vec<Buf> = e.take_buf().into_iter().collect();
     v.extend(e.take_bufs());
     v
+}
+
+/// The bytes an operation moved, whatever its result; `None` if the
+/// completion does not say.
+fn transferred(c: &Completion) -> Option<usize> {
+    Some(c.transferred())
 }
 
 /// Four buffers of three kinds, one of them empty, for a vectored send.
@@ -1867,5 +1875,162 @@ fn send_vectored_many_buffers(t: &Target) {
     }
     let got = reader.join().unwrap().expect("the peer reads every byte");
     assert!(got == want, "bytes differ or out of order at the peer");
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// Turns the port until `cond` holds (an inline port's engine runs only
+/// inside `get`), failing after [`T`] or on a packet.
+#[track_caller]
+fn drive_until(port: &Port, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {T:?} waiting until {what}"
+        );
+        no_packet(port, Duration::from_millis(1));
+    }
+}
+
+fn send_cancel_part_way(t: &Target) {
+    send_cut_part_way(t, false);
+}
+
+fn send_deadline_part_way(t: &Target) {
+    send_cut_part_way(t, true);
+}
+
+/// A large send to a peer that does not read, cut part-way by a cancel (or
+/// by its deadline, then vectored): it completes aborted (`TimedOut`) and
+/// reports the bytes that went out; the send queued behind it and every
+/// later send on the handle complete aborted, write nothing, and hand their
+/// buffers back; after the close the peer has read exactly the reported
+/// bytes of the first send and nothing else.
+fn send_cut_part_way(t: &Target, deadline: bool) {
+    const BIG: usize = 8 << 20;
+    let port = t.port();
+    let (h, c) = tcp_pair(&port, 95);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let first = if deadline {
+        let chunks = pattern(0, BIG)
+            .chunks(64 * 1024)
+            .map(|b| Buf::from(b.to_vec()))
+            .collect();
+        let opts = OpOptions::with_timeout(1, Duration::from_millis(200));
+        port.send_vectored(&h, chunks, opts).unwrap()
+    } else {
+        port.send(&h, pattern(0, BIG), 1).unwrap()
+    };
+    let second = port.send(&h, vec![0xFE; 1000], 2).unwrap();
+    if !deadline {
+        // Part of it is out once the peer could read a byte; the rest cannot
+        // fit in the socket buffers.
+        c.set_nonblocking(true).unwrap();
+        drive_until(&port, "the first bytes arrive", || {
+            c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+        });
+        c.set_nonblocking(false).unwrap();
+        h.cancel(first).unwrap();
+    }
+    let mut problems = Vec::new();
+    let mut comp = get(&port);
+    assert_eq!((comp.token, comp.op), (1, first), "{}", brief(&comp));
+    let want_err = if deadline {
+        ErrorKind::TimedOut
+    } else {
+        iocp::aborted().kind()
+    };
+    match &comp.result {
+        Err(e) if e.kind() == want_err && (deadline || is_aborted(e)) => {}
+        other => problems.push(format!(
+            "the cut send should fail with {want_err:?}, got {other:?}"
+        )),
+    }
+    let sent = transferred(&comp);
+    match sent {
+        Some(n) if n > 0 && n < BIG => {}
+        other => problems.push(format!(
+            "the cut send should report the bytes that went out (0 < n < {BIG}), got {other:?}"
+        )),
+    }
+    let back: usize = if deadline {
+        let bufs = comp.take_bufs();
+        assert_eq!(bufs.len(), BIG / (64 * 1024), "every buffer comes back");
+        bufs.iter().map(Buf::len).sum()
+    } else {
+        comp.take_buf().map_or(0, |b| b.len())
+    };
+    assert_eq!(back, BIG, "the cut send's buffers come back whole");
+
+    // The peer reads from now on, until the close.
+    let reader = std::thread::spawn(move || {
+        let mut c = c;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).map(|_| got)
+    });
+    let later = port.send(&h, vec![0xFD; 100], 3).unwrap();
+    let later_v = port
+        .send_vectored(
+            &h,
+            vec![Buf::from(vec![0xFC; 10]), Buf::from(vec![0xFB; 20])],
+            4,
+        )
+        .unwrap();
+    let mut rest = HashMap::new();
+    for _ in 0..3 {
+        let comp = get(&port);
+        rest.insert(comp.token, comp);
+    }
+    for (tok, op, len, what) in [
+        (2, second, 1000, "the send queued behind it"),
+        (3, later, 100, "a later send"),
+        (4, later_v, 30, "a later vectored send"),
+    ] {
+        let comp = rest.get_mut(&tok).expect("one completion each");
+        assert_eq!(comp.op, op, "{}", brief(comp));
+        if !comp.is_aborted() || transferred(comp) != Some(0) {
+            problems.push(format!(
+                "{what} should complete aborted having sent 0 bytes, got {:?}",
+                comp.result
+            ));
+        }
+        let back: usize = comp.take_buf().map_or(0, |b| b.len())
+            + comp.take_bufs().iter().map(Buf::len).sum::<usize>();
+        assert_eq!(back, len, "{what}: its buffers come back");
+    }
+    h.close();
+    drive_until(&port, "the peer reads to the close", || {
+        reader.is_finished()
+    });
+    let got = reader
+        .join()
+        .unwrap()
+        .expect("the peer reads until the close");
+    // Bytes of the cut send are pattern bytes (< 251); the others are not.
+    let p = got
+        .iter()
+        .zip(pattern(0, got.len().min(BIG)))
+        .take_while(|(a, b)| **a == *b)
+        .count();
+    if sent != Some(p) {
+        problems.push(format!(
+            "the cut send reported {sent:?} bytes sent; the peer read {p} bytes of it"
+        ));
+    }
+    let tail = &got[p..];
+    if !tail.is_empty() {
+        let count = |v: u8| tail.iter().filter(|&&b| b == v).count();
+        problems.push(format!(
+            "after those the peer read {} more bytes: {} of the queued send, {} of the \
+             later send, {} of the later vectored send",
+            tail.len(),
+            count(0xFE),
+            count(0xFD),
+            count(0xFC) + count(0xFB)
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("; "));
     no_packet(&port, Duration::from_millis(20));
 }

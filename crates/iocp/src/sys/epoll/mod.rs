@@ -87,6 +87,11 @@ struct HState {
     backoff: bool,
     /// On the engine's list of handles whose lanes ran out of budget.
     deferred: bool,
+    /// A stream socket (vectored sends split at `IOV_MAX`; a send cut
+    /// part-way breaks the write side).
+    stream: bool,
+    /// A send failed part-way: every later send completes aborted.
+    send_broken: bool,
     lanes: [VecDeque<usize>; 4],
 }
 
@@ -285,6 +290,9 @@ impl EpollEngine {
     }
 
     fn register(&mut self, hid: u64, fd: EngineFd, key: u64) {
+        let stream = socket2::SockRef::from(&fd)
+            .r#type()
+            .map_or(true, |t| t == socket2::Type::STREAM);
         let reg_err = match self.poller.add(fd.as_raw_fd(), poller::SOCKET_EVENTS, hid) {
             Ok(()) => None,
             Err(e) => {
@@ -303,6 +311,8 @@ impl EpollEngine {
                 writable: true,
                 backoff: false,
                 deferred: false,
+                stream,
+                send_broken: false,
                 lanes: Default::default(),
             },
         );
@@ -342,6 +352,11 @@ impl EpollEngine {
         };
         if let Some(errno) = h.reg_err {
             let e = io::Error::from_raw_os_error(errno);
+            self.out.push(unstarted(kind, key, token, id, e, mem));
+            return;
+        }
+        if lane == Lane::Write && h.send_broken {
+            let e = error::aborted();
             self.out.push(unstarted(kind, key, token, id, e, mem));
             return;
         }
@@ -390,6 +405,13 @@ impl EpollEngine {
                 debug_assert!(false, "lane holds a free slot");
                 return;
             };
+            if lane == Lane::Write && h.send_broken {
+                // A send failed part-way: what waits behind it writes nothing.
+                let h = self.handles.get_mut(&hid).expect("looked up above");
+                h.lanes[lane as usize].pop_front();
+                self.finish(idx, Err(error::aborted()), Extra::None);
+                continue;
+            }
             if !h.ready(lane, op) {
                 return;
             }
@@ -469,6 +491,17 @@ impl EpollEngine {
             return;
         };
         let mut c = Completion::new(op.kind, op.key, op.token, OpId(op.id), result);
+        if c.result.is_err() {
+            // What a send sent before it failed (0 for anything else).
+            c.partial = op.done;
+            if op.done > 0 && op.kind == OpKind::Send {
+                if let Some(h) = self.handles.get_mut(&op.hid) {
+                    // Part of a message is on the wire: nothing more may
+                    // follow it (see `Completion::transferred`).
+                    h.send_broken |= h.stream;
+                }
+            }
+        }
         match op.mem {
             Mem::Buf(b) | Mem::SendTo(b, _) => c.buf = Some(b),
             Mem::Vectored(v) => c.extra = Extra::Vectored(v),

@@ -107,6 +107,11 @@ struct HState {
     writeq: VecDeque<usize>,
     write_busy: bool,
     closing: bool,
+    /// A stream socket (vectored sends split at `IOV_MAX`; a send cut
+    /// part-way breaks the write side).
+    stream: bool,
+    /// A send failed part-way: every later send completes aborted.
+    send_broken: bool,
 }
 
 /// The engine. Lives on one thread for its whole life (the ring is created
@@ -314,7 +319,9 @@ impl UringEngine {
                 // io_uring waits by itself (FAST_POLL); a non-blocking socket
                 // would only turn a retry the kernel runs in io-wq into a
                 // spurious EAGAIN.
-                let _ = socket2::SockRef::from(&fd).set_nonblocking(false);
+                let sock = socket2::SockRef::from(&fd);
+                let _ = sock.set_nonblocking(false);
+                let stream = sock.r#type().map_or(true, |t| t == socket2::Type::STREAM);
                 self.handles.insert(
                     hid,
                     HState {
@@ -325,6 +332,8 @@ impl UringEngine {
                         writeq: VecDeque::new(),
                         write_busy: false,
                         closing: false,
+                        stream,
+                        send_broken: false,
                     },
                 );
             }
@@ -373,7 +382,7 @@ impl UringEngine {
                         iov_base: std::ptr::null_mut(),
                         iov_len: 0
                     };
-                    v.len().min(IOV_MAX)
+                    v.len()
                 ]
                 .into();
                 // SAFETY: an all-zero msghdr is a valid empty header.
@@ -404,7 +413,7 @@ impl UringEngine {
             self.out.push(c);
             return;
         };
-        if h.closing {
+        if h.closing || (lane == Lane::Write && h.send_broken) {
             let mut c = Completion::new(kind, key, token, OpId(id), Err(error::aborted()));
             give_back(&mut c, mem);
             self.out.push(c);
@@ -521,7 +530,7 @@ impl UringEngine {
                         skip -= s.len();
                         continue;
                     }
-                    if n == iov.len() {
+                    if n == IOV_MAX {
                         break;
                     }
                     iov[n] = libc::iovec {
@@ -730,11 +739,16 @@ impl UringEngine {
                 }
             }
             _ => {
+                // A cancel that found the operation between two attempts
+                // (the kernel ended the last one with EAGAIN or EINTR)
+                // stops it as surely as one that found it waiting.
+                let stopped = res == -libc::ECANCELED
+                    || (slot.cancelled && (res == -libc::EAGAIN || res == -libc::EINTR));
                 let r = if res >= 0 {
                     Ok(res as usize)
-                } else if res == -libc::ECANCELED && slot.timed_out {
+                } else if stopped && slot.timed_out {
                     Err(error::timed_out())
-                } else if res == -libc::ECANCELED {
+                } else if stopped {
                     Err(error::aborted())
                 } else {
                     Err(io::Error::from_raw_os_error(-res))
@@ -750,6 +764,17 @@ impl UringEngine {
             return;
         };
         let mut c = Completion::new(slot.kind, slot.key, slot.token, OpId(slot.id), result);
+        if c.result.is_err() {
+            // What a send sent before it failed (0 for anything else).
+            c.partial = slot.done;
+            if slot.done > 0 && slot.kind == OpKind::Send {
+                if let Some(h) = self.handles.get_mut(&slot.hid) {
+                    // Part of a message is on the wire: nothing more may
+                    // follow it (see `Completion::transferred`).
+                    h.send_broken |= h.stream;
+                }
+            }
+        }
         match std::mem::replace(&mut slot.mem, Mem::None) {
             Mem::Accept(a) => {
                 if let Ok(fd) = c.result {
@@ -791,13 +816,24 @@ impl UringEngine {
     }
 
     /// Frees `idx`'s place on its handle and starts the next queued
-    /// operation in its lane; closes the handle after its last operation.
+    /// operation in its lane (or, once a send broke the stream, aborts
+    /// every queued write); closes the handle after its last operation.
     fn release_lane(&mut self, hid: u64, idx: usize, lane: Lane) {
         let Some(h) = self.handles.get_mut(&hid) else {
             return;
         };
         if let Some(p) = h.ops.iter().position(|&i| i == idx) {
             h.ops.swap_remove(p);
+        }
+        if lane == Lane::Write && h.send_broken && !h.writeq.is_empty() {
+            h.write_busy = false;
+            let queued: Vec<usize> = h.writeq.drain(..).collect();
+            // Each completes aborted and, if it was the last operation of a
+            // closing handle, releases the handle.
+            for i in queued {
+                self.cancel_slot(i, false);
+            }
+            return;
         }
         let next = match lane {
             Lane::None => None,

@@ -1,8 +1,9 @@
-//! The io_uring engine's `user_data`: a late CQE or an `AsyncCancel` meant
-//! for an operation whose slot has since been reused must not reach the
-//! operation now in that slot.
+//! The io_uring engine driven directly, for what the public API cannot
+//! force: CQEs the kernel sends only now and then, slots reused under them.
 //!
-//! Both tests drive an engine directly: op A (a receive with data waiting)
+//! The engine's `user_data`: a late CQE or an `AsyncCancel` meant for an
+//! operation whose slot has since been reused must not reach the operation
+//! now in that slot. Two tests drive an engine directly: op A (a receive with data waiting)
 //! completes and frees its slot; op B (a receive with nothing to read)
 //! takes the same slot. Then something addressed to A arrives — a CQE made
 //! up with A's `user_data`, or a real `AsyncCancel` of A's `user_data` —
@@ -161,4 +162,44 @@ fn stale_cancel_misses_reused_slot() {
     let e = opcode::AsyncCancel::new(a_ud).build().user_data(CANCEL_UD);
     r.engine.push(e);
     r.b_unharmed("a cancel of A");
+}
+
+/// A send (and a receive) whose cancel was requested while the kernel
+/// retried it, and whose CQE then says `EAGAIN`, completes aborted — or
+/// timed out, for a deadline — and is not re-issued. The engine never turns
+/// here, so the SQEs it queues are never submitted: the kernel holds no
+/// operation and the slot may be freed.
+#[test]
+fn eagain_after_cancel_is_aborted() {
+    for (timed_out, kind) in [
+        (false, OpKind::Send),
+        (true, OpKind::Send),
+        (false, OpKind::Recv),
+    ] {
+        let Some(mut r) = rig() else { return };
+        let data = match kind {
+            OpKind::Send => OpData::Send(Buf::from(vec![1u8; 100])),
+            _ => OpData::Recv(Buf::from(Vec::with_capacity(100))),
+        };
+        r.engine.command(Cmd::Start(OpReq {
+            hid: 1,
+            key: 1,
+            id: 1,
+            token: 1,
+            deadline: None,
+            data,
+        }));
+        let idx = *r.engine.handles[&1].ops.last().expect("the op has a slot");
+        let ud = r.engine.user_data(idx);
+        r.engine.cancel_slot(idx, timed_out);
+        r.engine.on_cqe(ud, -libc::EAGAIN, 0);
+        let c = r.engine.out.pop().expect("the operation completed");
+        assert!(r.engine.out.is_empty() && r.engine.slot_of(ud).is_none());
+        let err = c.result.as_ref().expect_err("it failed");
+        if timed_out {
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{kind:?}: {err:?}");
+        } else {
+            assert!(error::is_aborted(err), "{kind:?}: {err:?}");
+        }
+    }
 }

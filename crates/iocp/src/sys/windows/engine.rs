@@ -979,6 +979,10 @@ impl OpBox {
         let mut c = Completion::new(self.kind, key, self.token, OpId(self.id), result);
         c.buf = buf;
         c.extra = extra;
+        if c.result.is_err() {
+            // What a send sent before it failed (0 for anything else).
+            c.partial = self.done;
+        }
         c
     }
 }
@@ -1067,6 +1071,9 @@ struct HState {
     writeq: VecDeque<u64>,
     write_busy: bool,
     closing: bool,
+    /// A send on this stream failed part-way: every later send completes
+    /// aborted.
+    send_broken: bool,
 }
 
 // SAFETY: the raw `OpBox` pointers are only dereferenced under the rules in
@@ -1092,6 +1099,9 @@ pub(crate) struct HandleShared {
     pub(crate) key: u64,
     pub(crate) sock: SOCKET,
     pub(crate) port: Arc<Shared>,
+    /// A stream socket (vectored sends split at `MAX_WSABUFS`; a send cut
+    /// part-way breaks the write side).
+    stream: bool,
     /// `Handle::close` was called (or the port closed it).
     pub(crate) user_closed: AtomicBool,
     state: Mutex<HState>,
@@ -1112,11 +1122,14 @@ impl Drop for HandleShared {
 
 impl HandleShared {
     pub(crate) fn new(hid: u64, key: u64, sock: SOCKET, port: Arc<Shared>) -> Arc<HandleShared> {
+        let stream =
+            net::with_sockref(sock, |s| s.r#type()).map_or(true, |t| t == socket2::Type::STREAM);
         Arc::new(HandleShared {
             hid,
             key,
             sock,
             port,
+            stream,
             user_closed: AtomicBool::new(false),
             state: Mutex::new(HState {
                 ops: Vec::new(),
@@ -1125,6 +1138,7 @@ impl HandleShared {
                 writeq: VecDeque::new(),
                 write_busy: false,
                 closing: false,
+                send_broken: false,
             }),
             sock_use: Mutex::new(SockUse {
                 open: true,
@@ -1260,16 +1274,17 @@ impl HandleShared {
         }
         let p = Box::into_raw(b);
         let mut st = lock(&self.state);
-        if st.closing {
-            if port.closed.load(Ordering::SeqCst) {
+        if st.closing || (lane == Lane::Write && st.send_broken) {
+            if st.closing && port.closed.load(Ordering::SeqCst) {
                 drop(st);
                 // SAFETY: `p` was never handed to the kernel.
                 let mut b = unsafe { Box::from_raw(p) };
                 let mem = std::mem::replace(&mut b.mem, Mem::None);
                 return Err(refused(error::port_closed(), mem));
             }
-            // Closed between the caller's check and now: it still completes
-            // once, aborted, like any operation caught by a close.
+            // Closed between the caller's check and now (or a send broke the
+            // stream): it still completes once, aborted, like any operation
+            // caught by a close.
             // SAFETY: we own `p` (not yet visible to anyone else).
             unsafe { (*p).local = Some(Local::Done(Err(error::aborted()))) };
             st.ops.push(OpCtl {
@@ -1651,10 +1666,18 @@ impl HandleShared {
                     }
                     (
                         Input::Kernel {
-                            status: Some(code), ..
+                            status: Some(code),
+                            bytes,
                         },
                         _,
-                    ) => Err(map(code)),
+                    ) => {
+                        if op.kind == OpKind::Send {
+                            // A send cancelled (or failed) part-way: the
+                            // packet still counts what the stack took of it.
+                            op.done += bytes as usize;
+                        }
+                        Err(map(code))
+                    }
                     (_, Some(Local::Done(r))) => r,
                     _ => Err(abort()),
                 };
@@ -1687,6 +1710,21 @@ impl HandleShared {
     /// lane to the next operation, closes the socket after the last one.
     fn finish(&self, mut st: MutexGuard<'_, HState>, i: usize, result: io::Result<usize>) -> Step {
         let ctl = st.ops.swap_remove(i);
+        // SAFETY: the box's packet was dequeued by this thread (or it never
+        // reached the kernel) and we hold the state lock: we own it.
+        let (kind, done) = unsafe { ((*ctl.ptr).kind, (*ctl.ptr).done) };
+        if result.is_err() && kind == OpKind::Send && done > 0 && self.stream && !st.send_broken {
+            // Part of a message is on the wire: nothing more may follow it
+            // (see `Completion::transferred`). Every queued write completes
+            // aborted; later ones do in `start`.
+            st.send_broken = true;
+            let queued: Vec<u64> = st.writeq.drain(..).collect();
+            for id in queued {
+                if let Some(j) = st.find(id) {
+                    self.cancel_at(&mut st, j, false);
+                }
+            }
+        }
         if ctl.holds_lane {
             let next = match ctl.lane {
                 Lane::Read => {

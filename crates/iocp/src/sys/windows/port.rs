@@ -473,6 +473,8 @@ impl Handle {
     /// `CancelIoEx(socket, op)`: asks the operation to end early. It still
     /// completes exactly once — aborted, or with its normal result if the
     /// cancel lost the race. Cancelling a finished operation does nothing.
+    /// A TCP send cancelled after part of it went out ends the handle's
+    /// sends (see [`crate::Completion::transferred`]).
     pub fn cancel(&self, op: OpId) -> io::Result<()> {
         if self.is_closed() {
             return Err(error::handle_closed());
