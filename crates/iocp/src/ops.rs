@@ -78,8 +78,8 @@ impl Port {
         self.start_op(h, OpData::Send(buf.into()), opts.into())
     }
     /// `WSASend` with several buffers, sent in order as one operation
-    /// whatever their number; they come back with
-    /// [`crate::Completion::take_bufs`].
+    /// whatever their number (on a datagram socket: one datagram); they
+    /// come back with [`crate::Completion::take_bufs`].
     pub fn send_vectored(
         &self,
         h: &Handle,

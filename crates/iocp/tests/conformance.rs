@@ -88,6 +88,7 @@ const CLAUSES: &[Clause] = clauses![
     any send_deadline_part_way,
     any udp_round_trip,
     any udp_truncated_datagram,
+    any udp_send_vectored_whole,
     any pooled_stream,
 ];
 
@@ -1660,6 +1661,58 @@ fn udp_truncated_datagram(t: &Target) {
     assert_eq!(comp.take_buf().unwrap().as_slice(), &pattern(0, 10)[..]);
     assert_eq!(comp.from_addr(), Some(b.local_addr().unwrap()));
     no_packet(&port, Duration::from_millis(100));
+}
+
+/// On a datagram socket a vectored send is one datagram: 2000 buffers (more
+/// than `IOV_MAX`) go out as one datagram or fail whole (`EMSGSIZE` on
+/// Linux), never as two. A failed datagram send stops nothing: the next send
+/// goes out.
+fn udp_send_vectored_whole(t: &Target) {
+    let port = t.port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.set_read_timeout(Some(T)).unwrap();
+    let ha = port.associate(a, 82).unwrap();
+    let bufs: Vec<Buf> = pattern(0, 2000)
+        .into_iter()
+        .map(|x| Buf::from(vec![x]))
+        .collect();
+    let op = port.send_vectored(&ha, bufs, 1).unwrap();
+    let comp = get(&port);
+    assert_eq!((comp.kind, comp.token, comp.op), (OpKind::Send, 1, op));
+    let whole = match &comp.result {
+        Ok(n) => {
+            assert_eq!(*n, 2000, "{}", brief(&comp));
+            true
+        }
+        Err(_) => {
+            assert_eq!(comp.transferred(), 0, "{}", brief(&comp));
+            false
+        }
+    };
+    port.send(&ha, b"after".to_vec(), 2).unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        (comp.token, comp.result.as_ref().ok()),
+        (2, Some(&5)),
+        "{}",
+        brief(&comp)
+    );
+    let mut room = vec![0u8; 4096];
+    if whole {
+        let n = b.recv(&mut room).expect("the datagram arrives");
+        assert!(
+            room[..n] == pattern(0, 2000)[..],
+            "one datagram of 2000 bytes, got {n} bytes"
+        );
+    }
+    let n = b.recv(&mut room).expect("the next datagram arrives");
+    assert_eq!(
+        &room[..n],
+        b"after",
+        "a vectored datagram went out in pieces ({n} bytes)"
+    );
 }
 
 /// A pooled receive is a stream of `more == true` chunks in pool buffers and

@@ -424,6 +424,7 @@ impl EpollEngine {
                 pool: &self.shared.pool,
                 free: &mut self.free_bufs,
                 out: &mut self.out,
+                stream: h.stream,
             };
             let step = ops::attempt(op, h.fd.as_fd(), &mut cx);
             let (op_id, multishot) = (op.id, op.multishot);

@@ -87,6 +87,8 @@ pub(super) struct Ctx<'a> {
     pub pool: &'a Arc<PoolShared>,
     pub free: &'a mut Vec<u16>,
     pub out: &'a mut Vec<Completion>,
+    /// The socket is a stream (a datagram is never split).
+    pub stream: bool,
 }
 
 const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
@@ -180,7 +182,7 @@ pub(super) fn attempt(op: &mut Op, fd: BorrowedFd<'_>, cx: &mut Ctx<'_>) -> Step
                 Err(e) => fail(e),
             }
         }
-        OpKind::Send => send(op, &sock),
+        OpKind::Send => send(op, &sock, cx.stream),
         OpKind::Post | OpKind::Timer => unreachable!("packets are not operations"),
     }
 }
@@ -195,8 +197,9 @@ fn fail(e: io::Error) -> Step {
 
 /// A send completes only when every byte is out: keep sending from `done`
 /// until the socket is full (wait for `EPOLLOUT`, still at the head of the
-/// write lane) or an error.
-fn send(op: &mut Op, sock: &SockRef<'_>) -> Step {
+/// write lane) or an error. On a stream a vectored send passes at most
+/// `IOV_MAX` buffers per call; a datagram goes out in one call or fails.
+fn send(op: &mut Op, sock: &SockRef<'_>, stream: bool) -> Step {
     loop {
         let r = match &op.mem {
             Mem::Buf(b) => sock.send_with_flags(&b.as_slice()[op.done.min(b.len())..], SEND_FLAGS),
@@ -211,7 +214,7 @@ fn send(op: &mut Op, sock: &SockRef<'_>) -> Step {
                     }
                     iov.push(IoSlice::new(&s[skip..]));
                     skip = 0;
-                    if iov.len() == IOV_MAX {
+                    if stream && iov.len() == IOV_MAX {
                         break;
                     }
                 }

@@ -478,6 +478,7 @@ impl UringEngine {
             return;
         };
         let fd = types::Fd(h.fd.as_raw_fd());
+        let stream = h.stream;
         slot.submitted = true;
         let prio = if slot.poll_first { POLL_FIRST } else { 0 };
         let e = match (&mut slot.mem, slot.kind) {
@@ -519,9 +520,10 @@ impl UringEngine {
                     .build()
             }
             (Mem::Vectored(bufs, iov, hdr), _) => {
-                // Rebuild the iovecs past the bytes already sent, at most
-                // IOV_MAX of them: the rest goes out as the remainder of a
-                // short send.
+                // Rebuild the iovecs past the bytes already sent. On a stream
+                // at most IOV_MAX of them: the rest goes out as the
+                // remainder of a short send. A datagram is never split (more
+                // than IOV_MAX buffers fail with EMSGSIZE).
                 let mut skip = slot.done;
                 let mut n = 0;
                 for b in bufs.iter() {
@@ -530,7 +532,7 @@ impl UringEngine {
                         skip -= s.len();
                         continue;
                     }
-                    if n == IOV_MAX {
+                    if stream && n == IOV_MAX {
                         break;
                     }
                     iov[n] = libc::iovec {

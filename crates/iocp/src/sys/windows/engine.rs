@@ -838,8 +838,9 @@ impl OpBox {
                         skip -= sl.len();
                         continue;
                     }
-                    if op.wsabufs.len() == MAX_WSABUFS {
-                        // The rest goes out as the remainder of a short send.
+                    if op.h.stream && op.wsabufs.len() == MAX_WSABUFS {
+                        // The rest goes out as the remainder of a short
+                        // send (a datagram is never split).
                         break;
                     }
                     op.wsabufs
