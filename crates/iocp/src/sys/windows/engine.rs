@@ -1711,8 +1711,8 @@ impl HandleShared {
     /// lane to the next operation, closes the socket after the last one.
     fn finish(&self, mut st: MutexGuard<'_, HState>, i: usize, result: io::Result<usize>) -> Step {
         let ctl = st.ops.swap_remove(i);
-        // SAFETY: the box's packet was dequeued by this thread (or it never
-        // reached the kernel) and we hold the state lock: we own it.
+        // SAFETY: `finish` runs on the thread that dequeued the box's packet
+        // (see `complete`), under the state lock: the box is ours.
         let (kind, done) = unsafe { ((*ctl.ptr).kind, (*ctl.ptr).done) };
         if result.is_err() && kind == OpKind::Send && done > 0 && self.stream && !st.send_broken {
             // Part of a message is on the wire: nothing more may follow it
