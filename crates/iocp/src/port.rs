@@ -55,8 +55,30 @@ impl fmt::Debug for Port {
     }
 }
 
-/// Returned by [`Port::blocking`]: while it lives, the thread does not count
-/// against the concurrency limit.
+/// Returned by [`Port::blocking`]: while it lives, the thread that took it
+/// does not count against the concurrency limit.
+///
+/// The running count stays exact whatever the order of `get`, `blocking()`
+/// and drop:
+/// * the thread is back in the count when its **last** guard drops (nested
+///   guards, dropped in any order);
+/// * a `get` or `get_many` inside the guard ends what the guard would
+///   restore: the thread runs from that `get` on if it returned packets, and
+///   the guard's drop adds nothing;
+/// * a thread that exits with a guard alive (dropped during the exit,
+///   parked in a thread-local, or forgotten) leaves nothing counted.
+///
+/// The guard is **not `Send`**: being out of the count is a state of the
+/// thread that took the guard (as a worker blocked elsewhere is, on
+/// Windows), and only that thread knows whether it has called `get` since.
+/// Dropped on another thread it would count a thread that has moved on, or
+/// one that never ran.
+///
+/// ```compile_fail,E0277
+/// let port = iocp::Port::new(1).unwrap();
+/// let guard = port.blocking();
+/// std::thread::spawn(move || drop(guard)); // error: `BlockingGuard` is not `Send`
+/// ```
 pub struct BlockingGuard {
     _g: QueueGuard<Completion>,
 }
@@ -353,7 +375,9 @@ impl Port {
 
     /// Steps the calling thread out of the concurrency count while it blocks
     /// on something other than the port (Windows notices such waits by
-    /// itself; user space cannot, so a handler that blocks says so).
+    /// itself; user space cannot, so a handler that blocks says so). Changes
+    /// nothing on a thread that is not running on this port. See
+    /// [`BlockingGuard`] for nesting, `get` inside a guard, and thread exit.
     pub fn blocking(&self) -> BlockingGuard {
         BlockingGuard {
             _g: self.inner.queue.blocking(),

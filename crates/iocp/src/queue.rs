@@ -12,7 +12,10 @@
 //!
 //! The type is generic over the packet so the `loom` model in `tests/loom.rs`
 //! can drive it with plain integers. It is platform independent; the Linux
-//! engines feed it, the Windows backend uses the kernel's port instead.
+//! engines feed it, the Windows backend uses the kernel's port instead and
+//! shares only the per-thread running record (which port a thread runs on,
+//! and its [`BlockingGuard`] step-outs), so `stats().running` counts the same
+//! way everywhere.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -92,23 +95,41 @@ impl<T> Clone for Queue<T> {
 }
 
 // ---- per-thread running record -------------------------------------------
+//
+// Which port a thread runs on is a property of the thread, so it lives in a
+// thread-local record: `get` ends the running period (the caller takes the
+// thread off its count), a packet starts one, `blocking()` steps out of it
+// and the last of its guards steps back in. The record is shared with the
+// Windows port, which keeps the same `running` statistic next to the kernel.
 
-/// Something a thread can be "running on": lets a thread-local record release
-/// its slot without knowing the packet type.
-trait SlotOwner: Send + Sync {
+/// Something a thread can be "running on" (a queue, or a Windows port): lets
+/// a thread-local record give its slot back without knowing the packet type.
+pub(crate) trait SlotOwner: Send + Sync {
+    /// Takes one thread off the running count (and lets a waiter run).
     fn release(&self);
+    /// Puts one thread back on the running count (a blocking guard's last
+    /// drop; the count may exceed the limit for a while, as on Windows).
     fn reacquire(&self);
 }
 
-/// How a running record refers to its queue: weakly, so a thread-local
+/// How a running record refers to its owner: weakly, so a thread-local
 /// record does not keep a dropped queue alive. Under loom (whose `Arc` has no
 /// `Weak` and no unsized coercion) it is a strong reference wrapped in a std
 /// `Arc`; loom drops every thread's locals when the thread ends, so nothing
 /// outlives a model run.
 #[cfg(not(loom))]
-type OwnerRef = Weak<dyn SlotOwner>;
+pub(crate) type OwnerRef = Weak<dyn SlotOwner>;
 #[cfg(loom)]
-type OwnerRef = std::sync::Arc<dyn SlotOwner>;
+pub(crate) type OwnerRef = std::sync::Arc<dyn SlotOwner>;
+
+#[cfg(not(loom))]
+fn upgrade(r: &OwnerRef) -> Option<Arc<dyn SlotOwner>> {
+    r.upgrade()
+}
+#[cfg(loom)]
+fn upgrade(r: &OwnerRef) -> Option<OwnerRef> {
+    Some(r.clone())
+}
 
 #[cfg(loom)]
 struct LoomOwner<T>(Arc<Inner<T>>);
@@ -124,7 +145,7 @@ impl<T: Send + 'static> SlotOwner for LoomOwner<T> {
 }
 
 struct Running {
-    queue_id: u64,
+    owner_id: u64,
     owner: Option<OwnerRef>,
     /// Whether the thread currently holds a running slot. A record stays in
     /// place between `get`s with `armed` toggled, so the hot path touches no
@@ -138,28 +159,48 @@ impl Drop for Running {
             return;
         }
         // Thread exit, or the thread moved to another queue: the slot is freed.
-        #[cfg(not(loom))]
-        if let Some(owner) = self.owner.take().and_then(|w| w.upgrade()) {
-            owner.release();
-        }
-        #[cfg(loom)]
-        if let Some(owner) = self.owner.take() {
+        if let Some(owner) = self.owner.take().as_ref().and_then(upgrade) {
             owner.release();
         }
     }
 }
 
+/// The thread stepped out of `owner_id`'s count with `blocking()`; `guards`
+/// of that step-out are alive. `step` numbers the step-outs of the thread, so
+/// a guard left over from an earlier one (a `get` came in between) restores
+/// nothing.
+#[derive(Clone, Copy)]
+struct SteppedOut {
+    owner_id: u64,
+    step: u64,
+    guards: usize,
+}
+
+struct ThreadRec {
+    running: Option<Running>,
+    stepped_out: Option<SteppedOut>,
+    steps: u64,
+}
+
 #[cfg(loom)]
 loom::thread_local! {
     // loom's macro takes a plain expression (no `const { }` block).
-    static RUNNING: std::cell::RefCell<Option<Running>> = std::cell::RefCell::new(None);
+    static THREAD: std::cell::RefCell<ThreadRec> = std::cell::RefCell::new(ThreadRec {
+        running: None,
+        stepped_out: None,
+        steps: 0,
+    });
 }
 #[cfg(not(loom))]
 std::thread_local! {
-    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+    static THREAD: std::cell::RefCell<ThreadRec> = const {
+        std::cell::RefCell::new(ThreadRec { running: None, stepped_out: None, steps: 0 })
+    };
 }
 
-fn next_id() -> u64 {
+/// A fresh owner id (queues and Windows ports share the sequence, so a
+/// thread's record never mistakes one for the other).
+pub(crate) fn next_id() -> u64 {
     #[cfg(loom)]
     {
         loom::lazy_static! { static ref NEXT: AtomicU64 = AtomicU64::new(1); }
@@ -169,6 +210,175 @@ fn next_id() -> u64 {
     {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The calling thread calls `get` on `owner_id`: its running period ends.
+/// Returns whether it was counted there, so the caller takes it off its
+/// count. A record of another owner is dropped, which releases that slot (a
+/// thread is associated with one port at a time, as on Windows). A step-out
+/// ends too: what its guards would have restored is over.
+pub(crate) fn leave_running(owner_id: u64) -> bool {
+    let (was, old) = THREAD
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            t.stepped_out = None;
+            match t.running.as_mut() {
+                Some(rec) if rec.owner_id == owner_id => {
+                    let was = std::mem::replace(&mut rec.armed, false);
+                    // Under loom no record may outlive the call: loom checks
+                    // that every reference is released by the model's end.
+                    #[cfg(loom)]
+                    let old = t.running.take();
+                    #[cfg(not(loom))]
+                    let old = None;
+                    (was, old)
+                }
+                Some(_) => (false, t.running.take()),
+                None => (false, None),
+            }
+        })
+        .unwrap_or((false, None));
+    // Outside the borrow: dropping an armed record of another owner
+    // releases that owner's slot.
+    drop(old);
+    was
+}
+
+/// The calling thread now runs on `owner_id` (the caller has counted it).
+/// Returns `false` if the thread-local record is gone (the thread is
+/// exiting): the caller then takes the thread off its count again.
+pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> bool {
+    let rearmed = THREAD.try_with(|t| match t.borrow_mut().running.as_mut() {
+        Some(rec) if rec.owner_id == owner_id => {
+            rec.armed = true;
+            true
+        }
+        _ => false,
+    });
+    match rearmed {
+        Ok(true) => return true,
+        Ok(false) => {}
+        Err(_) => return false,
+    }
+    // The record is made inside the closure: if the thread-local is gone,
+    // no armed record exists to release a slot nobody took.
+    let old = THREAD.try_with(|t| {
+        t.borrow_mut().running.replace(Running {
+            owner_id,
+            owner: Some(owner()),
+            armed: true,
+        })
+    });
+    match old {
+        Ok(old) => {
+            drop(old);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether the calling thread counts as running on `owner_id`.
+pub(crate) fn is_running_on(owner_id: u64) -> bool {
+    THREAD
+        .try_with(|t| {
+            t.borrow()
+                .running
+                .as_ref()
+                .is_some_and(|r| r.owner_id == owner_id && r.armed)
+        })
+        .unwrap_or(false)
+}
+
+/// What [`BlockingGuard`]s of every port hold: one step of the calling
+/// thread out of its owner's running count. The guard is `!Send`: the count
+/// is the state of the thread that took the guard, and only that thread can
+/// tell whether it has called `get` since (after which the guard has nothing
+/// to restore). A guard dropped elsewhere would count the wrong thread, or a
+/// thread that has moved on.
+pub(crate) struct StepOut {
+    owner_id: u64,
+    step: u64,
+    owner: OwnerRef,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl StepOut {
+    /// Steps the calling thread out of `owner_id`'s count if it runs there
+    /// (taking it off the count through `owner`), or joins the step-out it
+    /// is already in (a nested guard). `None` if it does not run there.
+    pub(crate) fn new(owner_id: u64, owner: OwnerRef) -> Option<StepOut> {
+        let r = THREAD.try_with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some(so) = t.stepped_out.as_mut().filter(|so| so.owner_id == owner_id) {
+                so.guards += 1;
+                return Some((so.step, false, None));
+            }
+            let rec = t
+                .running
+                .as_mut()
+                .filter(|r| r.owner_id == owner_id && r.armed)?;
+            rec.armed = false;
+            #[cfg(loom)]
+            let old = t.running.take();
+            #[cfg(not(loom))]
+            let old: Option<Running> = None;
+            t.steps += 1;
+            let step = t.steps;
+            t.stepped_out = Some(SteppedOut {
+                owner_id,
+                step,
+                guards: 1,
+            });
+            Some((step, true, old))
+        });
+        let (step, released, old) = r.ok().flatten()?;
+        drop(old);
+        if released {
+            if let Some(o) = upgrade(&owner) {
+                o.release();
+            }
+        }
+        Some(StepOut {
+            owner_id,
+            step,
+            owner,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for StepOut {
+    fn drop(&mut self) {
+        // The last guard of the thread's current step-out puts it back; a
+        // `get` since then (or thread-local teardown) leaves nothing to do.
+        let last = THREAD
+            .try_with(|t| {
+                let mut t = t.borrow_mut();
+                match t.stepped_out.as_mut() {
+                    Some(so) if so.owner_id == self.owner_id && so.step == self.step => {
+                        so.guards -= 1;
+                        if so.guards == 0 {
+                            t.stepped_out = None;
+                            return true;
+                        }
+                        false
+                    }
+                    _ => false,
+                }
+            })
+            .unwrap_or(false);
+        if !last {
+            return;
+        }
+        let Some(owner) = upgrade(&self.owner) else {
+            return;
+        };
+        owner.reacquire();
+        if !enter_running(self.owner_id, || self.owner.clone()) {
+            owner.release();
+        }
     }
 }
 
@@ -272,61 +482,24 @@ impl<T: Send + 'static> Queue<T> {
         true
     }
 
-    /// Takes this thread's running record for this queue, if any, so the
-    /// caller can decrement `running` under the lock. A record for another
-    /// queue is dropped, which releases that queue's slot (a thread is
-    /// associated with one port at a time, as on Windows).
-    fn take_running(&self) -> bool {
-        let id = self.inner.id;
-        let (was, old) = RUNNING.with(|r| {
-            let mut r = r.borrow_mut();
-            match r.as_mut() {
-                Some(rec) if rec.queue_id == id => {
-                    let was = std::mem::replace(&mut rec.armed, false);
-                    // Under loom no record may outlive the call: loom checks
-                    // that every reference is released by the model's end.
-                    #[cfg(loom)]
-                    let old = r.take();
-                    #[cfg(not(loom))]
-                    let old = None;
-                    (was, old)
-                }
-                Some(_) => (false, r.take()),
-                None => (false, None),
-            }
-        });
-        // Outside the borrow: dropping an armed record of another queue
-        // releases that queue's slot.
-        drop(old);
-        was
-    }
-
-    fn set_running(&self) {
-        let id = self.inner.id;
-        let rearmed = RUNNING.with(|r| match r.borrow_mut().as_mut() {
-            Some(rec) if rec.queue_id == id => {
-                rec.armed = true;
-                true
-            }
-            _ => false,
-        });
-        if rearmed {
-            return;
-        }
+    fn owner_ref(&self) -> OwnerRef {
         #[cfg(not(loom))]
-        let owner = {
+        {
             let strong: Arc<dyn SlotOwner> = self.inner.clone();
             Arc::downgrade(&strong)
-        };
+        }
         #[cfg(loom)]
-        let owner: OwnerRef = std::sync::Arc::new(LoomOwner(self.inner.clone()));
-        let rec = Running {
-            queue_id: id,
-            owner: Some(owner),
-            armed: true,
-        };
-        let old = RUNNING.with(|r| r.borrow_mut().replace(rec));
-        drop(old);
+        {
+            std::sync::Arc::new(LoomOwner(self.inner.clone()))
+        }
+    }
+
+    /// The calling thread took packets: it runs on this queue (counted by
+    /// the caller under the lock).
+    fn set_running(&self) {
+        if !enter_running(self.inner.id, || self.owner_ref()) {
+            self.inner.release();
+        }
     }
 
     /// Waits for one packet. `None` waits forever; `Some(ZERO)` polls.
@@ -350,7 +523,7 @@ impl<T: Send + 'static> Queue<T> {
     }
 
     fn get_inner(&self, max: usize, timeout: Option<Duration>) -> Result<VecDeque<T>, Empty> {
-        let was_running = self.take_running();
+        let was_running = leave_running(self.inner.id);
         let tag = thread_tag();
         let mut st = lock(&self.inner.state);
         if was_running {
@@ -455,24 +628,19 @@ impl<T: Send + 'static> Queue<T> {
 
     /// Steps the calling thread out of the running count until the guard drops
     /// (what Windows does by itself when a worker blocks on anything else).
+    /// Nested guards keep the thread out until the last one drops; a `get`
+    /// inside a guard makes the thread run again from that `get` on, and the
+    /// guard's drop then changes nothing.
     pub fn blocking(&self) -> BlockingGuard<T> {
-        let was_running = self.take_running();
-        if was_running {
-            self.inner.release();
-        }
         BlockingGuard {
-            queue: self.clone(),
-            was_running,
+            _step: StepOut::new(self.inner.id, self.owner_ref()),
+            _queue: std::marker::PhantomData,
         }
     }
 
     /// Whether the calling thread currently counts as running on this queue.
     pub fn is_running_here(&self) -> bool {
-        RUNNING.with(|r| {
-            r.borrow()
-                .as_ref()
-                .is_some_and(|rec| rec.queue_id == self.inner.id && rec.armed)
-        })
+        is_running_on(self.inner.id)
     }
 
     /// Counters, read under the lock.
@@ -488,20 +656,13 @@ impl<T: Send + 'static> Queue<T> {
     }
 }
 
-/// Returned by [`Queue::blocking`]; re-enters the running count on drop (which
-/// may exceed the limit for a while, as on Windows).
+/// Returned by [`Queue::blocking`]; re-enters the running count when the
+/// last guard of the thread drops, unless the thread called `get` since (the
+/// count may then exceed the limit for a while, as on Windows). Not `Send`:
+/// it stands for the thread that took it.
 pub struct BlockingGuard<T: Send + 'static> {
-    queue: Queue<T>,
-    was_running: bool,
-}
-
-impl<T: Send + 'static> Drop for BlockingGuard<T> {
-    fn drop(&mut self) {
-        if self.was_running {
-            self.queue.inner.reacquire();
-            self.queue.set_running();
-        }
-    }
+    _step: Option<StepOut>,
+    _queue: std::marker::PhantomData<fn() -> T>,
 }
 
 #[cfg(not(loom))]

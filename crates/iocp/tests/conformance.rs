@@ -64,6 +64,9 @@ const CLAUSES: &[Clause] = clauses![
     threaded limit_batch_counts_once,
     threaded limit_thread_exit_releases,
     threaded limit_blocking_guard,
+    any blocking_guard_get_inside,
+    any blocking_guard_nested,
+    threaded blocking_guard_thread_exit,
     any timed_out_get_consumes_nothing,
     any post_wakes_getter,
     any failed_op_vs_no_packet,
@@ -499,6 +502,174 @@ fn limit_blocking_guard(t: &Target) {
     assert_eq!(port.stats().running, before);
     drop(g);
     assert_eq!(port.stats().running, before);
+}
+
+/// `(running, waiting)` of `port`, for exact assertions on the count.
+fn run_wait(port: &Port) -> (usize, usize) {
+    let st = port.stats();
+    (st.running, st.waiting)
+}
+
+/// A `get` inside a `blocking()` guard makes the thread run again, so the
+/// guard's drop must not count it a second time. Concurrency 1: post 3,
+/// `get`, `blocking()`, `get`, drop the guard, then `get` once more: the
+/// third packet comes out at once (an inflated count holds it back for good,
+/// with no thread running).
+fn blocking_guard_get_inside(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    for i in 1..=3 {
+        port.post(0, 0, i).unwrap();
+    }
+    assert_eq!(token_of(port.get(Some(T))), Ok(1));
+    assert_eq!(run_wait(&port), (1, 0), "after the first get");
+    let g = port.blocking();
+    assert_eq!(run_wait(&port), (0, 0), "inside the guard");
+    assert_eq!(token_of(port.get(Some(T))), Ok(2), "get inside the guard");
+    assert_eq!(run_wait(&port), (1, 0), "the get inside the guard runs");
+    drop(g);
+    assert_eq!(
+        run_wait(&port),
+        (1, 0),
+        "the guard's drop counted the thread twice"
+    );
+    let r = token_of(port.get(Some(Duration::from_millis(500))));
+    assert_eq!(r, Ok(3), "the last packet is stuck: {:?}", port.stats());
+    assert_eq!(run_wait(&port), (1, 0));
+    no_packet(&port, Duration::ZERO);
+    assert_eq!(run_wait(&port), (0, 0), "a get that found nothing");
+
+    // A guard inside a running period, and a get_many inside a guard.
+    port.post(0, 0, 4).unwrap();
+    port.post(0, 0, 5).unwrap();
+    assert_eq!(token_of(port.get(ZERO)), Ok(4));
+    drop(port.blocking());
+    assert_eq!(run_wait(&port), (1, 0), "get, blocking(), drop");
+    let g = port.blocking();
+    let mut batch = Vec::new();
+    assert_eq!(port.get_many(&mut batch, 8, Some(T)), Ok(1));
+    assert_eq!(run_wait(&port), (1, 0));
+    drop(g);
+    assert_eq!(run_wait(&port), (1, 0), "get_many inside the guard");
+    no_packet(&port, Duration::ZERO);
+    assert_eq!(run_wait(&port), (0, 0));
+}
+
+/// Nested guards: the thread stays out of the count until its last guard
+/// drops, in whichever order they drop; a guard left over from an earlier
+/// running period (a `get` came in between) restores nothing.
+fn blocking_guard_nested(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    for i in 1..=3 {
+        port.post(0, 0, i).unwrap();
+    }
+    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    for inner_first in [true, false] {
+        let (g1, g2) = (port.blocking(), port.blocking());
+        assert_eq!(run_wait(&port), (0, 0), "two guards");
+        let (first, second) = if inner_first { (g2, g1) } else { (g1, g2) };
+        drop(first);
+        assert_eq!(
+            run_wait(&port),
+            (0, 0),
+            "one guard left (inner dropped first: {inner_first})"
+        );
+        drop(second);
+        assert_eq!(
+            run_wait(&port),
+            (1, 0),
+            "both guards gone (inner dropped first: {inner_first})"
+        );
+    }
+    // A get inside nested guards: the thread runs from the get on.
+    let (g1, g2) = (port.blocking(), port.blocking());
+    assert_eq!(token_of(port.get(ZERO)), Ok(2));
+    drop(g2);
+    drop(g1);
+    assert_eq!(run_wait(&port), (1, 0), "get inside nested guards");
+    // A stale guard: taken, then a get, then a new guard.
+    let stale = port.blocking();
+    assert_eq!(token_of(port.get(ZERO)), Ok(3));
+    let fresh = port.blocking();
+    assert_eq!(run_wait(&port), (0, 0));
+    drop(stale);
+    assert_eq!(
+        run_wait(&port),
+        (0, 0),
+        "a stale guard re-entered the count"
+    );
+    drop(fresh);
+    assert_eq!(run_wait(&port), (1, 0));
+    no_packet(&port, Duration::ZERO);
+    assert_eq!(run_wait(&port), (0, 0));
+}
+
+std::thread_local! {
+    /// A guard parked in a thread-local, dropped while the thread exits.
+    static PARKED_GUARD: std::cell::RefCell<Option<iocp::BlockingGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A thread that exits with a live guard (dropped with the thread's state,
+/// parked in a thread-local, or forgotten) leaves the count exact: nothing
+/// of it is counted afterwards, and the next packet goes to another thread.
+/// Also a get inside a guard on one thread while another waits: when the
+/// first thread exits, its one slot goes to the waiter.
+fn blocking_guard_thread_exit(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    type Park = fn(&mut ActorState);
+    let ways: [(&str, Park); 3] = [
+        ("kept in the thread's state", |s| {
+            s.guard = Some(s.port.blocking())
+        }),
+        ("parked in a thread-local", |s| {
+            let g = s.port.blocking();
+            PARKED_GUARD.with(|p| *p.borrow_mut() = Some(g));
+        }),
+        ("forgotten", |s| std::mem::forget(s.port.blocking())),
+    ];
+    for (i, (how, park)) in ways.into_iter().enumerate() {
+        let i = i as u64;
+        port.post(0, 0, 10 + i).unwrap();
+        let a = Actor::new("A", &port);
+        assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(10 + i));
+        a.call("take a guard", park);
+        assert_eq!(run_wait(&port), (0, 0), "A inside a guard {how}");
+        a.exit();
+        assert_eq!(run_wait(&port), (0, 0), "A exited with a guard {how}");
+    }
+
+    // A gets inside its guard while B waits; when A exits, B takes over.
+    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
+    port.post(0, 0, 1).unwrap();
+    port.post(0, 0, 2).unwrap();
+    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
+    let got = a.call("blocking, get inside, drop", |s| {
+        let g = s.port.blocking();
+        let r = token_of(s.port.get(ZERO));
+        drop(g);
+        r
+    });
+    assert_eq!(got, Ok(2));
+    assert_eq!(run_wait(&port), (1, 0), "A counted once");
+    port.post(0, 0, 3).unwrap();
+    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
+    if t.backend == Backend::Iocp {
+        // The kernel decides whether B waits behind A.
+        say(format!(
+            "conformance[{}] blocking_guard_thread_exit: SKIPPED the assertion that B waits while A runs: the kernel schedules IOCP waiters{}",
+            t.name(),
+            iocp::wine_version().map_or(String::new(), |v| format!(" (Wine {v} ignores the limit)"))
+        ));
+    } else {
+        wait_until("B waits", || port.stats().waiting == 1);
+        assert_eq!(run_wait(&port), (1, 1), "B waits behind A");
+        assert!(pb.ready().is_none(), "B ran past the limit");
+    }
+    a.exit();
+    assert_eq!(pb.wait(), Ok(3), "A's exit freed its one slot for B");
+    assert_eq!(run_wait(&port), (1, 0), "only B counts");
+    b.exit();
+    assert_eq!(run_wait(&port), (0, 0));
 }
 
 /// `get(timeout)` that times out consumes nothing; `Some(ZERO)` polls.

@@ -64,6 +64,16 @@ mod models {
         }
     }
 
+    /// Polls what is still queued into `got`, then asserts that every packet
+    /// of `want` was seen exactly once.
+    fn assert_each_once(q: &Queue<u32>, mut got: Vec<u32>, want: &[u32]) {
+        while let Ok(p) = q.get(Some(Duration::ZERO)) {
+            got.push(p);
+        }
+        got.sort_unstable();
+        assert_eq!(got, want, "each packet exactly once");
+    }
+
     /// A post racing a `get` that times out: the packet is delivered exactly
     /// once, to that `get` or to a later poll, and nothing is left behind.
     #[test]
@@ -188,16 +198,12 @@ mod models {
             for p in 1..=3 {
                 q.post(p).unwrap();
             }
-            let mut got: Vec<u32> = threads
+            let got: Vec<u32> = threads
                 .into_iter()
                 .flat_map(|t| t.join().unwrap())
                 .collect();
             assert_eq!(q.stats().running, 0, "exited threads still counted");
-            while let Ok(p) = q.get(Some(Duration::ZERO)) {
-                got.push(p);
-            }
-            got.sort_unstable();
-            assert_eq!(got, [1, 2, 3], "each packet exactly once");
+            assert_each_once(&q, got, &[1, 2, 3]);
         });
     }
 
@@ -230,6 +236,79 @@ mod models {
             }
             got.sort_unstable();
             assert_eq!(got, [1, 2]);
+        });
+    }
+
+    /// Limit 1: a thread takes a packet, steps out with `blocking()`, takes
+    /// another packet inside the guard and drops the guard, while a second
+    /// thread waits for packets and the main thread posts. The get inside
+    /// the guard already counts the thread, so the drop adds nothing: once
+    /// both threads have stepped out nobody counts, and every packet is
+    /// delivered exactly once (an inflated count would strand one).
+    #[test]
+    fn get_inside_blocking_guard() {
+        check("get_inside_blocking_guard", 3, || {
+            let q = Queue::<u32>::new(1);
+            let (qb, qc) = (q.clone(), q.clone());
+            let b = thread::spawn(move || {
+                let mut got: Vec<u32> = qb.get(SOME).into_iter().collect();
+                let g = qb.blocking();
+                assert!(!qb.is_running_here(), "the guard holder steps out");
+                let inside = qb.get(SOME);
+                drop(g);
+                // A get inside the guard ends what the guard would restore:
+                // the thread runs exactly when that get returned a packet.
+                assert_eq!(qb.is_running_here(), inside.is_ok(), "{inside:?}");
+                got.extend(inside);
+                step_out(&qb, |p| got.push(p));
+                got
+            });
+            let c = thread::spawn(move || {
+                let mut got: Vec<u32> = qc.get(SOME).into_iter().collect();
+                step_out(&qc, |p| got.push(p));
+                got
+            });
+            for p in 1..=3 {
+                q.post(p).unwrap();
+            }
+            let mut got = b.join().unwrap();
+            got.extend(c.join().unwrap());
+            assert_eq!(q.stats().running, 0, "nobody runs: {:?}", q.stats());
+            assert_each_once(&q, got, &[1, 2, 3]);
+        });
+    }
+
+    /// Limit 1: the main thread holds a packet and takes two nested guards,
+    /// dropping the outer one first, while a waiter and a poster race it.
+    /// The thread stays out of the count until its last guard is gone, then
+    /// counts exactly once; the waiter's packet is never lost.
+    #[test]
+    fn nested_blocking_guards() {
+        check("nested_blocking_guards", 3, || {
+            let q = Queue::<u32>::new(1);
+            q.post(1).unwrap();
+            assert_eq!(q.get(Some(Duration::ZERO)), Ok(1));
+            let (qb, qp) = (q.clone(), q.clone());
+            let b = thread::spawn(move || {
+                let mut got: Vec<u32> = qb.get(SOME).into_iter().collect();
+                step_out(&qb, |p| got.push(p));
+                got
+            });
+            let p = thread::spawn(move || qp.post(2).unwrap());
+            let outer = q.blocking();
+            let inner = q.blocking();
+            drop(outer);
+            assert!(!q.is_running_here(), "one guard is still alive");
+            drop(inner);
+            assert!(q.is_running_here(), "the last guard re-enters the count");
+            p.join().unwrap();
+            let mut got = b.join().unwrap();
+            // B stepped out; only this thread counts.
+            assert_eq!(q.stats().running, 1, "{:?}", q.stats());
+            step_out(&q, |p| got.push(p));
+            assert_eq!(q.stats().running, 0);
+            got.sort_unstable();
+            assert_eq!(got, [2], "packet 2 exactly once");
         });
     }
 }

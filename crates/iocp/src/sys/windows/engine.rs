@@ -68,7 +68,7 @@ use super::timer::{TimerItem, Timers};
 use crate::error::{self, SubmitError};
 use crate::op::{Buf, Completion, Extra, OpId, OpKind};
 use crate::pool::{PoolShared, ReturnWaker};
-use crate::queue::thread_tag;
+use crate::queue::{thread_tag, SlotOwner};
 
 /// Kernel completion keys (see the module doc of `sys::windows`).
 pub(crate) const KEY_IO: usize = 1;
@@ -476,41 +476,33 @@ impl Shared {
     }
 
     // ---- the user-space `running` statistic ------------------------------
+    //
+    // The thread-local record is the one the Linux queue uses
+    // (`crate::queue`), so `get`, `blocking()` and thread exit count the same
+    // way on every backend.
 
     /// The calling thread stops counting as running on this port. Returns
     /// whether it was.
     pub(crate) fn leave_running(&self) -> bool {
-        let rec = RUNNING.try_with(|r| r.borrow_mut().take()).ok().flatten();
-        match rec {
-            Some(mut r) if r.port == self.id => {
-                r.armed = false;
-                self.running.fetch_sub(1, Ordering::SeqCst);
-                true
-            }
-            // Another port: a thread is associated with one port at a time.
-            Some(other) => {
-                drop(other);
-                false
-            }
-            None => false,
+        let was = crate::queue::leave_running(self.id);
+        if was {
+            self.running.fetch_sub(1, Ordering::SeqCst);
         }
+        was
     }
 
     pub(crate) fn enter_running(self: &Arc<Self>) {
         self.running.fetch_add(1, Ordering::SeqCst);
-        let rec = RunRec {
-            port: self.id,
-            shared: Arc::downgrade(self),
-            armed: true,
-        };
-        let old = RUNNING.try_with(|r| r.borrow_mut().replace(rec));
-        match old {
-            Ok(old) => drop(old),
-            // Thread-local storage is being torn down: do not count.
-            Err(_) => {
-                self.running.fetch_sub(1, Ordering::SeqCst);
-            }
+        // Thread-local storage being torn down: do not count.
+        if !crate::queue::enter_running(self.id, || self.owner_ref()) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// How a thread's running record refers to this port (weakly).
+    pub(crate) fn owner_ref(self: &Arc<Self>) -> crate::queue::OwnerRef {
+        let strong: Arc<dyn SlotOwner> = self.clone();
+        Arc::downgrade(&strong)
     }
 
     // ---- close --------------------------------------------------------------
@@ -577,25 +569,15 @@ impl Drop for Shared {
     }
 }
 
-struct RunRec {
-    port: u64,
-    shared: Weak<Shared>,
-    armed: bool,
-}
-
-impl Drop for RunRec {
-    fn drop(&mut self) {
-        // Thread exit, or the thread moved to another port.
-        if self.armed {
-            if let Some(s) = self.shared.upgrade() {
-                s.running.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+/// A thread's running record gives its slot back through this (thread exit,
+/// or the thread moved to another port).
+impl SlotOwner for Shared {
+    fn release(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-std::thread_local! {
-    static RUNNING: std::cell::RefCell<Option<RunRec>> = const { std::cell::RefCell::new(None) };
+    fn reacquire(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@
 use std::fmt;
 use std::io;
 use std::os::windows::io::{AsRawSocket, IntoRawSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,9 @@ impl Port {
             cfg.sq_entries,
             cfg.cq_entries
         );
-        let id = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        // Shared with the Linux queues' ids: a thread's running record
+        // names its port by it.
+        let id = crate::queue::next_id();
         let shared = Shared::new(id, cfg.concurrency, cfg.pool_bufs, cfg.pool_buf_size)?;
         Ok(Port {
             inner: Arc::new(PortInner {
@@ -88,8 +90,6 @@ impl Port {
         })
     }
 }
-
-static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
 struct PortInner {
     shared: Arc<Shared>,
@@ -125,17 +125,16 @@ impl fmt::Debug for Port {
 
 /// Returned by [`Port::blocking`]. On Windows the kernel already stops
 /// counting a worker that blocks on anything else, so this guard changes no
-/// scheduling; it only steps the thread out of the `running` statistic.
+/// scheduling; it only steps the thread out of the `running` statistic, with
+/// the same rules as on Linux: the thread is back when its last guard drops,
+/// a `get` inside the guard makes it run from that `get` on (the drop then
+/// adds nothing), and a thread that exits with a guard alive leaves nothing
+/// counted.
+///
+/// Not `Send`: being out of the count is a state of the thread that took the
+/// guard, and only that thread knows whether it has called `get` since.
 pub struct BlockingGuard {
-    port: Option<Arc<Shared>>,
-}
-
-impl Drop for BlockingGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.port.take() {
-            p.enter_running();
-        }
-    }
+    _step: Option<crate::queue::StepOut>,
 }
 
 /// Milliseconds for GQCS until `deadline` (`INFINITE` for none).
@@ -381,7 +380,7 @@ impl Port {
     pub fn blocking(&self) -> BlockingGuard {
         let s = &self.inner.shared;
         BlockingGuard {
-            port: s.leave_running().then(|| s.clone()),
+            _step: crate::queue::StepOut::new(s.id, s.owner_ref()),
         }
     }
 
