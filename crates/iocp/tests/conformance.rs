@@ -74,6 +74,7 @@ const CLAUSES: &[Clause] = clauses![
     any cancel_races_data,
     any close_handle_in_flight,
     threaded close_port_wakes_waiters,
+    threaded close_port_wakes_get_many_waiters,
     any close_port_then_calls_fail,
     any port_close_closes_handles,
     any with_socket_holds_descriptor,
@@ -1085,6 +1086,39 @@ fn close_port_wakes_waiters(t: &Target) {
         t0.elapsed() < Duration::from_secs(1),
         "get on a closed port waited"
     );
+}
+
+/// Concurrency 1, two threads in `get_many(64, None)`, nothing in flight:
+/// `close()` returns both `Abandoned`, even though one of them could take
+/// many packets at once. 50 rounds, because which waiter wakes first and
+/// what it finds queued is the kernel's choice on IOCP.
+fn close_port_wakes_get_many_waiters(t: &Target) {
+    for round in 0..50 {
+        let port = t.build(t.builder().concurrency(1));
+        let (tx, rx) = mpsc::channel();
+        for w in 0..2 {
+            let (p, tx) = (port.clone(), tx.clone());
+            // Not joined: a waiter that is never woken must not hang the test.
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = tx.send(p.get_many(&mut v, 64, None).map(|_| tokens(&v)));
+            });
+            wait_until(&format!("round {round}: waiter {w} parked"), || {
+                port.stats().waiting == w + 1
+            });
+        }
+        port.close();
+        for n in 0..2 {
+            let r = rx.recv_timeout(T).unwrap_or_else(|_| {
+                panic!(
+                    "round {round}: {n} of 2 get_many waiters returned within {T:?} after close; {:?}",
+                    port.stats()
+                )
+            });
+            assert_eq!(r, Err(GetError::Abandoned), "round {round}");
+        }
+        wait_until("no waiter left", || port.stats().waiting == 0);
+    }
 }
 
 /// After close: get/get_many → `Abandoned` at once, post/post_after/

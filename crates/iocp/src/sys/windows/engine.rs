@@ -300,7 +300,7 @@ impl Shared {
         tracing::error!("iocp: could not queue a completion for 1 s; an operation is lost");
     }
 
-    fn post_abandon(&self) {
+    pub(crate) fn post_abandon(&self) {
         // SAFETY: a packet with a NULL overlapped; the handle is open.
         unsafe { PostQueuedCompletionStatus(self.iocp.0, 0, KEY_ABANDON, std::ptr::null()) };
     }

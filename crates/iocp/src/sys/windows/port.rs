@@ -349,7 +349,7 @@ impl Port {
                 Err(_) => break Err(GetError::Abandoned),
             };
             // Every dequeued entry is ours to process, even after a sentinel.
-            let mut abandoned = false;
+            let mut sentinels = 0usize;
             for e in &entries[..n] {
                 match s.process(Shared::raw_from_entry(e)) {
                     Step::Deliver(c, from) => {
@@ -357,10 +357,16 @@ impl Port {
                         batch.push(c);
                     }
                     Step::Nothing => {}
-                    Step::Abandon => abandoned = true,
+                    Step::Abandon => sentinels += 1,
                 }
             }
-            if abandoned || s.closed.load(Ordering::SeqCst) {
+            // `close` posts one sentinel per waiting thread, but one GQCSEx
+            // can take several: one is ours, the others go back for the
+            // waiters they were meant for (else those would wait forever).
+            for _ in 1..sentinels {
+                s.post_abandon();
+            }
+            if sentinels > 0 || s.closed.load(Ordering::SeqCst) {
                 batch.truncate(start);
                 break Err(GetError::Abandoned);
             }
