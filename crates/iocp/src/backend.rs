@@ -131,6 +131,14 @@ pub struct EngineStats {
     /// Sends and receives the kernel ended with a spurious EAGAIN that the
     /// engine re-issued (polling first) without losing progress.
     pub eagain_retries: u64,
+    /// Timers pending: one per live operation with a deadline, one per
+    /// [`post_after`](crate::Port::post_after) packet not yet queued, and one
+    /// per standing accept pausing after running out of sockets. A deadline
+    /// leaves with its operation (completed, cancelled or timed out), so this
+    /// is bounded by the operations alive, not by how many have run. (A gauge,
+    /// not a counter: on Linux each engine publishes it at the end of every
+    /// turn.)
+    pub timers: u64,
 }
 
 /// Configures a [`Port`](crate::Port) (what `CreateIoCompletionPort`'s arguments and the

@@ -44,6 +44,7 @@ pub mod port;
 #[doc(hidden)]
 pub mod queue;
 mod sys;
+mod timers;
 
 pub use error::{aborted, is_aborted, GetError, SubmitError};
 pub use op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};

@@ -399,6 +399,7 @@ impl Port {
             s.starved += c.starved.load(Ordering::Relaxed);
             s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
             s.eagain_retries += c.eagain_retries.load(Ordering::Relaxed);
+            s.timers += c.timers.load(Ordering::Relaxed);
         }
         s
     }

@@ -84,6 +84,7 @@ const CLAUSES: &[Clause] = clauses![
     any get_many,
     any post_after_timer,
     any op_deadline,
+    any timers_bounded,
     any send_ordering,
     any large_send_slow_peer,
     any send_vectored_refused,
@@ -1681,6 +1682,93 @@ fn op_deadline(t: &Target) {
         brief(&comp)
     );
     no_packet(&port, Duration::from_millis(50));
+}
+
+/// `engine_stats().timers` once the engine has caught up (an inline port's
+/// engine turns only inside `get`, so poll it).
+fn timers_settle(t: &Target, port: &Port, want: u64, what: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        if t.inline {
+            no_packet(port, Duration::ZERO);
+        }
+        let last = port.engine_stats().timers;
+        if last == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {last} timers pending after {T:?}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Pending timers are bounded by the live operations with a deadline plus
+/// the pending `post_after` timers: a deadline goes with its operation,
+/// whether it completed, was cancelled or timed out. 10,000 receives with a
+/// 60 s deadline that all complete leave none behind.
+fn timers_bounded(t: &Target) {
+    const N: u64 = 10_000;
+    let long = Duration::from_secs(60);
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 71);
+    assert_eq!(port.engine_stats().timers, 0, "a new port has no timers");
+    for i in 0..3 {
+        port.post_after(long, 72, i).unwrap();
+    }
+    for i in 0..N {
+        port.recv(&h, Vec::with_capacity(1), OpOptions::with_timeout(i, long))
+            .unwrap();
+    }
+    timers_settle(t, &port, N + 3, "every receive and post_after started");
+    c.write_all(&vec![7u8; N as usize]).unwrap();
+    for i in 0..N {
+        let comp = get(&port);
+        assert_eq!((comp.token, comp.bytes()), (i, 1), "{}", brief(&comp));
+    }
+    timers_settle(t, &port, 3, "the receives completed; the post_after remain");
+
+    // Cancelled: its deadline goes with it.
+    let op = port
+        .recv(&h, Vec::with_capacity(1), OpOptions::with_timeout(80, long))
+        .unwrap();
+    timers_settle(t, &port, 4, "one more receive");
+    h.cancel(op).unwrap();
+    let comp = get(&port);
+    assert!(comp.is_aborted(), "{}", brief(&comp));
+    timers_settle(t, &port, 3, "the cancelled receive's deadline is gone");
+
+    // Timed out: the timer fired and is gone.
+    port.recv(
+        &h,
+        Vec::with_capacity(1),
+        OpOptions::with_timeout(81, Duration::from_millis(30)),
+    )
+    .unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        comp.result.as_ref().unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    timers_settle(t, &port, 3, "the fired deadline is gone");
+
+    // A handle closed with operations in flight: their deadlines go too.
+    for i in 0..5 {
+        port.recv(
+            &h,
+            Vec::with_capacity(1),
+            OpOptions::with_timeout(90 + i, long),
+        )
+        .unwrap();
+    }
+    timers_settle(t, &port, 8, "five receives pending");
+    h.close();
+    for _ in 0..5 {
+        assert!(get(&port).is_aborted());
+    }
+    timers_settle(t, &port, 3, "the closed handle's deadlines are gone");
+    port.close();
 }
 
 /// 64 sends (some vectored) queued back-to-back on one handle arrive in

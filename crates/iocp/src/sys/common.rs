@@ -3,8 +3,6 @@
 //! heap, a small slab for operation slots, and the descriptor a handle and
 //! its engine share.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +14,7 @@ use socket2::SockAddr;
 use crate::op::Completion;
 pub(crate) use crate::op::OpData;
 use crate::pool::{PoolShared, ReturnWaker};
+use crate::timers::{OpTimer, Role, TimerSet};
 
 /// Work for an engine, queued by any thread.
 pub(crate) enum Cmd {
@@ -74,12 +73,19 @@ pub(crate) struct EngineCounters {
     pub cq_overflows: std::sync::atomic::AtomicU64,
     /// Sends and receives the kernel ended with EAGAIN, re-issued.
     pub eagain_retries: std::sync::atomic::AtomicU64,
+    /// Timers pending, as of the engine's last turn (a gauge).
+    pub timers: std::sync::atomic::AtomicU64,
 }
 
 impl EngineCounters {
     pub(crate) fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
         // One writer (the engine thread): a load and a store are enough.
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge (such as `timers`).
+    pub(crate) fn set(c: &std::sync::atomic::AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
     }
 }
 
@@ -394,47 +400,18 @@ pub(crate) enum TimerItem {
     Rearm { slot: usize, op: u64 },
 }
 
-/// A min-heap of timers.
-pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    items: std::collections::HashMap<u64, TimerItem>,
-    seq: u64,
+impl OpTimer for TimerItem {
+    fn owner(&self) -> Option<(u64, Role)> {
+        match *self {
+            TimerItem::Post(_) => None,
+            TimerItem::Deadline { op, .. } => Some((op, Role::Deadline)),
+            TimerItem::Rearm { op, .. } => Some((op, Role::Retry)),
+        }
+    }
 }
 
-impl Timers {
-    pub(crate) fn new() -> Self {
-        Timers {
-            heap: BinaryHeap::new(),
-            items: std::collections::HashMap::new(),
-            seq: 0,
-        }
-    }
-    pub(crate) fn add(&mut self, at: Instant, item: TimerItem) {
-        self.seq += 1;
-        self.heap.push(Reverse((at, self.seq)));
-        self.items.insert(self.seq, item);
-    }
-    pub(crate) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _))| *t)
-    }
-    /// Pops every timer due at `now`.
-    pub(crate) fn expired(&mut self, now: Instant, out: &mut Vec<TimerItem>) {
-        while let Some(Reverse((t, seq))) = self.heap.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.heap.pop();
-            if let Some(item) = self.items.remove(&seq) {
-                out.push(item);
-            }
-        }
-    }
-    /// Drops every timer (on shutdown), handing back posted packets.
-    pub(crate) fn clear(&mut self) {
-        self.heap.clear();
-        self.items.clear();
-    }
-}
+/// An engine's timers: a deadline or re-arm leaves with its operation.
+pub(crate) type Timers = TimerSet<TimerItem>;
 
 /// `fd` as a socket address family (for error messages and UDP).
 pub(crate) fn sockaddr_from_storage(

@@ -194,6 +194,7 @@ impl EpollEngine {
         self.recycle();
         self.fire_timers();
         self.run_deferred();
+        EngineCounters::set(&self.shared.counters.timers, self.timers.len() as u64);
         let may_block = block && self.out.is_empty() && self.deferred.is_empty();
         // `prepare_sleep` refuses while commands or returned pool buffers
         // wait, so nothing that arrived before `sleeping` was set is missed.
@@ -210,6 +211,7 @@ impl EpollEngine {
             &self.shared.counters.completions,
             self.out.len().saturating_sub(before) as u64,
         );
+        EngineCounters::set(&self.shared.counters.timers, self.timers.len() as u64);
     }
 
     /// How long `epoll_wait` may block: the caller's timeout, the next
@@ -491,6 +493,7 @@ impl EpollEngine {
         let Some(op) = self.ops.remove(idx) else {
             return;
         };
+        self.timers.op_done(op.id);
         let mut c = Completion::new(op.kind, op.key, op.token, OpId(op.id), result);
         if c.result.is_err() {
             // What a send sent before it failed (0 for anything else).
@@ -624,6 +627,7 @@ impl EpollEngine {
             self.close_handle(hid);
         }
         self.timers.clear();
+        EngineCounters::set(&self.shared.counters.timers, 0);
         self.backoffs.clear();
         self.starved.clear();
         self.deferred.clear();

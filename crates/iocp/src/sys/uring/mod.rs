@@ -243,6 +243,7 @@ impl UringEngine {
         self.cmds = cmds;
         self.recycle();
         self.fire_timers();
+        EngineCounters::set(&self.shared.counters.timers, self.timers.len() as u64);
         if !self.wake_armed {
             self.arm_wake();
         }
@@ -279,6 +280,7 @@ impl UringEngine {
             &self.shared.counters.completions,
             self.out.len().saturating_sub(before) as u64,
         );
+        EngineCounters::set(&self.shared.counters.timers, self.timers.len() as u64);
     }
 
     fn check_enter(&mut self, r: io::Result<usize>) {
@@ -765,6 +767,7 @@ impl UringEngine {
         let Some(mut slot) = self.ops.remove(idx) else {
             return;
         };
+        self.timers.op_done(slot.id);
         let mut c = Completion::new(slot.kind, slot.key, slot.token, OpId(slot.id), result);
         if c.result.is_err() {
             // What a send sent before it failed (0 for anything else).
@@ -1116,6 +1119,7 @@ impl UringEngine {
                 h.writeq.retain(|&i| i != idx);
             }
             let mut slot = self.ops.remove(idx).expect("slot checked above");
+            self.timers.op_done(slot.id);
             let mut c = Completion::new(slot.kind, slot.key, slot.token, OpId(slot.id), Err(err()));
             give_back(&mut c, std::mem::replace(&mut slot.mem, Mem::None));
             self.out.push(c);

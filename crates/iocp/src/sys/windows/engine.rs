@@ -1314,8 +1314,9 @@ impl HandleShared {
             let i = st.ops.len() - 1;
             self.issue_ctl(&mut st, i);
         }
-        drop(st);
         if let Some(d) = deadline {
+            // Under the handle's lock: the operation cannot complete (and
+            // `finish` take its timers away) before the deadline is in.
             port.timers.add(
                 port,
                 d,
@@ -1325,6 +1326,7 @@ impl HandleShared {
                 },
             );
         }
+        drop(st);
         Ok(OpId(id))
     }
 
@@ -1603,7 +1605,6 @@ impl HandleShared {
                             Completion::new(OpKind::Accept, h.key, op.token, OpId(id), Err(e));
                         c.more = true;
                         st.ops[i].state = St::Parked;
-                        drop(st);
                         h.port.timers.add(
                             &h.port,
                             Instant::now() + Duration::from_millis(50),
@@ -1612,6 +1613,7 @@ impl HandleShared {
                                 op: id,
                             },
                         );
+                        drop(st);
                         Step::Deliver(c, None)
                     } else {
                         h.finish(st, i, Err(e))
@@ -1740,6 +1742,7 @@ impl HandleShared {
         let mut c = b.into_completion(result);
         c.more = false;
         drop(st);
+        self.port.timers.op_done(ctl.id);
         if last {
             self.final_close();
         }

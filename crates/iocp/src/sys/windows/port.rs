@@ -412,6 +412,7 @@ impl Port {
             starved: s.starved.load(Ordering::Relaxed),
             cq_overflows: 0,
             eagain_retries: 0,
+            timers: s.timers.len() as u64,
         }
     }
 

@@ -12,17 +12,18 @@
 //! A fired item does one of three things: post a timer packet
 //! (`post_after`), cancel an operation whose deadline passed (`CancelIoEx`,
 //! its completion then reports `TimedOut`), or resume a parked standing
-//! accept (after a transient failure to create the accept socket).
-//! Deadlines of operations that finished early are left in the heap and do
-//! nothing when they fire (as on Linux).
+//! accept (after a transient failure to create the accept socket). An
+//! operation's deadline and resume leave the set when the operation
+//! completes (`op_done`), so the set holds the live operations' timers and
+//! the pending `post_after` packets, not every deadline ever set.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::engine::{HandleShared, Shared};
+use crate::timers::{OpTimer, Role, TimerSet};
 
 pub(crate) enum TimerItem {
     /// `post_after`: queue a timer packet.
@@ -33,24 +34,48 @@ pub(crate) enum TimerItem {
     Resume { h: Weak<HandleShared>, op: u64 },
 }
 
-#[derive(Default)]
+impl OpTimer for TimerItem {
+    fn owner(&self) -> Option<(u64, Role)> {
+        match *self {
+            TimerItem::Post { .. } => None,
+            TimerItem::Deadline { op, .. } => Some((op, Role::Deadline)),
+            TimerItem::Resume { op, .. } => Some((op, Role::Retry)),
+        }
+    }
+}
+
 struct State {
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    items: HashMap<u64, TimerItem>,
-    seq: u64,
+    set: TimerSet<TimerItem>,
     shutdown: bool,
 }
 
-#[derive(Default)]
 struct TimersInner {
     st: Mutex<State>,
     cv: Condvar,
+    /// Timers that belong to an operation, so a completion with nothing to
+    /// remove skips the lock (written under it).
+    owned: AtomicUsize,
 }
 
-#[derive(Default)]
 pub(crate) struct Timers {
     inner: Arc<TimersInner>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            inner: Arc::new(TimersInner {
+                st: Mutex::new(State {
+                    set: TimerSet::new(),
+                    shutdown: false,
+                }),
+                cv: Condvar::new(),
+                owned: AtomicUsize::new(0),
+            }),
+            thread: Mutex::new(None),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,10 +90,8 @@ impl Timers {
             if st.shutdown {
                 return false;
             }
-            st.seq += 1;
-            let seq = st.seq;
-            st.heap.push(Reverse((at, seq)));
-            st.items.insert(seq, item);
+            st.set.add(at, item);
+            self.inner.owned.store(st.set.owned(), Ordering::Release);
         }
         self.inner.cv.notify_one();
         let mut t = lock(&self.thread);
@@ -89,13 +112,30 @@ impl Timers {
         true
     }
 
+    /// Operation `op` completed: its deadline (or resume) goes with it.
+    /// Call it after the operation's timers were added, i.e. not before the
+    /// operation can complete (callers add them under the handle's lock).
+    pub(crate) fn op_done(&self, op: u64) {
+        if self.inner.owned.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut st = lock(&self.inner.st);
+        st.set.op_done(op);
+        self.inner.owned.store(st.set.owned(), Ordering::Release);
+    }
+
+    /// Timers pending.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner.st).set.len()
+    }
+
     /// Stops the thread and drops every pending item.
     pub(crate) fn shutdown(&self) {
         {
             let mut st = lock(&self.inner.st);
             st.shutdown = true;
-            st.heap.clear();
-            st.items.clear();
+            st.set.clear();
+            self.inner.owned.store(0, Ordering::Release);
         }
         self.inner.cv.notify_all();
         let t = lock(&self.thread).take();
@@ -114,16 +154,8 @@ fn run(inner: Arc<TimersInner>, port: Weak<Shared>) {
         if st.shutdown {
             return;
         }
-        let now = Instant::now();
-        while let Some(Reverse((t, seq))) = st.heap.peek().copied() {
-            if t > now {
-                break;
-            }
-            st.heap.pop();
-            if let Some(it) = st.items.remove(&seq) {
-                due.push(it);
-            }
-        }
+        st.set.expired(Instant::now(), &mut due);
+        inner.owned.store(st.set.owned(), Ordering::Release);
         if !due.is_empty() {
             drop(st);
             for it in due.drain(..) {
@@ -132,7 +164,7 @@ fn run(inner: Arc<TimersInner>, port: Weak<Shared>) {
             st = lock(&inner.st);
             continue;
         }
-        st = match st.heap.peek().map(|Reverse((t, _))| *t) {
+        st = match st.set.next() {
             Some(t) => {
                 let d = t.saturating_duration_since(Instant::now());
                 inner
