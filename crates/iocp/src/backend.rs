@@ -42,15 +42,26 @@ impl Backend {
         }
     }
 
-    /// Reads `IOCP_BACKEND`; `Ok(None)` when unset or empty.
+    /// Reads `IOCP_BACKEND`; `Ok(None)` when unset or empty. A value that
+    /// names no backend is an error naming the variable and quoting the
+    /// value, e.g. `invalid value 'bogus' for IOCP_BACKEND: unknown backend
+    /// (expected auto, uring, epoll or iocp)`.
     pub fn from_env() -> Result<Option<Backend>, String> {
-        match std::env::var("IOCP_BACKEND") {
-            Ok(v) if !v.is_empty() => v
-                .parse()
-                .map(Some)
-                .map_err(|e| format!("IOCP_BACKEND: {e}")),
+        match std::env::var_os("IOCP_BACKEND") {
+            Some(v) if !v.is_empty() => Self::from_env_value(&v.to_string_lossy()).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// Parses a value of `IOCP_BACKEND` (what [`Backend::from_env`] does
+    /// with the variable).
+    fn from_env_value(v: &str) -> Result<Backend, String> {
+        v.parse().map_err(|_| {
+            format!(
+                "invalid value '{}' for IOCP_BACKEND: unknown backend ({EXPECTED})",
+                v.escape_debug()
+            )
+        })
     }
 }
 
@@ -59,6 +70,9 @@ impl fmt::Display for Backend {
         f.write_str(self.name())
     }
 }
+
+/// The names `Backend` parses, for its errors.
+const EXPECTED: &str = "expected auto, uring, epoll or iocp";
 
 impl std::str::FromStr for Backend {
     type Err = String;
@@ -69,7 +83,8 @@ impl std::str::FromStr for Backend {
             "epoll" => Ok(Backend::Epoll),
             "iocp" => Ok(Backend::Iocp),
             other => Err(format!(
-                "unknown backend {other:?} (expected auto, uring, epoll or iocp)"
+                "unknown backend '{}' ({EXPECTED})",
+                other.escape_debug()
             )),
         }
     }
@@ -233,5 +248,28 @@ impl PortBuilder {
             },
         };
         crate::port::Port::start(cfg, want, why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn names_and_bad_values() {
+        for b in [Backend::Auto, Backend::Uring, Backend::Epoll, Backend::Iocp] {
+            assert_eq!(b.name().parse::<Backend>(), Ok(b));
+        }
+        assert_eq!("io_uring".parse::<Backend>(), Ok(Backend::Uring));
+        assert_eq!(
+            "bogus".parse::<Backend>(),
+            Err("unknown backend 'bogus' (expected auto, uring, epoll or iocp)".to_string())
+        );
+        assert_eq!(
+            Backend::from_env_value("bogus"),
+            Err("invalid value 'bogus' for IOCP_BACKEND: unknown backend \
+                 (expected auto, uring, epoll or iocp)"
+                .to_string())
+        );
     }
 }
