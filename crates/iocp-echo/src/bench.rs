@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Subcommand;
 
+use crate::values;
+
+mod hist_file;
 mod payload;
 mod report;
 mod worker;
@@ -29,8 +32,12 @@ use worker::{Outcome, Plan, Shared};
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Merge the --hist files of several runs (e.g. from several load machines):\n  \
-                  iocp-echo bench merge [--json] FILE..."
+    after_help = concat!(
+        values::forms_help!(),
+        "\nMerge the --hist files of several runs (e.g. from several load machines):\n  \
+         iocp-echo bench merge [--json] FILE...\n\
+         A FILE that cannot be read, or is not a --hist file, is a usage error (exit 2)."
+    )
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -48,7 +55,8 @@ enum Sub {
 
 #[derive(clap::Args, Debug)]
 struct MergeArgs {
-    /// Files written by `bench --hist`.
+    /// Files written by `bench --hist` (one that cannot be read, or is
+    /// truncated or not such a file, is a usage error: exit 2).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Print the report as one JSON object.
@@ -57,54 +65,58 @@ struct MergeArgs {
 }
 
 #[derive(clap::Args, Debug)]
+// The doc comments are the `--help` text: `[::1]:7007` is an address.
+#[allow(rustdoc::broken_intra_doc_links)]
 struct RunArgs {
-    /// The echo server, HOST:PORT.
-    #[arg(required = true, value_name = "ADDR", value_parser = parse_target)]
+    /// The echo server, HOST:PORT (a name is resolved; [::1]:7007 for IPv6).
+    #[arg(required = true, value_name = "ADDR", value_parser = values::host_port)]
     addr: Option<String>,
     /// Connections to open.
-    #[arg(short, long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, value_name = "N", default_value_t = 50, allow_negative_numbers = true, value_parser = values::count::<u32>(1, u32::MAX))]
     connections: u32,
-    /// Threads, each with its own inline completion port [default: CPUs].
-    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Threads, each with its own inline completion port [default: CPUs, at
+    /// most --connections].
+    #[arg(short, long, value_name = "M", allow_negative_numbers = true, value_parser = values::count::<u32>(1, u32::MAX))]
     threads: Option<u32>,
-    /// Message size in bytes: `N`, or a range `MIN..MAX` (inclusive) drawn
-    /// per message from a seeded PRNG.
-    #[arg(short, long, default_value = "64", value_parser = parse_size)]
+    /// Message size: a size (64, 1KiB), or a range MIN..MAX (inclusive;
+    /// MIN..=MAX too) drawn per message from a seeded PRNG; at most 16MiB.
+    #[arg(short, long, value_name = "SIZE", default_value = "64", value_parser = values::size_range(MAX_MESSAGE))]
     size: (usize, usize),
-    /// Closed loop: messages in flight per connection.
-    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    /// Closed loop: messages in flight per connection, 1-65536.
+    #[arg(short, long, value_name = "D", default_value_t = 1, allow_negative_numbers = true, value_parser = values::count::<u32>(1, 65536))]
     depth: u32,
-    /// Open loop: messages per second over all connections, sent on a fixed
-    /// schedule whatever the server does; latency counts from each
-    /// message's scheduled time.
-    #[arg(short, long, conflicts_with = "depth", value_parser = parse_rate)]
+    /// Open loop: messages per second over all connections (N or N/s, above
+    /// 0), sent on a fixed schedule whatever the server does; latency counts
+    /// from each message's scheduled time.
+    #[arg(short, long, value_name = "R", conflicts_with = "depth", allow_negative_numbers = true, value_parser = values::rate)]
     rate: Option<f64>,
-    /// How long to measure (after the warm-up).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    /// How long to measure, after the warm-up (a duration above 0)
+    /// [default: 10s unless --requests].
+    #[arg(long, value_name = "D", value_parser = values::positive_duration, conflicts_with = "requests")]
     duration: Option<Duration>,
     /// Measure exactly this many messages (after the warm-up) instead.
-    #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'n', long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u64>(1, u64::MAX))]
     requests: Option<u64>,
-    /// Load before measuring, excluded from the report.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    /// Load before measuring, excluded from the report (a duration).
+    #[arg(long, value_name = "D", default_value = "0s", value_parser = values::duration)]
     warmup: Duration,
-    /// Connections opened per second (`N` or `N/s`; 0 = as fast as
-    /// possible), with at most 32 connects in flight per thread.
-    #[arg(long, default_value = "2000/s", value_parser = parse_ramp)]
+    /// Connections opened per second over all threads (N or N/s; 0 = as
+    /// fast as possible), with at most 32 connects in flight per thread.
+    #[arg(long, value_name = "N/s", default_value = "2000/s", allow_negative_numbers = true, value_parser = values::rate_or_unlimited)]
     ramp: f64,
-    /// Give up on a connect after this long.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Give up on a connect after this long (a duration above 0).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = values::positive_duration)]
     connect_timeout: Duration,
     /// A connection with messages in flight and no echo for this long fails
-    /// (`timed_out`); also the bound on the final drain.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// (`timed_out`); also the bound on the final drain (a duration above 0).
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = values::positive_duration)]
     timeout: Duration,
-    /// Seed of the payload streams and message sizes.
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the payload streams and message sizes (a whole number).
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = values::count::<u64>(0, u64::MAX))]
     seed: u64,
     /// The completion-port backend (`auto`, `uring`, `epoll`, `iocp`)
     /// [default: $IOCP_BACKEND, else auto].
-    #[arg(long, value_parser = parse_backend)]
+    #[arg(long, value_name = "BACKEND", value_parser = values::backend)]
     backend: Option<iocp::Backend>,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -115,62 +127,8 @@ struct RunArgs {
     hist: Option<PathBuf>,
 }
 
-fn parse_target(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
-        _ => Err(format!("expected HOST:PORT, got {s:?}")),
-    }
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s, 500ms, 1m)"))
-}
-
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    const MAX: usize = 16 << 20;
-    let num = |t: &str| {
-        t.trim()
-            .parse::<usize>()
-            .map_err(|_| format!("bad size {s:?} (expected N or MIN..MAX)"))
-    };
-    let (lo, hi) = if let Some((a, b)) = s.split_once("..") {
-        let b = b.strip_prefix('=').unwrap_or(b);
-        (num(a)?, num(b)?)
-    } else {
-        let n = num(s)?;
-        (n, n)
-    };
-    if lo == 0 || lo > hi || hi > MAX {
-        return Err(format!("bad size {s:?}: need 1 <= MIN <= MAX <= {MAX}"));
-    }
-    Ok((lo, hi))
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let r: f64 = s
-        .trim_end_matches("/s")
-        .parse()
-        .map_err(|_| format!("bad rate {s:?} (messages per second, e.g. 10000)"))?;
-    if !(r.is_finite() && r > 0.0) {
-        return Err(format!("bad rate {s:?}: must be > 0"));
-    }
-    Ok(r)
-}
-
-fn parse_ramp(s: &str) -> Result<f64, String> {
-    let r: f64 = s
-        .trim_end_matches("/s")
-        .parse()
-        .map_err(|_| format!("bad ramp {s:?} (connections per second, e.g. 2000/s)"))?;
-    if !(r.is_finite() && r >= 0.0) {
-        return Err(format!("bad ramp {s:?}: must be >= 0"));
-    }
-    Ok(r)
-}
-
-fn parse_backend(s: &str) -> Result<iocp::Backend, String> {
-    s.parse()
-}
+/// The largest message `--size` takes.
+const MAX_MESSAGE: usize = 16 << 20;
 
 pub fn run(a: Args) -> ExitCode {
     match a.sub {
@@ -182,11 +140,15 @@ pub fn run(a: Args) -> ExitCode {
 fn merge(m: MergeArgs) -> ExitCode {
     let mut runs = Vec::new();
     for f in &m.files {
-        match report::read_hist(f) {
+        match hist_file::read_hist(f) {
             Ok(r) => runs.push(r),
-            Err(e) => {
-                eprintln!("iocp-echo bench merge: {e}");
-                return ExitCode::from(1);
+            Err(why) => {
+                eprintln!(
+                    "iocp-echo bench merge: invalid value '{}' for '<FILE>...': {why} \
+                     (expected a file written by `iocp-echo bench ADDR --hist FILE`)",
+                    f.display()
+                );
+                return ExitCode::from(2);
             }
         }
     }
@@ -208,7 +170,36 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// The checks clap cannot make: `IOCP_BACKEND` (when `--backend` is not
+/// given) and whether `--hist` can be written where it points.
+fn check_run_args(a: &RunArgs) -> Result<(), String> {
+    values::check_backend_env(a.backend)?;
+    if let Some(path) = &a.hist {
+        let why = if path.is_dir() {
+            Some("is a directory".to_string())
+        } else {
+            match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => {
+                    Some(format!("directory '{}' does not exist", dir.display()))
+                }
+                _ => None,
+            }
+        };
+        if let Some(why) = why {
+            return Err(format!(
+                "invalid value '{}' for '--hist <FILE>': {why} (example: --hist run.hist)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn bench(a: RunArgs) -> ExitCode {
+    if let Err(e) = check_run_args(&a) {
+        eprintln!("iocp-echo bench: {e}");
+        return ExitCode::from(2);
+    }
     let target = a.addr.clone().expect("clap requires ADDR");
     let addr = match resolve(&target) {
         Ok(x) => x,

@@ -25,20 +25,23 @@ use std::time::{Duration, Instant};
 use iocp::{Backend, Completion, GetError, Handle, OpKind, OpOptions, Port};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bench::parse_duration;
+use crate::values;
 
 /// Arguments of `iocp-echo client`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = values::forms_help!())]
+// The doc comments are the `--help` text: `[::1]:7007` is an address.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub struct Args {
-    /// The echo server, HOST:PORT.
-    #[arg(value_name = "ADDR", value_parser = parse_target)]
+    /// The echo server, HOST:PORT (a name is resolved; [::1]:7007 for IPv6).
+    #[arg(value_name = "ADDR", value_parser = values::host_port)]
     addr: String,
     /// Send TEXT instead of reading stdin.
     #[arg(short, long, value_name = "TEXT")]
     message: Option<String>,
     /// How many times to send --message (each after the previous echo).
-    #[arg(short = 'n', long, default_value_t = 1, requires = "message",
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1, requires = "message",
+          allow_negative_numbers = true, value_parser = values::count::<u64>(1, u64::MAX))]
     count: u64,
     /// Send --message without the trailing newline.
     #[arg(long, requires = "message")]
@@ -46,23 +49,17 @@ pub struct Args {
     /// Do not print the echoes (nor the --message summary).
     #[arg(short, long)]
     quiet: bool,
-    /// Give up on the connect after this long.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Give up on the connect after this long (a duration above 0).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = values::positive_duration)]
     connect_timeout: Duration,
-    /// Fail if bytes sent are not echoed within this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Fail if bytes sent are not echoed within this long (a duration
+    /// above 0).
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = values::positive_duration)]
     timeout: Duration,
     /// The completion-port backend (`auto`, `uring`, `epoll`, `iocp`)
     /// [default: $IOCP_BACKEND, else auto].
-    #[arg(long, value_parser = |s: &str| s.parse::<Backend>())]
+    #[arg(long, value_name = "BACKEND", value_parser = values::backend)]
     backend: Option<Backend>,
-}
-
-fn parse_target(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
-        _ => Err(format!("expected HOST:PORT, got {s:?}")),
-    }
 }
 
 const KEY_SOCK: u64 = 1;
@@ -72,6 +69,10 @@ const T_RECV: u64 = 2;
 const T_SEND: u64 = 3;
 
 pub fn run(a: Args) -> ExitCode {
+    if let Err(e) = values::check_backend_env(a.backend) {
+        eprintln!("iocp-echo client: {e}");
+        return ExitCode::from(2);
+    }
     match session(&a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

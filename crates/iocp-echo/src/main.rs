@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod client;
 mod server;
+mod values;
 
 /// An RFC 862 echo service, an interactive echo client and a verifying load
 /// generator, built on the `iocp` completion-port library.
@@ -29,17 +30,25 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => {
-            // clap prints help/version to stdout with exit 0, usage errors
-            // to stderr with exit 2.
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: stdout, exit 0.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // A usage error: stderr, exit 2, in the shape of every other
+            // error of the command: `iocp-echo server: invalid value …`.
+            let text = e.render().to_string();
+            let who = command_name(&args);
+            let text = match text.strip_prefix("error: ") {
+                Some(rest) => format!("{who}: {rest}"),
+                None => text,
             };
+            eprint!("{text}");
+            return ExitCode::from(2);
         }
     };
     init_tracing();
@@ -47,6 +56,17 @@ fn main() -> ExitCode {
         Cmd::Server(a) => server::run(a),
         Cmd::Client(a) => client::run(a),
         Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+/// `iocp-echo`, `iocp-echo server`, … or `iocp-echo bench merge`: the
+/// prefix of the command's error messages.
+fn command_name(args: &[std::ffi::OsString]) -> String {
+    let word = |i: usize| args.get(i).and_then(|a| a.to_str());
+    match (word(1), word(2)) {
+        (Some("bench"), Some("merge")) => "iocp-echo bench merge".into(),
+        (Some(sub @ ("server" | "client" | "bench")), _) => format!("iocp-echo {sub}"),
+        _ => "iocp-echo".into(),
     }
 }
 

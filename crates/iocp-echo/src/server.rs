@@ -7,7 +7,7 @@
 //! * `per-core` — N shards, each one thread that builds its own inline port
 //!   and its own `SO_REUSEPORT` listener and handles its own completions.
 //!
-//! Module map: [`config`] (flags and their parsers), [`listen`] (binding,
+//! Module map: [`config`] (flags and the validated configuration), [`listen`] (binding,
 //! systemd socket activation), [`shard`] (everything that happens on a port:
 //! connections, listeners, UDP, timers, drain), [`table`] (the connection
 //! table keyed by completion key), [`stats`] (counters), [`udp`] (the
@@ -67,7 +67,7 @@ pub fn run(a: Args) -> ExitCode {
     let cfg = match Config::from_args(a) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("iocp-echo server: {e}");
             return ExitCode::from(2);
         }
     };
@@ -127,7 +127,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         listen = %addrs.join(" "),
         max_conns = cfg.max_conns,
         max_pending = cfg.max_pending,
-        idle_timeout = %config::fmt_opt_duration(cfg.idle_timeout),
+        idle_timeout = %crate::values::fmt_opt_duration(cfg.idle_timeout),
         drain_timeout = %humantime::format_duration(cfg.drain_timeout),
         "iocp-echo server started"
     );

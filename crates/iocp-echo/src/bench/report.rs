@@ -16,15 +16,13 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use hdrhistogram::serialization::interval_log::{
-    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
-};
-use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// The comment prefix of the metadata line in a `--hist` file.
-const META: &str = "iocp-echo-bench ";
+pub(super) const META: &str = "iocp-echo-bench ";
 
 /// A histogram of latencies in microseconds, 1 µs to 1 hour, 3 digits.
 pub fn new_hist() -> Histogram<u64> {
@@ -220,42 +218,6 @@ pub fn write_hist(
     std::fs::write(path, out)
 }
 
-/// Reads a `--hist` file: its report (if it has the metadata line) and its
-/// histograms, added together.
-pub fn read_hist(path: &Path) -> Result<(Option<Report>, Histogram<u64>), String> {
-    let p = path.display();
-    let text = std::fs::read(path).map_err(|e| format!("{p}: {e}"))?;
-    let mut meta = None;
-    for line in text.split(|&b| b == b'\n') {
-        if let Some(rest) = line
-            .strip_prefix(b"#")
-            .and_then(|l| l.strip_prefix(META.as_bytes()))
-        {
-            let r: Report =
-                serde_json::from_slice(rest).map_err(|e| format!("{p}: bad metadata line: {e}"))?;
-            meta = Some(r);
-        }
-    }
-    let mut total = new_hist();
-    let mut n = 0;
-    for entry in IntervalLogIterator::new(&text) {
-        let entry = entry.map_err(|e| format!("{p}: not an HdrHistogram interval log ({e:?})"))?;
-        if let LogEntry::Interval(i) = entry {
-            let bytes = base64_decode(i.encoded_histogram())
-                .ok_or_else(|| format!("{p}: bad base64 in a histogram line"))?;
-            let h: Histogram<u64> = Deserializer::new()
-                .deserialize(&mut io::Cursor::new(bytes))
-                .map_err(|e| format!("{p}: bad histogram: {e:?}"))?;
-            total.add(&h).map_err(|e| format!("{p}: {e:?}"))?;
-            n += 1;
-        }
-    }
-    if n == 0 {
-        return Err(format!("{p}: no histogram in the file"));
-    }
-    Ok((meta, total))
-}
-
 /// Adds up several runs, assumed concurrent (several load machines against
 /// one server): counts and rates add up, the duration is the longest.
 pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<u64>) {
@@ -277,9 +239,9 @@ pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<
         if !r.mode.is_empty() && !modes.contains(&r.mode) {
             modes.push(r.mode.clone());
         }
-        m.connections += r.connections;
-        m.connect_failures += r.connect_failures;
-        m.threads += r.threads;
+        m.connections = m.connections.saturating_add(r.connections);
+        m.connect_failures = m.connect_failures.saturating_add(r.connect_failures);
+        m.threads = m.threads.saturating_add(r.threads);
         m.depth = r.depth.max(m.depth);
         m.rate = match (m.rate, r.rate) {
             (Some(a), Some(b)) => Some(a + b),
@@ -293,15 +255,16 @@ pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<
         m.size_max = m.size_max.max(r.size_max);
         m.warmup_s = m.warmup_s.max(r.warmup_s);
         m.duration_s = m.duration_s.max(r.duration_s);
-        m.messages += r.messages;
-        m.bytes += r.bytes;
+        m.messages = m.messages.saturating_add(r.messages);
+        m.bytes = m.bytes.saturating_add(r.bytes);
         m.msgs_per_s += r.msgs_per_s;
         m.mb_per_s += r.mb_per_s;
         for (k, n) in r.errors {
-            *m.errors.entry(k).or_default() += n;
+            let e = m.errors.entry(k).or_default();
+            *e = e.saturating_add(n);
         }
         m.interrupted |= r.interrupted;
-        m.runs += r.runs.max(1);
+        m.runs = m.runs.saturating_add(r.runs.max(1));
         first = false;
     }
     m.target = targets.join(",");
@@ -314,65 +277,4 @@ pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<
     m.mb_per_s = round3(m.mb_per_s);
     m.latency_us = Latency::of(&h);
     (m, h)
-}
-
-/// Standard base64 (with or without padding); `None` on a bad character.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &c in s {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
-        assert!(base64_decode("a*").is_none());
-    }
-
-    #[test]
-    fn hist_round_trip() {
-        let dir = std::env::temp_dir().join(format!("iocp-echo-hist-{}", std::process::id()));
-        let mut h = new_hist();
-        for v in 1..=1000u64 {
-            h.record(v).unwrap();
-        }
-        let r = Report {
-            target: "t".into(),
-            messages: 1000,
-            duration_s: 1.0,
-            runs: 1,
-            ..Report::default()
-        };
-        write_hist(&dir, &h, &r, SystemTime::now()).unwrap();
-        let (m, h2) = read_hist(&dir).unwrap();
-        let _ = std::fs::remove_file(&dir);
-        assert_eq!(m.unwrap().messages, 1000);
-        assert_eq!(h2.len(), 1000);
-        assert_eq!(h2.max(), h.max());
-    }
 }

@@ -37,7 +37,8 @@ pub(crate) struct Bound {
 /// sockets of socket activation). Errors name the address and the OS error.
 pub(crate) fn bind_all(cfg: &Config, shards: usize) -> Result<Vec<Bound>, String> {
     #[cfg(unix)]
-    if let Some(socks) = systemd::take()? {
+    if let Some(n) = cfg.inherited {
+        let socks = systemd::take(n);
         if cfg.listen_explicit {
             tracing::warn!(
                 "socket activation: using the {} inherited socket(s); --listen is ignored",
@@ -206,53 +207,63 @@ pub(crate) mod systemd {
 
     use socket2::Socket;
 
-    const FIRST_FD: RawFd = 3;
+    use crate::values::{self, Activation};
 
-    /// Takes the inherited sockets, if they are meant for this process. The
-    /// variables are removed either way, so children do not see them.
-    pub(crate) fn take() -> Result<Option<Vec<Socket>>, String> {
-        let pid = std::env::var("LISTEN_PID").ok();
-        let fds = std::env::var("LISTEN_FDS").ok();
+    /// Reads (and removes, so children do not see them) the
+    /// socket-activation variables: the number of sockets passed to this
+    /// process, if any. A malformed variable, or a count whose descriptors
+    /// are not open, is an error naming the variable.
+    pub(crate) fn from_env() -> Result<Option<u32>, String> {
+        let var = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        let (pid, fds) = (var("LISTEN_PID"), var("LISTEN_FDS"));
         for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             std::env::remove_var(v);
         }
-        let (Some(pid), Some(fds)) = (pid, fds) else {
-            return Ok(None);
+        let n = match values::listen_fds(pid.as_deref(), fds.as_deref(), std::process::id())? {
+            Activation::None => return Ok(None),
+            Activation::NotOurs(pid) => {
+                tracing::info!(
+                    "socket activation: LISTEN_PID={pid} is not this process; ignoring LISTEN_FDS"
+                );
+                return Ok(None);
+            }
+            Activation::Fds(n) => n,
         };
-        let pid: u32 = pid
-            .trim()
-            .parse()
-            .map_err(|_| format!("socket activation: LISTEN_PID={pid:?} is not a process id"))?;
-        if pid != std::process::id() {
-            tracing::info!(
-                "socket activation: LISTEN_PID={pid} is not this process; ignoring LISTEN_FDS"
-            );
-            return Ok(None);
-        }
-        let n: RawFd = fds
-            .trim()
-            .parse()
-            .map_err(|_| format!("socket activation: LISTEN_FDS={fds:?} is not a count"))?;
-        if n <= 0 {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        for fd in FIRST_FD..FIRST_FD + n {
+        for fd in values::FIRST_FD..values::FIRST_FD + n {
             // SAFETY: fcntl on a descriptor number, no memory involved.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            if flags < 0 {
-                return Err(format!(
-                    "socket activation: LISTEN_FDS={n} but fd {fd} is not open: {}",
-                    std::io::Error::last_os_error()
+            if unsafe { libc::fcntl(fd as RawFd, libc::F_GETFD) } < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(values::invalid_env(
+                    "LISTEN_FDS",
+                    fds.as_deref().unwrap_or_default(),
+                    &format!(
+                        "fd {fd} is not open ({e}); the {n} socket(s) must be fds 3 to {} (example: LISTEN_FDS=1 with the socket on fd 3)",
+                        values::FIRST_FD + n - 1
+                    ),
                 ));
             }
-            // SAFETY: as above; keeps the socket from leaking into children.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-            // SAFETY: the service manager passed this descriptor to us and
-            // nothing else in the process owns it.
-            out.push(unsafe { Socket::from_raw_fd(fd) });
         }
-        Ok(Some(out))
+        Ok(Some(n))
+    }
+
+    /// Takes ownership of the `n` inherited sockets that [`from_env`]
+    /// checked, fds 3 to 3 + n - 1.
+    pub(crate) fn take(n: u32) -> Vec<Socket> {
+        (values::FIRST_FD..values::FIRST_FD + n)
+            .map(|fd| {
+                let fd = fd as RawFd;
+                // SAFETY: fcntl on a descriptor number, no memory involved;
+                // close-on-exec keeps the socket from leaking into children.
+                unsafe {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+                // SAFETY: the service manager passed this descriptor to us
+                // (from_env checked it is open) and nothing else in the
+                // process owns it.
+                unsafe { Socket::from_raw_fd(fd) }
+            })
+            .collect()
     }
 
     /// `SO_ACCEPTCONN`: whether `listen` was called on the socket.

@@ -73,6 +73,8 @@ pub struct Spec {
     /// LISTEN_PID = the child's pid).
     pub inherit: Option<socket2::Socket>,
     pub rust_log: String,
+    /// Extra environment variables for the server.
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -83,6 +85,7 @@ impl Spec {
             inherit: None,
             // IOCP_ECHO_TEST_LOG=debug to see every connection's story.
             rust_log: std::env::var("IOCP_ECHO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            env: Vec::new(),
         }
     }
 }
@@ -137,6 +140,7 @@ pub fn start(label: &str, spec: Spec) -> Started {
         .env("RUST_LOG", &spec.rust_log)
         .env("NO_COLOR", "1")
         .env_remove("IOCP_BACKEND")
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -168,6 +172,7 @@ pub fn start(label: &str, spec: Spec) -> Started {
             .collect();
         envs.push(("RUST_LOG".into(), spec.rust_log.clone()));
         envs.push(("NO_COLOR".into(), "1".into()));
+        envs.extend(spec.env.iter().cloned());
         let mut argv = vec!["iocp-echo".to_string(), "server".to_string()];
         argv.extend(spec.args.iter().cloned());
         socket_activation::install(&mut cmd, &sock, &argv, &envs);
@@ -444,6 +449,58 @@ pub fn assert_same(what: &str, want: &[u8], got: &[u8]) {
         want.len(),
         got.len()
     );
+}
+
+/// What a finished run of the binary printed, and its exit code (-1 when
+/// a signal ended it).
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `iocp-echo ARGS` with `env` added to the environment (and `stdin`
+/// fed to it), killing it and failing the test after `limit`.
+pub fn run_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)], limit: Duration) -> Out {
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iocp-echo");
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&input);
+        });
+    }
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let te = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let Some(status) = wait_exit(&mut child, limit) else {
+        panic!("iocp-echo {args:?} did not finish within {limit:?}");
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: to.join().unwrap(),
+        stderr: te.join().unwrap(),
+    }
 }
 
 /// Socket activation the way systemd does it: the listening socket becomes

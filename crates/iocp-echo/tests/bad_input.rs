@@ -1,0 +1,735 @@
+//! Bad input to the real binary, for every value it reads: each flag of
+//! `server`, `client` and `bench`, `IOCP_BACKEND`, `LISTEN_PID`/`LISTEN_FDS`
+//! and the files given to `bench merge`. Each must exit 2 with one line
+//! that names the command, quotes the value, names the flag or variable
+//! and ends with valid examples; none may panic. The forms every kind
+//! accepts are exercised against a running server and a test echo server.
+//! Network: 127.0.0.1 only; every wait is bounded.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{run_with, start, Out, Spec, Started};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs the binary with `IOCP_BACKEND` unset (empty) plus `env`.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut all = vec![
+        ("IOCP_BACKEND", ""),
+        ("NO_COLOR", "1"),
+        ("RUST_LOG", "info"),
+    ];
+    all.extend_from_slice(env);
+    run_with(args, None, &all, LIMIT)
+}
+
+/// Asserts a usage error: exit 2, stderr's first line is `want`, nothing
+/// on stdout, no panic.
+fn usage(args: &[&str], env: &[(&str, &str)], want: &str) {
+    let o = run(args, env);
+    assert_eq!(o.code, 2, "{args:?} {env:?}: stderr: {}", o.stderr);
+    assert_eq!(
+        o.stderr.lines().next().unwrap_or(""),
+        want,
+        "{args:?} {env:?}: whole stderr:\n{}",
+        o.stderr
+    );
+    assert!(o.stdout.is_empty(), "{args:?}: stdout: {}", o.stdout);
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+}
+
+const DUR: &str = "(examples: 500ms, 10s, 5m)";
+const SIZE: &str = "(examples: 262144, 256KiB, 1MiB)";
+const RANGE: &str = "(examples: 64, 1KiB, 64..4096)";
+const RATE: &str = "(examples: 1000, 1000/s)";
+
+#[test]
+fn server_flags() {
+    let s = |args: &[&str], flag: &str, why: &str| {
+        let mut all = vec!["server"];
+        all.extend_from_slice(args);
+        let v = args[1];
+        usage(
+            &all,
+            &[],
+            &format!("iocp-echo server: invalid value '{v}' for '{flag}': {why}"),
+        );
+    };
+    let addr = "(examples: 127.0.0.1:7007, [::1]:7007, 0.0.0.0:7)";
+    s(
+        &["--listen", "nowhere"],
+        "--listen <ADDR>",
+        &format!("expected IP:PORT {addr}"),
+    );
+    s(
+        &["--listen", "127.0.0.1:http"],
+        "--listen <ADDR>",
+        &format!("the port must be a number 0-65535 {addr}"),
+    );
+    s(
+        &["--listen", "localhost:7007"],
+        "--listen <ADDR>",
+        &format!("not an IP address (host names are not resolved here) {addr}"),
+    );
+    s(
+        &["--workers", "0"],
+        "--workers <N>",
+        "must be from 1 to 1024 (examples: 1, 1024)",
+    );
+    s(
+        &["--workers", "abc"],
+        "--workers <N>",
+        "not a whole number (examples: 1, 1024)",
+    );
+    s(
+        &["--backend", "bogus"],
+        "--backend <BACKEND>",
+        "unknown backend (examples: auto, uring, epoll)",
+    );
+    s(
+        &["--backend", "iocp"],
+        "--backend <BACKEND>",
+        "backend iocp is only available on Windows (this build has: auto, uring, epoll)",
+    );
+    s(
+        &["--max-conns", "-1"],
+        "--max-conns <N>",
+        "must be from 1 to 16777215 (examples: 1, 100)",
+    );
+    s(
+        &["--idle-timeout", "5 parsecs"],
+        "--idle-timeout <D>",
+        "unknown unit 'parsecs' (examples: 5m, 30s, off)",
+    );
+    s(
+        &["--max-pending", "12XB"],
+        "--max-pending <BYTES>",
+        &format!("unknown unit 'XB' {SIZE}"),
+    );
+    s(
+        &["--max-pending", "0"],
+        "--max-pending <BYTES>",
+        &format!("must be at least 1 byte {SIZE}"),
+    );
+    s(
+        &["--max-pending", "1..2"],
+        "--max-pending <BYTES>",
+        &format!("a range is not accepted here {SIZE}"),
+    );
+    s(
+        &["--drain-timeout", "soon"],
+        "--drain-timeout <D>",
+        &format!("expected a number at 'soon' {DUR}"),
+    );
+    s(
+        &["--udp-rate", "0"],
+        "--udp-rate <N[/s]>",
+        &format!("must be at least 1 {RATE}"),
+    );
+    s(
+        &["--udp-rate", "1.5/s"],
+        "--udp-rate <N[/s]>",
+        &format!("must be a whole number {RATE}"),
+    );
+    s(
+        &["--udp-rate", "100/m"],
+        "--udp-rate <N[/s]>",
+        &format!("unknown unit '/m': rates are per second {RATE}"),
+    );
+    s(
+        &["--stats", "0"],
+        "--stats <D>",
+        &format!("must be more than 0 {DUR}"),
+    );
+    s(
+        &["--stats", "101y"],
+        "--stats <D>",
+        &format!("too large: at most 100y {DUR}"),
+    );
+    usage(
+        &["server", "--model", "weird"],
+        &[],
+        "iocp-echo server: invalid value 'weird' for '--model <MODEL>'",
+    );
+    usage(
+        &["server", "--no-such-flag"],
+        &[],
+        "iocp-echo server: unexpected argument '--no-such-flag' found",
+    );
+}
+
+#[test]
+fn client_flags() {
+    let c = |args: &[&str], flag: &str, v: &str, why: &str| {
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        usage(
+            &all,
+            &[],
+            &format!("iocp-echo client: invalid value '{v}' for '{flag}': {why}"),
+        );
+    };
+    let hp = "(examples: 127.0.0.1:7007, localhost:7007, [::1]:7007)";
+    c(
+        &["127.0.0.1"],
+        "<ADDR>",
+        "127.0.0.1",
+        &format!("expected HOST:PORT {hp}"),
+    );
+    c(
+        &["localhost:99999"],
+        "<ADDR>",
+        "localhost:99999",
+        &format!("the port must be a number 0-65535 {hp}"),
+    );
+    let at = "127.0.0.1:7";
+    c(
+        &[at, "-m", "x", "--count", "0"],
+        "--count <N>",
+        "0",
+        "must be at least 1 (examples: 1, 100)",
+    );
+    c(
+        &[at, "--connect-timeout", "0"],
+        "--connect-timeout <D>",
+        "0",
+        &format!("must be more than 0 {DUR}"),
+    );
+    c(
+        &[at, "--timeout", "soon"],
+        "--timeout <D>",
+        "soon",
+        &format!("expected a number at 'soon' {DUR}"),
+    );
+    c(
+        &[at, "--backend", "kqueue"],
+        "--backend <BACKEND>",
+        "kqueue",
+        "unknown backend (examples: auto, uring, epoll)",
+    );
+    usage(
+        &["client", at, "--count", "3"],
+        &[],
+        "iocp-echo client: the following required arguments were not provided:",
+    );
+}
+
+#[test]
+fn bench_flags() {
+    let b = |args: &[&str], flag: &str, v: &str, why: &str| {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        usage(
+            &all,
+            &[],
+            &format!("iocp-echo bench: invalid value '{v}' for '{flag}': {why}"),
+        );
+    };
+    let hp = "(examples: 127.0.0.1:7007, localhost:7007, [::1]:7007)";
+    b(
+        &["nowhere"],
+        "<ADDR>",
+        "nowhere",
+        &format!("expected HOST:PORT {hp}"),
+    );
+    let at = "127.0.0.1:7";
+    let at_least_1 = "must be at least 1 (examples: 1, 100)";
+    b(
+        &[at, "--connections", "0"],
+        "--connections <N>",
+        "0",
+        at_least_1,
+    );
+    b(&[at, "--threads", "0"], "--threads <M>", "0", at_least_1);
+    b(
+        &[at, "--size", "0"],
+        "--size <SIZE>",
+        "0",
+        &format!("must be at least 1 byte {RANGE}"),
+    );
+    b(
+        &[at, "--size", "100..10"],
+        "--size <SIZE>",
+        "100..10",
+        &format!("MIN (100) is larger than MAX (10) {RANGE}"),
+    );
+    b(
+        &[at, "--size", "17MiB"],
+        "--size <SIZE>",
+        "17MiB",
+        &format!("too large: at most 16777216 bytes {RANGE}"),
+    );
+    b(
+        &[at, "--size", "1..12XB"],
+        "--size <SIZE>",
+        "1..12XB",
+        &format!("unknown unit 'XB' {RANGE}"),
+    );
+    b(
+        &[at, "--depth", "65537"],
+        "--depth <D>",
+        "65537",
+        "must be from 1 to 65536 (examples: 1, 65536)",
+    );
+    b(
+        &[at, "--rate", "-5"],
+        "--rate <R>",
+        "-5",
+        &format!("must not be negative {RATE}"),
+    );
+    b(
+        &[at, "--rate", "0/s"],
+        "--rate <R>",
+        "0/s",
+        &format!("must be more than 0 {RATE}"),
+    );
+    b(
+        &[at, "--rate", "fast"],
+        "--rate <R>",
+        "fast",
+        &format!("not a number {RATE}"),
+    );
+    b(
+        &[at, "--duration", "0s"],
+        "--duration <D>",
+        "0s",
+        &format!("must be more than 0 {DUR}"),
+    );
+    b(&[at, "--requests", "0"], "--requests <N>", "0", at_least_1);
+    b(
+        &[at, "--warmup", "soon"],
+        "--warmup <D>",
+        "soon",
+        &format!("expected a number at 'soon' {DUR}"),
+    );
+    b(
+        &[at, "--ramp", "-1"],
+        "--ramp <N/s>",
+        "-1",
+        "must not be negative (examples: 2000/s, 100, 0)",
+    );
+    b(
+        &[at, "--connect-timeout", "0"],
+        "--connect-timeout <D>",
+        "0",
+        &format!("must be more than 0 {DUR}"),
+    );
+    b(
+        &[at, "--timeout", "0"],
+        "--timeout <D>",
+        "0",
+        &format!("must be more than 0 {DUR}"),
+    );
+    b(
+        &[at, "--seed", "-1"],
+        "--seed <N>",
+        "-1",
+        "must be at least 0 (examples: 0, 100)",
+    );
+    b(
+        &[at, "--backend", "bogus"],
+        "--backend <BACKEND>",
+        "bogus",
+        "unknown backend (examples: auto, uring, epoll)",
+    );
+    b(
+        &[at, "--hist", "/nonexistent/dir/x.hist"],
+        "--hist <FILE>",
+        "/nonexistent/dir/x.hist",
+        "directory '/nonexistent/dir' does not exist (example: --hist run.hist)",
+    );
+    usage(
+        &["bench", at, "--rate", "100", "--depth", "2"],
+        &[],
+        "iocp-echo bench: the argument '--rate <R>' cannot be used with '--depth <D>'",
+    );
+    usage(
+        &["bench", "merge"],
+        &[],
+        "iocp-echo bench merge: the following required arguments were not provided:",
+    );
+}
+
+#[test]
+fn iocp_backend_variable() {
+    let why = "unknown backend (examples: auto, uring, epoll)";
+    for (sub, args) in [
+        ("server", &["server", "--listen", "127.0.0.1:0"][..]),
+        ("client", &["client", "127.0.0.1:7", "-m", "x"]),
+        ("bench", &["bench", "127.0.0.1:7", "-n", "1"]),
+    ] {
+        usage(
+            args,
+            &[("IOCP_BACKEND", "bogus")],
+            &format!("iocp-echo {sub}: invalid value 'bogus' for IOCP_BACKEND: {why}"),
+        );
+        usage(
+            args,
+            &[("IOCP_BACKEND", "iocp")],
+            &format!(
+                "iocp-echo {sub}: invalid value 'iocp' for IOCP_BACKEND: backend iocp is only \
+                 available on Windows (this build has: auto, uring, epoll)"
+            ),
+        );
+    }
+    // The flag wins over the variable, so a bad variable is not read.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    let o = run(
+        &["client", &at, "-m", "x", "--backend", "epoll"],
+        &[("IOCP_BACKEND", "bogus")],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("cannot connect"), "{}", o.stderr);
+}
+
+/// `sh` sets `LISTEN_PID` to its own pid and execs the server, so the
+/// variables name the server's process as systemd's do.
+fn server_via_sh(listen_fds: &str) -> Out {
+    let script =
+        format!("LISTEN_PID=$$ LISTEN_FDS='{listen_fds}' exec \"$0\" server --listen 127.0.0.1:0");
+    let mut child = Command::new("sh")
+        .args(["-c", &script, common::bin()])
+        .env("IOCP_BACKEND", "")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let st = common::wait_exit(&mut child, LIMIT).expect("the server exits");
+    let (mut out, mut err) = (String::new(), String::new());
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    Out {
+        code: st.code().unwrap_or(-1),
+        stdout: out,
+        stderr: err,
+    }
+}
+
+#[test]
+fn socket_activation_variables() {
+    usage(
+        &["server", "--listen", "127.0.0.1:0"],
+        &[("LISTEN_PID", "abc"), ("LISTEN_FDS", "1")],
+        "iocp-echo server: invalid value 'abc' for LISTEN_PID: not a process id \
+         (example: LISTEN_PID=1234, set by the service manager to the pid it starts)",
+    );
+    let fds_why = "not a count of sockets of at least 1 (examples: LISTEN_FDS=1, LISTEN_FDS=2; \
+                   the sockets are fds 3, 4, ...)";
+    for bad in ["two", "0", "-1", ""] {
+        let o = server_via_sh(bad);
+        assert_eq!(o.code, 2, "LISTEN_FDS={bad:?}: {}", o.stderr);
+        assert_eq!(
+            o.stderr.trim_end(),
+            format!("iocp-echo server: invalid value '{bad}' for LISTEN_FDS: {fds_why}"),
+        );
+        assert!(o.stdout.is_empty(), "{}", o.stdout);
+    }
+    // More sockets than the process has descriptors open.
+    let o = server_via_sh("1000");
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let line = o.stderr.trim_end();
+    assert!(
+        line.starts_with("iocp-echo server: invalid value '1000' for LISTEN_FDS: fd ")
+            && line.contains(" is not open (")
+            && line.ends_with("(example: LISTEN_FDS=1 with the socket on fd 3)"),
+        "{line}"
+    );
+}
+
+/// Socket-activation variables meant for another process are ignored, as
+/// `sd_listen_fds(3)` does: the server binds `--listen` and serves.
+#[test]
+fn listen_pid_of_another_process_is_ignored() {
+    let mut spec = Spec::new(&["--listen", "127.0.0.1:0"]);
+    for (k, v) in [("LISTEN_PID", "1"), ("LISTEN_FDS", "junk")] {
+        spec.env.push((k.into(), v.into()));
+    }
+    let Started::Up(s) = start("listen-pid-not-ours", spec) else {
+        panic!("the default backend is expected to work here")
+    };
+    assert!(
+        s.wait_log(
+            "socket activation: LISTEN_PID=1 is not this process; ignoring LISTEN_FDS",
+            LIMIT
+        ),
+        "{}",
+        s.log()
+    );
+    s.stop_ok();
+}
+
+/// An echo server on std threads (one per connection).
+fn echo_server() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn every_accepted_form_works() {
+    // Sizes with units and ranges, rates with and without /s, counts with
+    // a sign, durations, `off`: a bench run uses them and the report
+    // shows them.
+    let at = echo_server();
+    let o = run(
+        &[
+            "bench",
+            &at,
+            "-c",
+            "+2",
+            "-t",
+            "1",
+            "-n",
+            "40",
+            "--size",
+            "1KiB..=2K",
+            "--rate",
+            "2000/s",
+            "--ramp",
+            "0",
+            "--warmup",
+            "0",
+            "--timeout",
+            "1m 30s",
+            "--seed",
+            "7",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(
+        (j["size_min"].as_u64(), j["size_max"].as_u64()),
+        (Some(1024), Some(2048))
+    );
+    assert_eq!(j["rate"].as_f64(), Some(2000.0));
+    assert_eq!(j["messages"].as_u64(), Some(40));
+    // The server's forms, in one start-up line.
+    let Started::Up(s) = start(
+        "accepted-forms",
+        Spec::new(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--max-pending",
+            "1 mib",
+            "--udp-rate",
+            "500/sec",
+            "--idle-timeout",
+            "off",
+            "--drain-timeout",
+            "0",
+            "--stats",
+            "1h",
+            "--max-conns",
+            "100",
+            "--backend",
+            "io_uring",
+        ]),
+    ) else {
+        panic!("io_uring is expected to work here")
+    };
+    assert!(s.wait_log("server started", LIMIT), "{}", s.log());
+    let log = s.stop_ok();
+    let line = log.lines().find(|l| l.contains("server started")).unwrap();
+    for want in [
+        "backend=uring",
+        "max_conns=100",
+        "max_pending=1048576",
+        "idle_timeout=off",
+        "drain_timeout=0s",
+        "workers=2",
+    ] {
+        assert!(line.contains(want), "{want} not in {line:?}");
+    }
+}
+
+/// A `--hist` file written by the real `bench`.
+fn real_hist_file(dir: &std::path::Path) -> Vec<u8> {
+    let at = echo_server();
+    let path = dir.join("good.hist");
+    let p = path.to_str().unwrap();
+    let o = run(&["bench", &at, "-c", "2", "-n", "100", "--hist", p], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn merge_rejects_unusable_files() {
+    let dir = std::env::temp_dir().join(format!("iocp-echo-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = real_hist_file(&dir);
+    let text = String::from_utf8(good.clone()).unwrap();
+    let hist_line = text.lines().count();
+    let hist_at = text.rfind("\n0.000,").unwrap() + 1;
+    let mut short = text[..text.len() - 40].to_string();
+    short.push('\n');
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        ("empty", vec![], "the file is empty".into()),
+        (
+            "cut-mid-line",
+            good[..good.len() - 7].to_vec(),
+            format!("line {hist_line}: the file ends in the middle of this line (truncated?)"),
+        ),
+        (
+            "cut-before-histogram",
+            good[..hist_at].to_vec(),
+            "no histogram line in the file (truncated?)".into(),
+        ),
+        (
+            "short-histogram",
+            short.into_bytes(),
+            format!("line {hist_line}: the histogram is truncated ("),
+        ),
+        (
+            "garbage",
+            b"\x00\xffgarbage\x01\n".to_vec(),
+            "line 1: not an HdrHistogram interval log line".into(),
+        ),
+        (
+            "json",
+            b"{\"messages\": 3}\n".to_vec(),
+            "line 1: not an HdrHistogram interval log line".into(),
+        ),
+        (
+            "bad-base64",
+            format!("{}0.000,1.000,1.000,HIST*\n", &text[..hist_at]).into_bytes(),
+            format!("line {hist_line}: bad base64 in the histogram"),
+        ),
+        (
+            "bad-metadata",
+            text.replacen("{\"target\"", "{\"target\":,", 1)
+                .into_bytes(),
+            "line 1: bad #iocp-echo-bench line: ".into(),
+        ),
+    ];
+    let good_path = dir.join("good.hist");
+    let good_path = good_path.to_str().unwrap();
+    for (name, bytes, why) in cases {
+        let path = dir.join(format!("{name}.hist"));
+        std::fs::write(&path, &bytes).unwrap();
+        let p = path.to_str().unwrap();
+        let o = run(&["bench", "merge", good_path, p], &[]);
+        assert_eq!(o.code, 2, "{name}: {}", o.stderr);
+        let want = format!("iocp-echo bench merge: invalid value '{p}' for '<FILE>...': {why}");
+        assert!(
+            o.stderr.starts_with(&want),
+            "{name}: want {want:?}\ngot {:?}",
+            o.stderr
+        );
+        assert!(
+            o.stderr
+                .trim_end()
+                .ends_with("(expected a file written by `iocp-echo bench ADDR --hist FILE`)"),
+            "{name}: {}",
+            o.stderr
+        );
+        assert!(o.stdout.is_empty(), "{name}: {}", o.stdout);
+    }
+    let d = dir.to_str().unwrap();
+    let o = run(&["bench", "merge", d], &[]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "iocp-echo bench merge: invalid value '{d}' for '<FILE>...': cannot read it: Is a directory"
+        )),
+        "{}",
+        o.stderr
+    );
+    // The good file alone still merges.
+    let o = run(&["bench", "merge", "--json", good_path], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("\"messages\":100"), "{}", o.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Nothing typed on the command line panics the binary: arbitrary values
+/// for each flag kind give exit 0, 1 or 2, never a crash.
+#[test]
+fn odd_values_never_crash() {
+    let odd = [
+        "",
+        " ",
+        "-",
+        "--",
+        "..",
+        "..=",
+        "1..",
+        "..1",
+        "\u{1F600}",
+        "1e309",
+        "nan",
+        "inf",
+        "-0",
+        "+",
+        "0x10",
+        "1_000",
+        "99999999999999999999999",
+        "1 2",
+        "%s%n",
+        "'",
+        "\\",
+        "1/0",
+        "1//s",
+        "[::1",
+        "[::1]:",
+        ":",
+        "a:b:c:d",
+        "1.5.5",
+    ];
+    let flags = [
+        ("server", "--max-pending"),
+        ("server", "--idle-timeout"),
+        ("server", "--udp-rate"),
+        ("server", "--listen"),
+        ("server", "--workers"),
+        ("server", "--stats"),
+        ("bench", "--size"),
+        ("bench", "--rate"),
+        ("bench", "--ramp"),
+        ("bench", "--duration"),
+    ];
+    for (sub, flag) in flags {
+        for v in odd {
+            let arg = format!("{flag}={v}");
+            let args: Vec<&str> = match sub {
+                "server" => vec!["server", &arg],
+                _ => vec!["bench", "127.0.0.1:7", &arg],
+            };
+            let o = run(&args, &[]);
+            assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+            assert!(
+                o.stderr.starts_with(&format!(
+                    "iocp-echo {sub}: invalid value '{v}' for '{flag} <"
+                )),
+                "{args:?}: {}",
+                o.stderr
+            );
+        }
+    }
+}
