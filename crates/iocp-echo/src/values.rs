@@ -413,6 +413,7 @@ pub(crate) enum Activation {
 }
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) const FIRST_FD: u32 = 3;
 
 /// Reads the socket-activation variables as systemd defines them: without

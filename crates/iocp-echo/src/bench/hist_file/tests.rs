@@ -161,6 +161,12 @@ fn bad_files_say_what_is_wrong() {
             line_of(&v2(3, 1, 1000, 100, &[2, 2]), true),
             "line 1: the histogram is truncated (2 of 100 bytes of counts)".into(),
         ),
+        // A payload length of 4 GiB in a 100-byte file: the decoder would
+        // allocate and zero all of it before finding the end.
+        (
+            line_of(&v2(3, 1, 1000, u32::MAX, &[2]), true),
+            "line 1: the histogram is truncated (1 of 4294967295 bytes of counts)".into(),
+        ),
         (
             line_of(&v2(3, 1, 1000, 2, &[2, 0x80]), false),
             "line 1: the histogram's last count is truncated".into(),
