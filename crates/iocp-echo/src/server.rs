@@ -11,7 +11,9 @@
 //! systemd socket activation), [`shard`] (everything that happens on a port:
 //! connections, listeners, UDP, timers, drain), [`table`] (the connection
 //! table keyed by completion key), [`stats`] (counters), [`udp`] (the
-//! per-source rate limiter), [`signals`] (SIGINT/SIGTERM).
+//! per-source rate limiter), [`signals`] (SIGINT/SIGTERM), [`metrics`]
+//! (`--metrics`: /metrics, /healthz, /readyz) served by [`http`] on a port
+//! and thread of its own.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,7 +23,9 @@ use std::thread::JoinHandle;
 use iocp::Port;
 
 mod config;
+mod http;
 mod listen;
+mod metrics;
 mod shard;
 #[cfg(unix)]
 mod signals;
@@ -41,13 +45,27 @@ pub use config::Args;
 fn stop_requested(nth: usize, name: &str, ports: &[Port], g: &Global) {
     use shard::{CTRL_KEY, C_CUT, C_SHUTDOWN};
     if nth == 1 {
+        let _ = g.signalled.set(std::time::Instant::now());
         g.draining.store(true, std::sync::atomic::Ordering::Release);
-        tracing::info!(
-            "{name}: stopping accepts, draining in-flight echoes (up to {}); repeat it to cut now",
-            humantime::format_duration(g.cfg.drain_timeout)
-        );
-        for p in ports {
-            let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
+        let delay = g.cfg.drain_delay;
+        let up_to = humantime::format_duration(g.cfg.drain_timeout);
+        if delay.is_zero() {
+            tracing::info!(
+                "{name}: stopping accepts, draining in-flight echoes (up to {up_to}); repeat it to cut now"
+            );
+            for p in ports {
+                let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
+            }
+        } else {
+            // Still accepting, but /readyz says 503: a balancer's health
+            // check sees it and stops routing here before accepts stop.
+            tracing::info!(
+                "{name}: not ready (/readyz 503); accepting for {} more, then stopping accepts and draining in-flight echoes (up to {up_to}); repeat it to cut now",
+                humantime::format_duration(delay)
+            );
+            for p in ports {
+                let _ = p.post_after(delay, CTRL_KEY, C_SHUTDOWN);
+            }
         }
     } else {
         tracing::warn!("{name} again: cutting the remaining connections now");
@@ -100,11 +118,33 @@ fn serve(cfg: Config) -> Result<(), String> {
         Model::PerCore => cfg.workers,
     };
     let bound = listen::bind_all(&cfg, nshards)?;
+    let metrics_sock = cfg.metrics.map(http::bind).transpose()?;
     let global = Arc::new(Global::new(cfg.clone(), cfg.workers));
 
     let running = match cfg.model {
         Model::Pool => start_pool(&global, bound)?,
         Model::PerCore => start_per_core(&global, bound, nshards)?,
+    };
+    let http = match metrics_sock {
+        None => None,
+        Some(sock) => {
+            let svc = metrics::Endpoints::new(global.clone(), running.ports.clone());
+            match http::HttpServer::start(sock, cfg.backend, svc) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    for p in &running.ports {
+                        let _ = p.post(shard::CTRL_KEY, 0, shard::C_CUT);
+                    }
+                    for t in running.threads {
+                        let _ = t.join();
+                    }
+                    for p in &running.ports {
+                        p.close();
+                    }
+                    return Err(format!("metrics: {e}"));
+                }
+            }
+        }
     };
 
     // The ports are up and every socket is listening: tell the world.
@@ -115,6 +155,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         for a in &addrs {
             let _ = writeln!(out, "listening on {a}");
+        }
+        if let Some(h) = &http {
+            let _ = writeln!(out, "metrics on http://{}", h.addr);
         }
         let _ = out.flush();
     }
@@ -129,6 +172,8 @@ fn serve(cfg: Config) -> Result<(), String> {
         max_pending = cfg.max_pending,
         idle_timeout = %crate::values::fmt_opt_duration(cfg.idle_timeout),
         drain_timeout = %humantime::format_duration(cfg.drain_timeout),
+        drain_delay = %humantime::format_duration(cfg.drain_delay),
+        metrics = %http.as_ref().map_or_else(|| "off".to_string(), |h| format!("http://{}", h.addr)),
         "iocp-echo server started"
     );
 
@@ -168,6 +213,9 @@ fn serve(cfg: Config) -> Result<(), String> {
 
     global.log_stats("final stats", &running.ports);
     global.log_summary();
+    if let Some(h) = http {
+        h.stop();
+    }
     drop(running.shards);
     for p in &running.ports {
         p.close();

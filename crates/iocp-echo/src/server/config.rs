@@ -11,7 +11,8 @@ use crate::values::{self, OptDuration};
 #[derive(clap::Args, Debug)]
 #[command(after_help = concat!(
     values::forms_help!(),
-    "\nEvery bound address is printed on stdout as `listening on tcp://ADDR` (and `udp://ADDR`).\n",
+    "\nEvery bound address is printed on stdout as `listening on tcp://ADDR` (and `udp://ADDR`;\n",
+    "`metrics on http://ADDR` with --metrics).\n",
     "Under systemd socket activation (LISTEN_PID = this process, LISTEN_FDS = n) the n sockets\n",
     "from fd 3 on are used instead of --listen; a LISTEN_PID of another process is ignored."
 ))]
@@ -75,6 +76,16 @@ pub struct Args {
     /// logged at shutdown).
     #[arg(long, value_name = "D", value_parser = values::positive_duration)]
     pub stats: Option<Duration>,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on
+    /// IP:PORT (port 0 picks a free one and prints it). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = values::socket_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// On SIGINT/SIGTERM, keep accepting for D with /readyz answering 503
+    /// (so a balancer stops routing here), then drain.
+    #[arg(long, value_name = "D", default_value = "0s", value_parser = values::duration)]
+    pub drain_delay: Duration,
 }
 
 /// The threading model.
@@ -112,6 +123,8 @@ pub(crate) struct Config {
     pub udp: bool,
     pub udp_rate: u32,
     pub stats: Option<Duration>,
+    pub metrics: Option<SocketAddr>,
+    pub drain_delay: Duration,
     /// Sockets handed over by systemd (`LISTEN_FDS`), from fd 3 on.
     #[cfg(unix)]
     pub inherited: Option<u32>,
@@ -156,6 +169,8 @@ impl Config {
             udp: a.udp,
             udp_rate: a.udp_rate,
             stats: a.stats,
+            metrics: a.metrics,
+            drain_delay: a.drain_delay,
             #[cfg(unix)]
             inherited,
         })

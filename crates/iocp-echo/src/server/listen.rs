@@ -103,6 +103,11 @@ fn bind_group(
     Ok(v)
 }
 
+/// One listening TCP socket on `addr` (no `SO_REUSEPORT`).
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
+    bind_one(Proto::Tcp, addr, false)
+}
+
 fn bind_one(proto: Proto, addr: SocketAddr, reuseport: bool) -> std::io::Result<Socket> {
     let (ty, p) = match proto {
         Proto::Tcp => (Type::STREAM, Protocol::TCP),

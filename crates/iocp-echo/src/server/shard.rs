@@ -485,6 +485,7 @@ impl Shard {
             return;
         }
         l.paused = true;
+        self.g.accepts_paused(true);
         Global::add(&self.g.c.accept_pauses, 1);
         if let (Some(op), false) = (l.op, l.cancelling) {
             let _ = l.h.cancel(op);
@@ -529,7 +530,9 @@ impl Shard {
         };
         if c.kind == OpKind::Timer {
             let mut l = lock(lm);
-            l.paused = false;
+            if std::mem::take(&mut l.paused) {
+                self.g.accepts_paused(false);
+            }
             if l.op.is_none() {
                 self.start_accept(&mut l, i);
             }
@@ -630,6 +633,7 @@ impl Shard {
             spare: None,
         });
         Global::add(&self.g.c.conns_total, 1);
+        self.g.note_admitted();
         self.issue_recv(&mut conn);
         tracing::trace!(peer = %fmt_peer(peer), slot = idx, "connection");
         let done = conn.closing && conn.ops == 0;

@@ -2,8 +2,8 @@
 //! connection count (for `--max-conns`) and the UDP rate limiter.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use iocp::Port;
 
@@ -49,6 +49,14 @@ pub(crate) struct Global {
     pub udp_limiter: Mutex<RateLimiter>,
     /// Set by the first SIGINT/SIGTERM.
     pub draining: AtomicBool,
+    /// When the first SIGINT/SIGTERM arrived: from then on `/readyz` is 503.
+    pub signalled: OnceLock<Instant>,
+    /// Listeners whose accepts are paused now (EMFILE back-off).
+    paused_listeners: AtomicUsize,
+    /// Connections admitted after the signal (during `--drain-delay`), and
+    /// when the last of them was, in µs after the signal.
+    admitted_after_signal: AtomicU64,
+    last_admit_after_signal_us: AtomicU64,
     t0: Instant,
     /// When the last "max-conns reached" warning was logged (ms after t0).
     last_reject_warn: AtomicU64,
@@ -68,6 +76,10 @@ impl Global {
             completions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             udp_limiter: Mutex::new(limiter),
             draining: AtomicBool::new(false),
+            signalled: OnceLock::new(),
+            paused_listeners: AtomicUsize::new(0),
+            admitted_after_signal: AtomicU64::new(0),
+            last_admit_after_signal_us: AtomicU64::new(0),
             t0: Instant::now(),
             last_reject_warn: AtomicU64::new(u64::MAX),
         }
@@ -100,6 +112,39 @@ impl Global {
 
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// A listener paused (`true`) or resumed (`false`) its accepts.
+    pub(crate) fn accepts_paused(&self, paused: bool) {
+        if paused {
+            self.paused_listeners.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.paused_listeners.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A connection was admitted: after the signal, remember when.
+    pub(crate) fn note_admitted(&self) {
+        if let Some(&at) = self.signalled.get() {
+            self.admitted_after_signal.fetch_add(1, Ordering::Relaxed);
+            let us = at.elapsed().as_micros() as u64;
+            self.last_admit_after_signal_us
+                .fetch_max(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Why the server should get no new connections now (`/readyz` 503),
+    /// or `None` when it is ready.
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        if self.signalled.get().is_some() {
+            Some("shutting down")
+        } else if self.paused_listeners.load(Ordering::Acquire) > 0 {
+            Some("accepts paused: out of descriptors")
+        } else if self.active() >= self.cfg.max_conns {
+            Some("--max-conns reached")
+        } else {
+            None
+        }
     }
 
     pub(crate) fn add(a: &AtomicU64, v: u64) {
@@ -145,8 +190,20 @@ impl Global {
             return;
         }
         let cut = n(&c.cut);
+        let after = n(&self.admitted_after_signal);
+        let last = Duration::from_micros(n(&self.last_admit_after_signal_us));
+        let when = if after > 0 {
+            format!(", the last {}ms after it", last.as_millis())
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            admitted_after_signal = after,
+            last_admit_ms = last.as_millis() as u64,
+            "shutdown: {after} connection(s) accepted after the signal{when}"
+        );
         let msg = format!(
-            "shutdown: {} connection(s) open at the signal; drained {} ({} bytes echoed while draining), cut {} ({} bytes not echoed)",
+            "shutdown: {} connection(s) open when the drain began; drained {} ({} bytes echoed while draining), cut {} ({} bytes not echoed)",
             n(&c.drain_open),
             n(&c.drained),
             n(&c.drain_bytes),

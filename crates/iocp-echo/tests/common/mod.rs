@@ -254,25 +254,32 @@ impl Server {
         self.child.id() as i32
     }
 
-    /// The next `listening on udp://` line (waits up to 5 s).
-    pub fn udp(&mut self) -> SocketAddr {
+    /// The address of the first stdout line starting with `prefix`
+    /// (waits up to 5 s for it).
+    pub fn printed(&mut self, prefix: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(a) = self
-                .out_seen
-                .iter()
-                .find_map(|l| l.strip_prefix("listening on udp://"))
-            {
-                return a.trim().parse().expect("udp address");
+            if let Some(a) = self.out_seen.iter().find_map(|l| l.strip_prefix(prefix)) {
+                return a.trim().parse().expect("an address after the prefix");
             }
             match self.out_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(l) => self.out_seen.push(l),
                 Err(_) if Instant::now() > deadline => {
-                    panic!("{}: no udp listening line", self.label)
+                    panic!("{}: no {prefix:?} line on stdout", self.label)
                 }
                 Err(_) => {}
             }
         }
+    }
+
+    /// The next `listening on udp://` line (waits up to 5 s).
+    pub fn udp(&mut self) -> SocketAddr {
+        self.printed("listening on udp://")
+    }
+
+    /// The `metrics on http://` line (waits up to 5 s).
+    pub fn metrics(&mut self) -> SocketAddr {
+        self.printed("metrics on http://")
     }
 
     /// Every stdout line so far.
@@ -602,4 +609,46 @@ mod socket_activation {
             });
         }
     }
+}
+
+/// An HTTP exchange: the status code, the head (status line and headers)
+/// and the body.
+pub struct HttpReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` as it is and reads the reply to EOF (10 s at most).
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> HttpReply {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write the request");
+    let mut raw = Vec::new();
+    if let Err(e) = s.read_to_end(&mut raw) {
+        panic!(
+            "reading the reply from {addr}: {e} (got {} bytes)",
+            raw.len()
+        );
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    HttpReply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `GET path` over HTTP/1.1.
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
 }
