@@ -9,7 +9,7 @@
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::values;
 
 mod hist_file;
 mod payload;
+mod plot;
 mod report;
 mod worker;
 
@@ -35,7 +36,7 @@ use worker::{Outcome, Plan, Shared};
     after_help = concat!(
         values::forms_help!(),
         "\nMerge the --hist files of several runs (e.g. from several load machines):\n  \
-         iocp-echo bench merge [--json] FILE...\n\
+         iocp-echo bench merge [--json] [--plot FILE.svg] FILE...\n\
          A FILE that cannot be read, or is not a --hist file, is a usage error (exit 2)."
     )
 )]
@@ -62,6 +63,10 @@ struct MergeArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Draw every run's and the merged latency by percentile, and the
+    /// throughput over time, as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,6 +130,15 @@ struct RunArgs {
     /// V2+DEFLATE, base64; microseconds) for `bench merge`.
     #[arg(long, value_name = "FILE")]
     hist: Option<PathBuf>,
+    /// Reopen a connection the server or a balancer cuts and go on (the
+    /// messages in flight on it are counted as lost); without it a cut
+    /// connection fails the run.
+    #[arg(long)]
+    reconnect: bool,
+    /// Draw the latency by percentile (log-scaled tail) and the throughput
+    /// over time as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// The largest message `--size` takes.
@@ -138,6 +152,10 @@ pub fn run(a: Args) -> ExitCode {
 }
 
 fn merge(m: MergeArgs) -> ExitCode {
+    if let Err(e) = check_out_file("--plot <FILE.svg>", m.plot.as_deref(), "--plot merged.svg") {
+        eprintln!("iocp-echo bench merge: {e}");
+        return ExitCode::from(2);
+    }
     let mut runs = Vec::new();
     for f in &m.files {
         match hist_file::read_hist(f) {
@@ -152,11 +170,26 @@ fn merge(m: MergeArgs) -> ExitCode {
             }
         }
     }
-    let (r, _) = report::merge(runs);
+    let (r, h) = report::merge(&runs);
     if m.json {
         println!("{}", r.to_json());
     } else {
         print!("{}", r.to_text());
+    }
+    if let Some(path) = &m.plot {
+        let merged = report::Run {
+            label: "merged".into(),
+            report: Some(r.clone()),
+            hist: h,
+            series: None,
+        };
+        if let Err(e) = plot::write_svg(path, &runs, Some(&merged)) {
+            eprintln!(
+                "iocp-echo bench merge: cannot write {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
     }
     ExitCode::SUCCESS
 }
@@ -171,28 +204,34 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
 }
 
 /// The checks clap cannot make: `IOCP_BACKEND` (when `--backend` is not
-/// given) and whether `--hist` can be written where it points.
+/// given) and whether `--hist` and `--plot` can be written where they point.
 fn check_run_args(a: &RunArgs) -> Result<(), String> {
     values::check_backend_env(a.backend)?;
-    if let Some(path) = &a.hist {
-        let why = if path.is_dir() {
-            Some("is a directory".to_string())
-        } else {
-            match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                Some(dir) if !dir.is_dir() => {
-                    Some(format!("directory '{}' does not exist", dir.display()))
-                }
-                _ => None,
+    check_out_file("--hist <FILE>", a.hist.as_deref(), "--hist run.hist")?;
+    check_out_file("--plot <FILE.svg>", a.plot.as_deref(), "--plot run.svg")
+}
+
+/// Whether a file can be written at `path` (given for `flag`): not a
+/// directory, in a directory that exists.
+fn check_out_file(flag: &str, path: Option<&Path>, example: &str) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let why = if path.is_dir() {
+        Some("is a directory".to_string())
+    } else {
+        match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                Some(format!("directory '{}' does not exist", dir.display()))
             }
-        };
-        if let Some(why) = why {
-            return Err(format!(
-                "invalid value '{}' for '--hist <FILE>': {why} (example: --hist run.hist)",
-                path.display()
-            ));
+            _ => None,
         }
+    };
+    match why {
+        Some(why) => Err(format!(
+            "invalid value '{}' for '{flag}': {why} (example: {example})",
+            path.display()
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn bench(a: RunArgs) -> ExitCode {
@@ -232,6 +271,7 @@ fn bench(a: RunArgs) -> ExitCode {
         timeout: a.timeout,
         seed: a.seed,
         backend: a.backend,
+        reconnect: a.reconnect,
     };
     let shared = Arc::new(Shared::default());
     // SIGINT stops the load, drains (bounded by --timeout) and reports.
@@ -321,14 +361,29 @@ fn bench(a: RunArgs) -> ExitCode {
     } else {
         print!("{}", r.to_text());
     }
-    if let Some(path) = &a.hist {
+    if a.hist.is_some() || a.plot.is_some() {
         let mut h = report::new_hist();
         for o in &outs {
             let _ = h.add(&o.hist);
         }
-        if let Err(e) = report::write_hist(path, &h, &r, wall_start) {
-            eprintln!("iocp-echo bench: cannot write {}: {e}", path.display());
-            return ExitCode::from(1);
+        let run = report::Run {
+            label: target.clone(),
+            report: Some(r.clone()),
+            hist: h,
+            series: series(&outs, &shared, &r),
+        };
+        if let Some(path) = &a.hist {
+            if let Err(e) = report::write_hist(path, &run.hist, &r, run.series.as_ref(), wall_start)
+            {
+                eprintln!("iocp-echo bench: cannot write {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+        if let Some(path) = &a.plot {
+            if let Err(e) = plot::write_svg(path, std::slice::from_ref(&run), None) {
+                eprintln!("iocp-echo bench: cannot write {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
         }
     }
     if r.failed() {
@@ -336,6 +391,36 @@ fn bench(a: RunArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The threads' echoed-message counts per slice, added up, up to the end
+/// of the measured window (the final drain would add a partial slice).
+fn series(outs: &[Outcome], shared: &Shared, r: &Report) -> Option<report::Series> {
+    let t0 = *shared.t0.get()?;
+    let slice = worker::SERIES_SLICE.as_secs_f64();
+    let full = ((r.warmup_s + r.duration_s) / slice).floor() as usize;
+    let len = outs
+        .iter()
+        .map(|o| o.series.len())
+        .max()
+        .unwrap_or(0)
+        .min(full.max(1));
+    let mut messages = vec![0u64; len];
+    for o in outs {
+        for (m, v) in messages.iter_mut().zip(&o.series) {
+            *m += v;
+        }
+    }
+    let start = SystemTime::now()
+        .checked_sub(t0.elapsed())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Some(report::Series {
+        start_unix_s: start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        slice_s: slice,
+        messages,
+    })
 }
 
 fn build_report(
@@ -361,6 +446,7 @@ fn build_report(
         size_max: plan.size.1 as u64,
         warmup_s: plan.warmup.as_secs_f64(),
         interrupted: interrupted_at.is_some(),
+        reconnect: plan.reconnect,
         runs: 1,
         ..Report::default()
     };
@@ -371,6 +457,9 @@ fn build_report(
         r.bytes += o.bytes;
         r.connections += o.connections;
         r.connect_failures += o.connect_failures;
+        r.reconnects += o.reconnects;
+        r.lost_messages += o.lost_messages;
+        r.lost_bytes += o.lost_bytes;
         for (k, n) in &o.errors {
             *r.errors.entry(k.clone()).or_default() += n;
         }

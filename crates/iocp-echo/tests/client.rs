@@ -549,6 +549,206 @@ fn errors_are_counted_by_kind() {
 }
 
 #[test]
+fn reconnect_goes_on_after_cuts() {
+    // The server closes every connection once it echoed 3000 bytes: each
+    // stream is cut after exactly 30 messages of 100 bytes, with --depth 2
+    // messages in flight (at most 2, fewer during the final drain).
+    let addr = test_server(Misbehave {
+        close_after: Some(3000),
+        ..Misbehave::default()
+    });
+    let o = run(
+        &[
+            "bench",
+            &addr,
+            "-c",
+            "3",
+            "-t",
+            "1",
+            "--depth",
+            "2",
+            "--size",
+            "100",
+            "--duration",
+            "1s",
+            "--reconnect",
+            "--json",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let j = json(&o);
+    assert_eq!(j["errors"], serde_json::json!({}), "{j}");
+    assert_eq!(j["reconnect"], true);
+    let r = j["reconnects"].as_u64().unwrap();
+    let lost_b = j["lost_bytes"].as_u64().unwrap();
+    let lost_m = j["lost_messages"].as_u64().unwrap();
+    let msgs = j["messages"].as_u64().unwrap();
+    assert!(r >= 3, "{j}");
+    assert!(lost_m >= r && lost_m <= 2 * r, "{j}");
+    assert_eq!(lost_b, 100 * lost_m, "{j}");
+    // Every reopened stream verified from its offset 0: 30 messages per cut
+    // stream, and at most 30 on each connection's last one.
+    assert!(msgs >= 30 * r && msgs <= 30 * (r + 3), "{j}");
+    let t = run(
+        &[
+            "bench",
+            &addr,
+            "-c",
+            "1",
+            "--depth",
+            "2",
+            "--size",
+            "100",
+            "-n",
+            "200",
+            "--reconnect",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(t.code, 0, "stderr: {}", t.stderr);
+    // --requests: the messages lost in flight are owed again.
+    assert!(t.stdout.contains("messages          200 ("), "{}", t.stdout);
+    assert!(
+        t.stdout
+            .contains("reconnects        6 (12 messages, 1200 bytes lost in flight)"),
+        "{}",
+        t.stdout
+    );
+
+    // A server that closes every new connection at once: three reconnects
+    // in a row bring nothing back, and the connection fails.
+    let addr = test_server(Misbehave {
+        close_after: Some(0),
+        ..Misbehave::default()
+    });
+    let o = run(
+        &[
+            "bench",
+            &addr,
+            "-c",
+            "2",
+            "--duration",
+            "2s",
+            "--reconnect",
+            "--json",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 1, "stderr: {}", o.stderr);
+    let j = json(&o);
+    assert_eq!(j["errors"]["closed_by_peer"], 2, "{j}");
+    assert_eq!(j["reconnects"], 6, "{j}");
+    assert!(
+        o.stderr
+            .contains("cut 3 times in a row right after reconnecting"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// The text of every `<text>` and the points of every `<polyline>` of an
+/// SVG file, checked to be well-formed XML.
+fn svg_parts(path: &std::path::Path) -> (Vec<String>, Vec<usize>) {
+    let svg = std::fs::read_to_string(path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or("").trim().to_string())
+        .collect();
+    let lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .map(|n| {
+            n.attribute("points")
+                .unwrap_or("")
+                .split_whitespace()
+                .count()
+        })
+        .collect();
+    (texts, lines)
+}
+
+#[test]
+fn plots_of_a_run_and_of_merged_runs() {
+    let s = Socat::start();
+    let dir = std::env::temp_dir().join(format!("iocp-echo-plot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let (a, b, pa, pm) = (p("a.hist"), p("b.hist"), p("a.svg"), p("m.svg"));
+    run_ok(&[
+        "bench",
+        &s.addr,
+        "-c",
+        "2",
+        "--duration",
+        "700ms",
+        "--hist",
+        &a,
+        "--plot",
+        &pa,
+    ]);
+    run_ok(&[
+        "bench",
+        &s.addr,
+        "-c",
+        "2",
+        "--rate",
+        "500",
+        "--duration",
+        "700ms",
+        "--hist",
+        &b,
+    ]);
+    let m = run_ok(&["bench", "merge", &a, &b, "--plot", &pm]);
+    assert!(m.stdout.contains("runs merged       2"), "{}", m.stdout);
+    for (svg, curves) in [(&pa, 1), (&pm, 3)] {
+        let (texts, lines) = svg_parts(std::path::Path::new(svg));
+        for label in [
+            "0%",
+            "90%",
+            "99%",
+            "latency by percentile",
+            "throughput over time",
+        ] {
+            assert!(
+                texts.iter().any(|t| t == label),
+                "{svg}: no {label:?} in {texts:?}"
+            );
+        }
+        // Legend samples are 2-point lines; the data lines have more: a
+        // latency curve per run (and the merged one), a throughput line per
+        // run (and their sum).
+        let data = lines.iter().filter(|&&n| n > 2).count();
+        assert_eq!(data, 2 * curves, "{svg}: polylines {lines:?}");
+    }
+    let (texts, _) = svg_parts(std::path::Path::new(&pm));
+    assert!(texts.iter().any(|t| t.starts_with("a.hist: ")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("merged: ")), "{texts:?}");
+    assert!(texts.iter().any(|t| t == "sum"), "{texts:?}");
+    let bad = run(
+        &["bench", "merge", &a, "--plot", "/nonexistent/dir/x.svg"],
+        None,
+        Duration::from_secs(10),
+    );
+    // A usage error, before anything is read or drawn.
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains(
+            "invalid value '/nonexistent/dir/x.svg' for '--plot <FILE.svg>': directory '/nonexistent/dir' does not exist"
+        ),
+        "{}",
+        bad.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn connect_failure_is_exit_1_with_the_reason() {
     let addr = format!("127.0.0.1:{}", free_port());
     let o = run(&["client", &addr, "-m", "x"], None, Duration::from_secs(20));

@@ -15,7 +15,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::{DeserializeError, Deserializer};
 use hdrhistogram::Histogram;
 
-use super::report::{new_hist, Report, META};
+use super::report::{new_hist, Report, Run, Series, META, SERIES};
 
 /// The V2 encoding's cookie, and that of V2 + DEFLATE.
 const V2_COOKIE: u32 = 0x1c84_9313;
@@ -26,15 +26,44 @@ const V2_HEADER: usize = 4 + 4 + 4 + 4 + 8 + 8 + 8;
 /// The most a histogram may inflate to (ours are under 1 MiB).
 const MAX_DECODED: usize = 64 << 20;
 
-/// A run's report (when the file has the `#iocp-echo-bench` line) and its
-/// histograms, added together.
-pub type Run = (Option<Report>, Histogram<u64>);
+/// The most slices a throughput series may have (a day of 100 ms slices).
+const MAX_SLICES: usize = 864_000;
 
-/// Reads a `--hist` file. The error says what is wrong (the caller names
-/// the file).
+/// Reads a `--hist` file: its report (when the file has the
+/// `#iocp-echo-bench` line), its histograms added together, and its
+/// throughput series (the `#iocp-echo-bench-series` line), labelled with
+/// the file's name. The error says what is wrong (the caller names the
+/// file).
 pub fn read_hist(path: &Path) -> Result<Run, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-    parse_hist(&bytes)
+    let mut run = parse_hist(&bytes)?;
+    run.label = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    Ok(run)
+}
+
+/// A series line's JSON, checked so that plotting it stays finite.
+fn parse_series(json: &[u8]) -> Result<Series, String> {
+    let s: Series = serde_json::from_slice(json.trim_ascii_end())
+        .map_err(|e| format!("bad #{SERIES}line: {e}"))?;
+    if !(s.slice_s.is_finite() && (0.001..=3600.0).contains(&s.slice_s)) {
+        return Err(format!(
+            "bad #{SERIES}line: slice_s {} is not between 0.001 and 3600 seconds",
+            s.slice_s
+        ));
+    }
+    if !(s.start_unix_s.is_finite() && s.start_unix_s >= 0.0) {
+        return Err(format!(
+            "bad #{SERIES}line: start_unix_s {} is not a time",
+            s.start_unix_s
+        ));
+    }
+    if s.messages.len() > MAX_SLICES {
+        return Err(format!("bad #{SERIES}line: more than {MAX_SLICES} slices"));
+    }
+    Ok(s)
 }
 
 /// Parses the bytes of a `--hist` file.
@@ -43,6 +72,7 @@ pub fn parse_hist(bytes: &[u8]) -> Result<Run, String> {
         return Err("the file is empty".into());
     }
     let mut meta = None;
+    let mut series = None;
     let mut total = new_hist();
     let mut found = 0;
     for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
@@ -59,6 +89,13 @@ pub fn parse_hist(bytes: &[u8]) -> Result<Run, String> {
             let r: Report = serde_json::from_slice(json.trim_ascii_end())
                 .map_err(|e| at(format!("bad #{}line: {e}", META)))?;
             meta = Some(r);
+            continue;
+        }
+        if let Some(json) = line
+            .strip_prefix(b"#")
+            .and_then(|l| l.strip_prefix(SERIES.as_bytes()))
+        {
+            series = Some(parse_series(json).map_err(at)?);
             continue;
         }
         match IntervalLogIterator::new(line).next() {
@@ -78,7 +115,12 @@ pub fn parse_hist(bytes: &[u8]) -> Result<Run, String> {
     if found == 0 {
         return Err("no histogram line in the file (truncated?)".into());
     }
-    Ok((meta, total))
+    Ok(Run {
+        label: String::new(),
+        report: meta,
+        hist: total,
+        series,
+    })
 }
 
 /// Decodes one base64 histogram (V2, or V2 + DEFLATE).

@@ -6,7 +6,8 @@
 //! checked by regenerating the expected bytes at the receive offset, so no
 //! copy of what was sent is kept, and a mismatch names the exact offset.
 //! Message sizes come from a separate per-connection PRNG stream, drawn in
-//! order as messages are created.
+//! order as messages are created. A connection reopened after a cut
+//! (`--reconnect`) starts a new stream ([`reopened_key`]) at offset 0.
 
 const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -21,6 +22,17 @@ fn mix(mut z: u64) -> u64 {
 /// The stream key of connection `conn` in a run seeded with `seed`.
 pub fn stream_key(seed: u64, conn: u64) -> u64 {
     mix(seed.wrapping_mul(PHI) ^ mix(conn.wrapping_add(1).wrapping_mul(PHI)))
+}
+
+/// The stream key of a connection reopened for the `gen`-th time
+/// (`--reconnect`): a fresh stream from offset 0, so a byte of the old
+/// stream arriving late can never pass for one of the new.
+pub fn reopened_key(key: u64, gen: u64) -> u64 {
+    if gen == 0 {
+        key
+    } else {
+        mix(key ^ mix(gen.wrapping_mul(PHI) ^ 0x7265_636f_6e6e))
+    }
 }
 
 #[inline]
@@ -131,8 +143,11 @@ mod tests {
         let mut bad = whole[100..200].to_vec();
         bad[37] ^= 1;
         assert_eq!(verify(key, 100, &bad), Some((37, whole[137])));
-        // Another connection's stream differs.
+        // Another connection's stream differs, and so does a reopened one.
         assert!(verify(stream_key(1, 4), 0, &whole).is_some());
+        assert_eq!(reopened_key(key, 0), key);
+        assert!(verify(reopened_key(key, 1), 0, &whole).is_some());
+        assert_ne!(reopened_key(key, 1), reopened_key(key, 2));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! V2-compressed encoding (V2 + DEFLATE, cookie `0x1c849304`), base64.
 //! Values are latencies in **microseconds**. One comment line,
 //! `#iocp-echo-bench {JSON}`, carries the run's report so that `merge` can
-//! add up messages, bytes, rates and errors.
+//! add up messages, bytes, rates and errors; another,
+//! `#iocp-echo-bench-series {JSON}`, the messages echoed per 100 ms slice
+//! (the throughput over time that `--plot` draws).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +25,29 @@ use serde::{Deserialize, Serialize};
 
 /// The comment prefix of the metadata line in a `--hist` file.
 pub(super) const META: &str = "iocp-echo-bench ";
+/// The comment prefix of the throughput line.
+pub(super) const SERIES: &str = "iocp-echo-bench-series ";
+
+/// Messages echoed per time slice since the start of the load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Series {
+    /// When the load started, in seconds since the Unix epoch.
+    pub start_unix_s: f64,
+    /// The length of one slice, in seconds.
+    pub slice_s: f64,
+    /// Messages echoed (warm-up included) in each slice.
+    pub messages: Vec<u64>,
+}
+
+/// One run read back from a `--hist` file.
+#[derive(Debug)]
+pub struct Run {
+    /// Where it came from (the file name), for legends.
+    pub label: String,
+    pub report: Option<Report>,
+    pub hist: Histogram<u64>,
+    pub series: Option<Series>,
+}
 
 /// A histogram of latencies in microseconds, 1 µs to 1 hour, 3 digits.
 pub fn new_hist() -> Histogram<u64> {
@@ -95,6 +120,18 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Whether SIGINT cut the run short.
     pub interrupted: bool,
+    /// Whether cut connections were reopened (`--reconnect`).
+    #[serde(default)]
+    pub reconnect: bool,
+    /// Connections cut by the peer and reopened.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Messages, and their bytes, that were in flight on the connections
+    /// when they were cut (sent or created, not echoed: never measured).
+    #[serde(default)]
+    pub lost_messages: u64,
+    #[serde(default)]
+    pub lost_bytes: u64,
     /// Runs behind this report (1, or how many `merge` added up).
     pub runs: u64,
 }
@@ -165,6 +202,13 @@ impl Report {
             "latency (us)      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (min {}, mean {:.1})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.min, l.mean
         );
+        if self.reconnect || self.reconnects > 0 {
+            let _ = writeln!(
+                s,
+                "reconnects        {} ({} messages, {} bytes lost in flight)",
+                self.reconnects, self.lost_messages, self.lost_bytes
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(s, "errors            none");
         } else {
@@ -191,19 +235,25 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Writes `h` and the report's metadata as an interval log.
+/// Writes `h`, the report's metadata and the throughput series as an
+/// interval log.
 pub fn write_hist(
     path: &Path,
     h: &Histogram<u64>,
     r: &Report,
+    series: Option<&Series>,
     start: SystemTime,
 ) -> io::Result<()> {
     let mut out = Vec::new();
     let mut ser = V2DeflateSerializer::new();
     {
         let mut b = IntervalLogWriterBuilder::new();
-        b.add_comment(&format!("{META}{}", r.to_json()))
-            .add_comment("latencies in microseconds; merge with `iocp-echo bench merge FILE...`")
+        b.add_comment(&format!("{META}{}", r.to_json()));
+        if let Some(s) = series {
+            let json = serde_json::to_string(s).expect("a series serialises");
+            b.add_comment(&format!("{SERIES}{json}"));
+        }
+        b.add_comment("latencies in microseconds; merge with `iocp-echo bench merge FILE...`")
             .with_start_time(start)
             .with_base_time(start);
         let mut w = b.begin_log_with(&mut out, &mut ser)?;
@@ -220,16 +270,16 @@ pub fn write_hist(
 
 /// Adds up several runs, assumed concurrent (several load machines against
 /// one server): counts and rates add up, the duration is the longest.
-pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<u64>) {
+pub fn merge(runs: &[Run]) -> (Report, Histogram<u64>) {
     let mut h = new_hist();
     let mut m = Report::default();
     let mut targets: Vec<String> = Vec::new();
     let mut modes: Vec<String> = Vec::new();
     let mut first = true;
-    for (r, hist) in runs {
-        let _ = h.add(&hist);
-        let r = r.unwrap_or_else(|| Report {
-            messages: hist.len(),
+    for run in runs {
+        let _ = h.add(&run.hist);
+        let r = run.report.clone().unwrap_or_else(|| Report {
+            messages: run.hist.len(),
             runs: 1,
             ..Report::default()
         });
@@ -264,6 +314,10 @@ pub fn merge(runs: Vec<(Option<Report>, Histogram<u64>)>) -> (Report, Histogram<
             *e = e.saturating_add(n);
         }
         m.interrupted |= r.interrupted;
+        m.reconnect |= r.reconnect;
+        m.reconnects = m.reconnects.saturating_add(r.reconnects);
+        m.lost_messages = m.lost_messages.saturating_add(r.lost_messages);
+        m.lost_bytes = m.lost_bytes.saturating_add(r.lost_bytes);
         m.runs = m.runs.saturating_add(r.runs.max(1));
         first = false;
     }

@@ -9,6 +9,12 @@
 //! that start time to the moment its last byte is echoed back, so a stalled
 //! server delays every message scheduled behind the stall (no coordinated
 //! omission).
+//!
+//! With `--reconnect` a connection the server (or a balancer) cuts is
+//! reopened at once: its messages in flight are counted as lost (with their
+//! bytes), and the new connection starts a fresh stream at offset 0, so
+//! verification restarts cleanly. Completions of the old connection are
+//! told apart by a generation in the completion key and dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -44,7 +50,18 @@ pub struct Plan {
     pub timeout: Duration,
     pub seed: u64,
     pub backend: Option<Backend>,
+    /// Reopen a connection the peer cuts, instead of failing it.
+    pub reconnect: bool,
 }
+
+/// Echoed messages are counted per slice of this length (the throughput
+/// over time of `--plot`).
+pub const SERIES_SLICE: Duration = Duration::from_millis(100);
+
+/// A connection cut again before any byte of its new stream came back, this
+/// many times in a row, fails for good (a peer that closes every new
+/// connection at once would otherwise be reconnected forever).
+const MAX_FRUITLESS_RECONNECTS: u32 = 3;
 
 /// What the threads and the main thread share.
 #[derive(Default)]
@@ -85,6 +102,14 @@ pub struct Outcome {
     pub last_done: Option<Instant>,
     /// When the thread stopped.
     pub ended: Instant,
+    /// Connections cut and reopened (`--reconnect`), and what they had in
+    /// flight: messages and bytes sent (or created) and not echoed.
+    pub reconnects: u64,
+    pub lost_messages: u64,
+    pub lost_bytes: u64,
+    /// Echoed messages (measured or not) per [`SERIES_SLICE`] since the
+    /// start of the load.
+    pub series: Vec<u64>,
     /// Why the thread could not run at all.
     pub fatal: Option<String>,
 }
@@ -111,7 +136,16 @@ enum St {
     Idle,
     Connecting,
     Up,
+    /// Cut by the peer; a new connection is being made (`--reconnect`).
+    Reconnecting,
     Dead,
+}
+
+impl St {
+    /// Up, or about to be again.
+    fn live(self) -> bool {
+        matches!(self, St::Up | St::Reconnecting)
+    }
 }
 
 struct Msg {
@@ -123,7 +157,13 @@ struct Msg {
 
 struct Conn {
     idx: u64,
+    /// The stream key (of the current generation).
     key: u64,
+    /// How many times the connection was reopened; the high half of its
+    /// completion key, so the old socket's completions are recognised.
+    gen: u64,
+    /// Cuts in a row with no echoed byte in between.
+    fruitless: u32,
     h: Option<Handle>,
     st: St,
     sent: u64,
@@ -170,6 +210,18 @@ struct Worker<'a> {
     warm_end: Instant,
     end: Option<Instant>,
     closed_loop: bool,
+    /// The load started (closed loop: a reopened connection starts its
+    /// `--depth` messages).
+    t0: Option<Instant>,
+    reconnects: u64,
+    lost_messages: u64,
+    lost_bytes: u64,
+    series: Vec<u64>,
+}
+
+/// The completion key of connection `i` in generation `gen`.
+fn conn_key(i: usize, gen: u64) -> u64 {
+    (gen << 32) | i as u64
 }
 
 /// Runs thread `t` of the plan.
@@ -196,6 +248,10 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
                 connect_failures: 0,
                 last_done: None,
                 ended: Instant::now(),
+                reconnects: 0,
+                lost_messages: 0,
+                lost_bytes: 0,
+                series: Vec::new(),
                 fatal: Some(format!("cannot create a completion port: {e}")),
             };
         }
@@ -213,6 +269,8 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
             Conn {
                 idx: i,
                 key: payload::stream_key(plan.seed, i),
+                gen: 0,
+                fruitless: 0,
                 h: None,
                 st: St::Idle,
                 sent: 0,
@@ -251,6 +309,11 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         warm_end: now,
         end: None,
         closed_loop: plan.rate.is_none(),
+        t0: None,
+        reconnects: 0,
+        lost_messages: 0,
+        lost_bytes: 0,
+        series: Vec::new(),
     };
     w.connect_all();
     sh.ready.fetch_add(1, Ordering::SeqCst);
@@ -271,6 +334,10 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         connect_failures: w.connect_failures,
         last_done: w.last_done,
         ended: Instant::now(),
+        reconnects: w.reconnects,
+        lost_messages: w.lost_messages,
+        lost_bytes: w.lost_bytes,
+        series: std::mem::take(&mut w.series),
         fatal: None,
     }
     // The port drops here, on its own thread: it aborts what is left and
@@ -331,25 +398,101 @@ impl Worker<'_> {
     }
 
     fn start_connect(&mut self, i: usize) {
-        let addr = self.plan.addr;
-        let r = (|| -> io::Result<Handle> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            s.set_tcp_nodelay(true)?;
-            let h = self.port.associate(s, i as u64)?;
-            self.port.connect(
-                &h,
-                addr,
-                OpOptions::with_timeout(T_CONNECT, self.plan.connect_timeout),
-            )?;
-            Ok(h)
-        })();
-        match r {
+        match self.open(i) {
             Ok(h) => {
                 self.conns[i].h = Some(h);
                 self.conns[i].st = St::Connecting;
                 self.pending_connects += 1;
             }
             Err(e) => self.connect_failed(i, &e),
+        }
+    }
+
+    /// A new socket for connection `i`, associated and connecting.
+    fn open(&self, i: usize) -> io::Result<Handle> {
+        let addr = self.plan.addr;
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_tcp_nodelay(true)?;
+        let h = self.port.associate(s, conn_key(i, self.conns[i].gen))?;
+        self.port.connect(
+            &h,
+            addr,
+            OpOptions::with_timeout(T_CONNECT, self.plan.connect_timeout),
+        )?;
+        Ok(h)
+    }
+
+    /// The peer cut connection `i` (EOF, reset, a failed send): reopen it
+    /// with `--reconnect`, else it fails as `kind`.
+    fn cut(&mut self, i: usize, kind: &str, msg: String) {
+        let plan = self.plan;
+        if !plan.reconnect || self.conns[i].st != St::Up || self.aborted() {
+            return self.fail(i, kind, msg);
+        }
+        let c = &mut self.conns[i];
+        c.fruitless += 1;
+        if c.fruitless > MAX_FRUITLESS_RECONNECTS {
+            let msg = format!(
+                "{msg}; cut {MAX_FRUITLESS_RECONNECTS} times in a row right after reconnecting"
+            );
+            return self.fail(i, kind, msg);
+        }
+        self.reconnects += 1;
+        self.lost_bytes += c.sent - c.recvd;
+        self.lost_messages += c.inflight.len() as u64;
+        if let Some(h) = c.h.take() {
+            h.close();
+        }
+        if !c.inflight.is_empty() {
+            self.busy -= 1;
+        }
+        // Measured messages lost in flight are owed again (--requests).
+        for m in c.inflight.drain(..) {
+            if m.measured && c.quota != u64::MAX {
+                if c.quota == 0 && self.t0.is_some() {
+                    self.unfinished += 1;
+                }
+                c.quota += 1;
+            }
+        }
+        c.out.clear();
+        c.sending = false;
+        c.sent = 0;
+        c.recvd = 0;
+        c.gen += 1;
+        c.key = payload::reopened_key(payload::stream_key(plan.seed, c.idx), c.gen);
+        c.st = St::Reconnecting;
+        match self.open(i) {
+            Ok(h) => self.conns[i].h = Some(h),
+            Err(e) => self.fail(i, &kind_name(&e), format!("cannot reconnect: {e}")),
+        }
+    }
+
+    /// A reopened connection is up: start reading, and (closed loop) its
+    /// `--depth` messages; open-loop messages that came due meanwhile go
+    /// out now.
+    fn reconnected(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let h =
+            c.h.as_ref()
+                .expect("a reconnecting connection has a handle");
+        if let Err(e) = self.port.recv_pooled(h, T_RECV) {
+            let e = e.error;
+            return self.fail(i, &kind_name(&e), format!("cannot reconnect: {e}"));
+        }
+        c.st = St::Up;
+        c.last_progress = now;
+        if self.closed_loop && self.t0.is_some() {
+            for _ in 0..self.plan.depth {
+                if !self.try_create(i, now, now) {
+                    break;
+                }
+            }
+        }
+        let c = &mut self.conns[i];
+        if !c.out.is_empty() && !c.dirty {
+            c.dirty = true;
+            self.dirty.push(i);
         }
     }
 
@@ -394,13 +537,14 @@ impl Worker<'_> {
     /// The load phase, until the duration or the requests are done and every
     /// message in flight has come back.
     fn load(&mut self, t0: Instant) {
+        self.t0 = Some(t0);
         self.warm_end = t0 + self.plan.warmup;
         self.end = self.plan.duration.map(|d| self.warm_end + d);
         if self.plan.requests.is_some() {
             self.unfinished = self
                 .conns
                 .iter()
-                .filter(|c| c.st == St::Up && c.quota > 0)
+                .filter(|c| c.st.live() && c.quota > 0)
                 .count();
         }
         let now = Instant::now();
@@ -450,7 +594,7 @@ impl Worker<'_> {
                     break;
                 }
                 k += 1;
-                if self.conns[i].st == St::Up {
+                if self.conns[i].st.live() {
                     self.try_create(i, due, now);
                 }
             }
@@ -542,7 +686,7 @@ impl Worker<'_> {
                 Ok(_) => c.sending = true,
                 Err(e) => {
                     let e = e.error;
-                    self.fail(i, &kind_name(&e), format!("send failed: {e}"));
+                    self.cut(i, &kind_name(&e), format!("send failed: {e}"));
                 }
             }
         }
@@ -583,7 +727,7 @@ impl Worker<'_> {
     fn fail_busy(&mut self, kind: &str, what: &str) {
         for i in 0..self.conns.len() {
             let c = &self.conns[i];
-            if c.st == St::Up && !c.inflight.is_empty() {
+            if c.st.live() && !c.inflight.is_empty() {
                 let msg = format!(
                     "{what} within {} of the end",
                     humantime::format_duration(self.plan.timeout)
@@ -600,7 +744,7 @@ impl Worker<'_> {
         if c.st == St::Dead {
             return;
         }
-        let was_up = c.st == St::Up;
+        let was_up = c.st.live();
         if was_up {
             self.up -= 1;
         }
@@ -625,11 +769,22 @@ impl Worker<'_> {
     }
 
     fn on_completion(&mut self, mut c: Completion, now: Instant) {
-        let i = c.key as usize;
-        if i >= self.conns.len() {
+        let i = (c.key & 0xffff_ffff) as usize;
+        if i >= self.conns.len() || c.key >> 32 != self.conns[i].gen {
+            // A connection that is gone (out of range, or cut and reopened
+            // since): its buffer goes back with `c`.
             return;
         }
         match c.kind {
+            OpKind::Connect if self.conns[i].st == St::Reconnecting => {
+                match std::mem::replace(&mut c.result, Ok(0)) {
+                    Ok(_) => self.reconnected(i, now),
+                    Err(e) => {
+                        let msg = format!("cannot reconnect to {}: {e}", self.plan.addr);
+                        self.fail(i, &kind_name(&e), msg);
+                    }
+                }
+            }
             OpKind::Connect => {
                 if self.conns[i].st != St::Connecting {
                     return;
@@ -670,11 +825,12 @@ impl Worker<'_> {
                             "connection closed by the server ({} of {} bytes echoed)",
                             conn.recvd, conn.sent
                         );
-                        self.fail(i, "closed_by_peer", msg);
+                        self.cut(i, "closed_by_peer", msg);
                     }
                     Err(e) => {
                         let msg = format!("receive failed: {e}");
-                        self.fail(i, &kind_name(e), msg);
+                        let kind = kind_name(e);
+                        self.cut(i, &kind, msg);
                     }
                 }
             }
@@ -699,7 +855,8 @@ impl Worker<'_> {
                     }
                     Err(e) => {
                         let msg = format!("send failed: {e}");
-                        self.fail(i, &kind_name(e), msg);
+                        let kind = kind_name(e);
+                        self.cut(i, &kind, msg);
                     }
                 }
             }
@@ -734,6 +891,7 @@ impl Worker<'_> {
         }
         c.recvd += data.len() as u64;
         c.last_progress = now;
+        c.fruitless = 0;
         self.prog_bytes += data.len() as u64;
         let mut completed = 0;
         while let Some(m) = c.inflight.front() {
@@ -753,6 +911,14 @@ impl Worker<'_> {
         self.prog_msgs += completed;
         if completed > 0 && c.inflight.is_empty() {
             self.busy -= 1;
+        }
+        if let (Some(t0), true) = (self.t0, completed > 0) {
+            let slice =
+                (now.saturating_duration_since(t0).as_millis() / SERIES_SLICE.as_millis()) as usize;
+            if self.series.len() <= slice {
+                self.series.resize(slice + 1, 0);
+            }
+            self.series[slice] += completed;
         }
         if self.closed_loop {
             for _ in 0..completed {

@@ -29,7 +29,12 @@ fn valid_file() -> Vec<u8> {
         runs: 1,
         ..Report::default()
     };
-    write_hist(&path, &h, &r, SystemTime::now()).unwrap();
+    let series = Series {
+        start_unix_s: 1e9,
+        slice_s: 0.1,
+        messages: vec![3, 0, 7],
+    };
+    write_hist(&path, &h, &r, Some(&series), SystemTime::now()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     bytes
@@ -82,13 +87,17 @@ fn line_of(v2: &[u8], compress: bool) -> Vec<u8> {
 
 #[test]
 fn round_trip() {
-    let (m, h) = parse_hist(&valid_file()).unwrap();
-    assert_eq!(m.unwrap().messages, 1000);
+    let run = parse_hist(&valid_file()).unwrap();
+    assert_eq!(run.report.unwrap().messages, 1000);
+    assert_eq!(run.series.unwrap().messages, vec![3, 0, 7]);
+    let h = run.hist;
     assert_eq!(h.len(), 1000);
     assert_eq!(h.max(), new_hist().highest_equivalent(1000));
     // The uncompressed V2 encoding is read too.
     let counts = [2u8, 2, 2]; // zig-zag 1, three times: values 0, 1, 2 once each
-    let (_, h) = parse_hist(&line_of(&v2(3, 1, 3_600_000_000, 3, &counts), false)).unwrap();
+    let h = parse_hist(&line_of(&v2(3, 1, 3_600_000_000, 3, &counts), false))
+        .unwrap()
+        .hist;
     assert_eq!((h.len(), h.max()), (3, 2));
 }
 
@@ -124,6 +133,18 @@ fn bad_files_say_what_is_wrong() {
     );
     let cases: Vec<(Vec<u8>, String)> = vec![
         (vec![], "the file is empty".into()),
+        // A throughput series that could not be drawn.
+        (
+            b"#iocp-echo-bench-series {\"start_unix_s\":1e9,\"slice_s\":0,\"messages\":[1]}\n"
+                .to_vec(),
+            "line 1: bad #iocp-echo-bench-series line: slice_s 0 is not between 0.001 and 3600 seconds"
+                .into(),
+        ),
+        (
+            b"#iocp-echo-bench-series {\"slice_s\":0.1}\n".to_vec(),
+            "line 1: bad #iocp-echo-bench-series line: missing field `start_unix_s` at line 1 column 15"
+                .into(),
+        ),
         (
             good[..good.len() - 10].to_vec(),
             format!("line {last}: the file ends in the middle of this line (truncated?)"),
