@@ -9,12 +9,16 @@
 #   3. the loom model of the port's queue;
 #   4. the teardown tests under AddressSanitizer;
 #   5. the Windows leg: cross-build, library tests and an echo round trip
-#      under Wine (prints SKIPPED: windows loudly if the target can't be had).
-# Set IOCP_TEST_STAGES to a subset ("workspace features-off loom asan windows").
+#      under Wine (prints SKIPPED: windows loudly if the target can't be had);
+#   6. the scale-out test: three servers behind HAProxy, two benches, one
+#      server drained mid-run (ci/scaleout.sh; installs HAProxy and promtool,
+#      and fails, never skips, if they cannot be had).
+# Set IOCP_TEST_STAGES to a subset ("workspace features-off loom asan windows
+# scaleout").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-stages=${IOCP_TEST_STAGES:-"workspace features-off loom asan windows"}
+stages=${IOCP_TEST_STAGES:-"workspace features-off loom asan windows scaleout"}
 failed=()
 declare -A took
 
@@ -76,10 +80,11 @@ stage features-off features_off
 stage loom loom
 stage asan asan
 stage windows windows
+stage scaleout bash ci/scaleout.sh
 
 echo
 echo "== stage times"
-for k in packages workspace features-off loom asan windows; do
+for k in packages workspace features-off loom asan windows scaleout; do
   [ -n "${took[$k]:-}" ] && printf '   %-13s %s\n' "$k" "${took[$k]}"
 done
 if [ ${#failed[@]} -gt 0 ]; then

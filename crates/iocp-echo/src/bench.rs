@@ -406,8 +406,12 @@ fn series(outs: &[Outcome], shared: &Shared, r: &Report) -> Option<report::Serie
         .unwrap_or(0)
         .min(full.max(1));
     let mut messages = vec![0u64; len];
+    let mut reconnects = vec![0u64; if r.reconnects > 0 { len } else { 0 }];
     for o in outs {
         for (m, v) in messages.iter_mut().zip(&o.series) {
+            *m += v;
+        }
+        for (m, v) in reconnects.iter_mut().zip(&o.reconnect_series) {
             *m += v;
         }
     }
@@ -420,6 +424,7 @@ fn series(outs: &[Outcome], shared: &Shared, r: &Report) -> Option<report::Serie
             .map_or(0.0, |d| d.as_secs_f64()),
         slice_s: slice,
         messages,
+        reconnects,
     })
 }
 

@@ -60,7 +60,7 @@ fn parse_series(json: &[u8]) -> Result<Series, String> {
             s.start_unix_s
         ));
     }
-    if s.messages.len() > MAX_SLICES {
+    if s.messages.len().max(s.reconnects.len()) > MAX_SLICES {
         return Err(format!("bad #{SERIES}line: more than {MAX_SLICES} slices"));
     }
     Ok(s)

@@ -22,6 +22,9 @@ const HEIGHT: u32 = 900;
 const MAX_POINTS: usize = 400;
 /// The deepest percentile axis: 99.9999 %.
 const MAX_NINES: f64 = 6.0;
+/// The throughput axis goes this far above the highest rate (room for the
+/// legend above the lines).
+const TOP: f64 = 1.5;
 
 /// The label of a percentile-axis position: `x` nines.
 fn percentile_label(x: f64) -> String {
@@ -112,6 +115,7 @@ fn sum_series(all: &[&Series], origin: f64) -> Series {
         start_unix_s: origin,
         slice_s: slice,
         messages,
+        reconnects: Vec::new(),
     }
 }
 
@@ -264,7 +268,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
         .margin_right(40)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..t_max * 1.02, 0f64..r_max * 1.15)?;
+        .build_cartesian_2d(0f64..t_max * 1.02, 0f64..r_max * TOP)?;
     chart
         .configure_mesh()
         .x_desc("seconds since the start of the load")
@@ -285,6 +289,28 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
+    // Reconnects: a red tick at the bottom of every slice that had any.
+    let red = RGBColor(200, 30, 30);
+    let tick = r_max * 0.06;
+    let mut marks = Vec::new();
+    for (_, _, s) in &with_series {
+        let offset = s.start_unix_s - origin;
+        for (k, &n) in s.reconnects.iter().enumerate() {
+            if n > 0 {
+                let t = offset + (k as f64 + 0.5) * s.slice_s;
+                marks.push(PathElement::new(
+                    vec![(t, 0.0), (t, tick)],
+                    red.stroke_width(3),
+                ));
+            }
+        }
+    }
+    if !marks.is_empty() {
+        chart
+            .draw_series(marks)?
+            .label("connections cut and reopened")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(3)));
+    }
     // One run: where its warm-up ended (merged runs each have their own).
     if let Some(w) = runs
         .first()
@@ -297,7 +323,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
         let style = grey.stroke_width(2);
         chart
             .draw_series(DashedLineSeries::new(
-                [(w, 0.0), (w, r_max * 1.15)],
+                [(w, 0.0), (w, r_max * TOP)],
                 6,
                 4,
                 style,
@@ -307,7 +333,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
@@ -391,6 +417,7 @@ mod tests {
                 start_unix_s: 1e9,
                 slice_s: 0.1,
                 messages: vec![100; 50],
+                reconnects: Vec::new(),
             }),
         };
         let path = std::env::temp_dir().join(format!("iocp-echo-plot-{}.svg", std::process::id()));

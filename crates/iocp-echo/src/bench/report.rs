@@ -37,6 +37,9 @@ pub struct Series {
     pub slice_s: f64,
     /// Messages echoed (warm-up included) in each slice.
     pub messages: Vec<u64>,
+    /// Connections cut and reopened in each slice (`--reconnect`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconnects: Vec<u64>,
 }
 
 /// One run read back from a `--hist` file.

@@ -108,8 +108,9 @@ pub struct Outcome {
     pub lost_messages: u64,
     pub lost_bytes: u64,
     /// Echoed messages (measured or not) per [`SERIES_SLICE`] since the
-    /// start of the load.
+    /// start of the load, and reconnects per slice.
     pub series: Vec<u64>,
+    pub reconnect_series: Vec<u64>,
     /// Why the thread could not run at all.
     pub fatal: Option<String>,
 }
@@ -217,6 +218,16 @@ struct Worker<'a> {
     lost_messages: u64,
     lost_bytes: u64,
     series: Vec<u64>,
+    reconnect_series: Vec<u64>,
+}
+
+/// Adds `n` to the slice of `series` that `now` falls in.
+fn count_in_slice(series: &mut Vec<u64>, t0: Instant, now: Instant, n: u64) {
+    let slice = (now.saturating_duration_since(t0).as_millis() / SERIES_SLICE.as_millis()) as usize;
+    if series.len() <= slice {
+        series.resize(slice + 1, 0);
+    }
+    series[slice] += n;
 }
 
 /// The completion key of connection `i` in generation `gen`.
@@ -252,6 +263,7 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
                 lost_messages: 0,
                 lost_bytes: 0,
                 series: Vec::new(),
+                reconnect_series: Vec::new(),
                 fatal: Some(format!("cannot create a completion port: {e}")),
             };
         }
@@ -314,6 +326,7 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         lost_messages: 0,
         lost_bytes: 0,
         series: Vec::new(),
+        reconnect_series: Vec::new(),
     };
     w.connect_all();
     sh.ready.fetch_add(1, Ordering::SeqCst);
@@ -338,6 +351,7 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         lost_messages: w.lost_messages,
         lost_bytes: w.lost_bytes,
         series: std::mem::take(&mut w.series),
+        reconnect_series: std::mem::take(&mut w.reconnect_series),
         fatal: None,
     }
     // The port drops here, on its own thread: it aborts what is left and
@@ -438,6 +452,9 @@ impl Worker<'_> {
             return self.fail(i, kind, msg);
         }
         self.reconnects += 1;
+        if let Some(t0) = self.t0 {
+            count_in_slice(&mut self.reconnect_series, t0, Instant::now(), 1);
+        }
         self.lost_bytes += c.sent - c.recvd;
         self.lost_messages += c.inflight.len() as u64;
         if let Some(h) = c.h.take() {
@@ -913,12 +930,7 @@ impl Worker<'_> {
             self.busy -= 1;
         }
         if let (Some(t0), true) = (self.t0, completed > 0) {
-            let slice =
-                (now.saturating_duration_since(t0).as_millis() / SERIES_SLICE.as_millis()) as usize;
-            if self.series.len() <= slice {
-                self.series.resize(slice + 1, 0);
-            }
-            self.series[slice] += completed;
+            count_in_slice(&mut self.series, t0, now, completed);
         }
         if self.closed_loop {
             for _ in 0..completed {

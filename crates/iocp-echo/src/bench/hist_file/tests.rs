@@ -33,6 +33,7 @@ fn valid_file() -> Vec<u8> {
         start_unix_s: 1e9,
         slice_s: 0.1,
         messages: vec![3, 0, 7],
+        reconnects: vec![0, 2],
     };
     write_hist(&path, &h, &r, Some(&series), SystemTime::now()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -89,7 +90,11 @@ fn line_of(v2: &[u8], compress: bool) -> Vec<u8> {
 fn round_trip() {
     let run = parse_hist(&valid_file()).unwrap();
     assert_eq!(run.report.unwrap().messages, 1000);
-    assert_eq!(run.series.unwrap().messages, vec![3, 0, 7]);
+    let series = run.series.unwrap();
+    assert_eq!(
+        (series.messages, series.reconnects),
+        (vec![3, 0, 7], vec![0, 2])
+    );
     let h = run.hist;
     assert_eq!(h.len(), 1000);
     assert_eq!(h.max(), new_hist().highest_equivalent(1000));
