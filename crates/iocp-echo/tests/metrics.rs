@@ -351,12 +351,12 @@ fn readyz_503_while_out_of_descriptors() {
 
 #[test]
 fn readyz_503_through_drain_delay() {
-    const DELAY: Duration = Duration::from_secs(3);
+    const DELAY: Duration = Duration::from_secs(4);
     let mut s = server(
         "readyz drain-delay",
         &[
             "--drain-delay",
-            "3s",
+            "4s",
             "--drain-timeout",
             "2s",
             "--workers",
@@ -410,7 +410,7 @@ fn readyz_503_through_drain_delay() {
     }
     let log = s.stop_ok();
     assert!(
-        log.contains("not ready (/readyz 503); accepting for 3s more"),
+        log.contains("not ready (/readyz 503); accepting for 4s more"),
         "{log}"
     );
     assert!(
