@@ -618,6 +618,66 @@ fn reconnect_goes_on_after_cuts() {
         t.stdout
     );
 
+    // The open loop goes on through cuts too (its lost messages are not
+    // owed again: their slots in the schedule are gone).
+    let o = run(
+        &[
+            "bench",
+            &addr,
+            "-c",
+            "2",
+            "--rate",
+            "1000",
+            "--size",
+            "100",
+            "--duration",
+            "1s",
+            "--reconnect",
+            "--json",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let j = json(&o);
+    assert_eq!(j["errors"], serde_json::json!({}), "{j}");
+    let r = j["reconnects"].as_u64().unwrap();
+    assert!(r >= 2, "{j}");
+    assert_eq!(
+        j["messages"].as_u64().unwrap() + j["lost_messages"].as_u64().unwrap(),
+        1000,
+        "{j}"
+    );
+
+    // Open loop with --requests: every message is measured or lost, and
+    // the run ends.
+    let o = run(
+        &[
+            "bench",
+            &addr,
+            "-c",
+            "2",
+            "--rate",
+            "1000",
+            "--size",
+            "100",
+            "-n",
+            "300",
+            "--reconnect",
+            "--json",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let j = json(&o);
+    assert!(j["reconnects"].as_u64().unwrap() >= 2, "{j}");
+    assert_eq!(
+        j["messages"].as_u64().unwrap() + j["lost_messages"].as_u64().unwrap(),
+        300,
+        "{j}"
+    );
+
     // A server that closes every new connection at once: three reconnects
     // in a row bring nothing back, and the connection fails.
     let addr = test_server(Misbehave {

@@ -463,9 +463,11 @@ impl Worker<'_> {
         if !c.inflight.is_empty() {
             self.busy -= 1;
         }
-        // Measured messages lost in flight are owed again (--requests).
+        // Closed loop with --requests: the measured messages lost in flight
+        // are owed again. (Open loop: their slots in the schedule are gone.)
+        let closed_loop = self.closed_loop;
         for m in c.inflight.drain(..) {
-            if m.measured && c.quota != u64::MAX {
+            if closed_loop && m.measured && c.quota != u64::MAX {
                 if c.quota == 0 && self.t0.is_some() {
                     self.unfinished += 1;
                 }
