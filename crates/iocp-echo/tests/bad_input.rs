@@ -152,6 +152,21 @@ fn server_flags() {
         "--stats <D>",
         &format!("too large: at most 100y {DUR}"),
     );
+    s(
+        &["--metrics", "nowhere"],
+        "--metrics <ADDR>",
+        &format!("expected IP:PORT {addr}"),
+    );
+    s(
+        &["--drain-delay", "soon"],
+        "--drain-delay <D>",
+        &format!("expected a number at 'soon' {DUR}"),
+    );
+    s(
+        &["--drain-delay", "101y"],
+        "--drain-delay <D>",
+        &format!("too large: at most 100y {DUR}"),
+    );
     usage(
         &["server", "--model", "weird"],
         &[],
@@ -343,6 +358,30 @@ fn bench_flags() {
         "--hist <FILE>",
         "/nonexistent/dir/x.hist",
         "directory '/nonexistent/dir' does not exist (example: --hist run.hist)",
+    );
+    b(
+        &[at, "--plot", "/nonexistent/dir/x.svg"],
+        "--plot <FILE.svg>",
+        "/nonexistent/dir/x.svg",
+        "directory '/nonexistent/dir' does not exist (example: --plot run.svg)",
+    );
+    b(
+        &[at, "--plot", "/"],
+        "--plot <FILE.svg>",
+        "/",
+        "is a directory (example: --plot run.svg)",
+    );
+    usage(
+        &[
+            "bench",
+            "merge",
+            "--plot",
+            "/nonexistent/dir/m.svg",
+            "any.hist",
+        ],
+        &[],
+        "iocp-echo bench merge: invalid value '/nonexistent/dir/m.svg' for '--plot <FILE.svg>': \
+         directory '/nonexistent/dir' does not exist (example: --plot merged.svg)",
     );
     usage(
         &["bench", at, "--rate", "100", "--depth", "2"],
@@ -709,6 +748,8 @@ fn odd_values_never_crash() {
         ("server", "--listen"),
         ("server", "--workers"),
         ("server", "--stats"),
+        ("server", "--metrics"),
+        ("server", "--drain-delay"),
         ("bench", "--size"),
         ("bench", "--rate"),
         ("bench", "--ramp"),
