@@ -562,8 +562,10 @@ fn multi_worker_echo() {
                         let (s, _) = c.take_accepted().unwrap();
                         let key = next_key.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let h = port.associate(s, key).unwrap();
+                        // Registered before the receive starts: another
+                        // worker may take its completion at once.
+                        conns.lock().unwrap().insert(key, h.clone());
                         port.recv(&h, Vec::with_capacity(4096), 0).unwrap();
-                        conns.lock().unwrap().insert(key, h);
                     }
                     OpKind::Accept => {
                         assert!(c.is_aborted(), "{c:?}");
