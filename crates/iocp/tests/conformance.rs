@@ -1,24 +1,39 @@
-//! The semantics contract (DESIGN.md, "Semantics contract"; reference
-//! iocp-semantics.md B.2–B.6), written once and run against every backend in
-//! `Backend::available()`: one `#[test]` per target (backend, threaded or
-//! inline), each driving the table of clauses below. Every clause prints one
-//! line (`conformance[uring] lifo_wake ... ok (3ms)`), and each target ends
-//! with `conformance[uring]: N passed, M failed`. A backend whose ports fail
-//! to build with `ErrorKind::Unsupported` is reported `SKIPPED`.
+//! The semantics contract, written once and run on every target: a backend
+//! this build has, with an engine thread or inline (per-core). Each clause
+//! is one test per target, `conformance::<target>::<clause>` (for example
+//! `conformance::uring::lifo_wake`), so a test runner lists, filters, times
+//! and retries each one:
 //!
-//! Run one clause everywhere: `IOCP_CLAUSE=cancel cargo test -p iocp --test conformance`.
+//! ```text
+//! cargo nextest run -p iocp --test conformance -E 'test(/::lifo_wake$/)'
+//! cargo test -p iocp --test conformance -- conformance::epoll_inline::
+//! ```
 //!
-//! Multi-thread clauses (LIFO wake, the concurrency limit, waiters woken by
-//! close) do not apply to an inline (per-core) port, whose only getter is its
-//! owner; every other clause runs there too. A few clauses are about what
-//! only an inline port has (an owner thread) and run only there.
+//! Targets: `uring`, `uring_inline`, `epoll`, `epoll_inline` (Linux), `iocp`
+//! (Windows). Every clause is generated for every target; one that cannot
+//! hold on a target is an ignored test whose reason says why (`cargo test`
+//! prints `... ignored, <reason>`; run anyway, it prints that reason and
+//! passes without running the clause). Which clause runs where is its mode
+//! in the table below:
+//! - `any`: every target;
+//! - `threaded`: several threads waiting on one port, so not on an inline
+//!   port, whose only getter is its owner thread;
+//! - `scheduling`: threaded, and about the order and count the library's own
+//!   port keeps (LIFO wake-up, the concurrency limit): not on IOCP, where
+//!   the kernel schedules (`tests/windows.rs` checks it there);
+//! - `inline`: about an inline port's owner thread, so inline targets only.
+//!
+//! A target whose backend cannot build a port on this machine (io_uring
+//! blocked by seccomp or a sysctl, too old a kernel) fails each of its
+//! tests, unless `IOCP_ALLOW_MISSING_BACKEND` names the backend (see
+//! `util::ALLOW_MISSING_BACKEND`): then each test prints
+//! `conformance::uring::lifo_wake SKIPPED: <reason>` and passes.
 
 mod util;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -29,209 +44,166 @@ use util::*;
 
 const ZERO: Option<Duration> = Some(Duration::ZERO);
 
-struct Clause {
-    name: &'static str,
-    /// Which targets the clause applies to.
-    mode: Mode,
-    run: fn(&Target),
-}
-
-#[derive(PartialEq)]
-enum Mode {
-    Any,
-    /// Needs several threads waiting on one port (not for inline ports).
-    Threaded,
-    /// About a port driven by its owner thread (inline ports only).
-    Inline,
-}
-
-/// `any name` runs on every target; `threaded name` only where several
-/// threads may wait on the port (not inline ports); `inline name` only on
-/// inline ports.
-macro_rules! clauses {
-    ($($mode:ident $name:ident,)*) => {
-        &[$(Clause { name: stringify!($name), mode: clauses!(@$mode), run: $name },)*]
+/// Calls `$then!` with `$args` followed by every clause, each with its mode
+/// (see the crate docs): the one table of the contract's clauses.
+macro_rules! for_each_clause {
+    ($then:ident!($($args:tt)*)) => {
+        $then! { ($($args)*)
+            any exactly_once,
+            scheduling lifo_wake,
+            scheduling limit_running_blocks_waiters,
+            scheduling limit_batch_counts_once,
+            scheduling limit_thread_exit_releases,
+            scheduling limit_blocking_guard,
+            any blocking_guard_get_inside,
+            any blocking_guard_nested,
+            threaded blocking_guard_thread_exit,
+            any timed_out_get_consumes_nothing,
+            any post_wakes_getter,
+            any failed_op_vs_no_packet,
+            any cancel_pending,
+            any cancel_races_data,
+            any close_handle_in_flight,
+            threaded close_port_wakes_waiters,
+            threaded close_port_wakes_get_many_waiters,
+            any close_port_then_calls_fail,
+            any port_close_closes_handles,
+            any with_socket_holds_descriptor,
+            any with_socket_races_close,
+            inline inline_port_closed_off_thread,
+            any closed_handle_completion_keeps_key,
+            any get_many,
+            any post_after_timer,
+            any op_deadline,
+            any timers_bounded,
+            any send_ordering,
+            any large_send_slow_peer,
+            any send_vectored_refused,
+            any send_vectored_many_buffers,
+            any send_cancel_part_way,
+            any send_deadline_part_way,
+            any udp_round_trip,
+            any udp_truncated_datagram,
+            any udp_send_vectored_whole,
+            any pooled_stream,
+        }
     };
-    (@threaded) => { Mode::Threaded };
-    (@inline) => { Mode::Inline };
-    (@any) => { Mode::Any };
 }
 
-const CLAUSES: &[Clause] = clauses![
-    any exactly_once,
-    threaded lifo_wake,
-    threaded limit_running_blocks_waiters,
-    threaded limit_batch_counts_once,
-    threaded limit_thread_exit_releases,
-    threaded limit_blocking_guard,
-    any blocking_guard_get_inside,
-    any blocking_guard_nested,
-    threaded blocking_guard_thread_exit,
-    any timed_out_get_consumes_nothing,
-    any post_wakes_getter,
-    any failed_op_vs_no_packet,
-    any cancel_pending,
-    any cancel_races_data,
-    any close_handle_in_flight,
-    threaded close_port_wakes_waiters,
-    threaded close_port_wakes_get_many_waiters,
-    any close_port_then_calls_fail,
-    any port_close_closes_handles,
-    any with_socket_holds_descriptor,
-    any with_socket_races_close,
-    inline inline_port_closed_off_thread,
-    any closed_handle_completion_keeps_key,
-    any get_many,
-    any post_after_timer,
-    any op_deadline,
-    any timers_bounded,
-    any send_ordering,
-    any large_send_slow_peer,
-    any send_vectored_refused,
-    any send_vectored_many_buffers,
-    any send_cancel_part_way,
-    any send_deadline_part_way,
-    any udp_round_trip,
-    any udp_truncated_datagram,
-    any udp_send_vectored_whole,
-    any pooled_stream,
-];
+/// `targets! { name: Backend, kind; ... }` makes `conformance::name`, one
+/// test per clause. A kind is `threaded` (an engine thread; the library
+/// schedules the waiters), `inline` (no engine thread: the owner turns the
+/// engine inside `get`) or `kernel` (the kernel's port schedules the
+/// waiters).
+macro_rules! targets {
+    ($($target:ident: $backend:ident, $kind:ident;)*) => {
+        /// Every target this build tests.
+        const TARGETS: &[Target] = &[$(Target {
+            backend: Backend::$backend,
+            inline: clause_test!(@inline $kind),
+        }),*];
 
-/// Clauses that cannot hold on a backend, with the reason printed.
-///
-/// On Windows the kernel schedules: it wakes waiters itself (so `waiting`
-/// drops only when the woken thread returns from GQCS, not inside `post`),
-/// and it stops counting a thread the moment it blocks on anything — such as
-/// the channel these clauses park their actors on. The scheduling clauses
-/// for IOCP are in `tests/windows.rs`, written for the kernel's behaviour;
-/// under Wine (which wakes FIFO and ignores the limit) those skip too.
-#[allow(unused_variables)]
-fn skip_on(backend: Backend, clause: &str) -> Option<String> {
-    if backend != Backend::Iocp {
-        return None;
-    }
-    let scheduling = clause == "lifo_wake" || clause.starts_with("limit_");
-    if !scheduling {
-        return None;
-    }
-    Some(match iocp::wine_version() {
-        Some(v) => format!(
-            "under Wine {v}: waiters wake FIFO and the concurrency limit is ignored (windows-under-wine.md)"
-        ),
-        None => "the kernel schedules IOCP waiters; see tests/windows.rs".to_string(),
-    })
-}
+        mod conformance {
+            $(for_each_clause!(target_module!($target, $backend, $kind));)*
 
-/// Runs every clause on one target, reporting each; fails at the end if any
-/// clause failed.
-fn run_target(backend: Backend, inline: bool) {
-    let t = Target { backend, inline };
-    let name = t.name();
-    if !Backend::available().contains(&backend) {
-        say(format!("SKIPPED {name}: not in this build"));
-        return;
-    }
-    if let Err(reason) = t.probe() {
-        say(format!("SKIPPED {name}: {reason}"));
-        say(format!(
-            "conformance[{name}]: 0 passed, 0 failed, {} skipped",
-            CLAUSES.len()
-        ));
-        return;
-    }
-    let filter = std::env::var("IOCP_CLAUSE").unwrap_or_default();
-    let (mut passed, mut failed, mut na) = (0, Vec::new(), 0);
-    let started = Instant::now();
-    for c in CLAUSES {
-        if !filter.is_empty() && !c.name.contains(filter.as_str()) {
-            continue;
-        }
-        if (c.mode == Mode::Threaded && inline) || (c.mode == Mode::Inline && !inline) {
-            na += 1;
-            continue;
-        }
-        if let Some(why) = skip_on(backend, c.name) {
-            say(format!("conformance[{name}] {} ... SKIPPED: {why}", c.name));
-            na += 1;
-            continue;
-        }
-        let t0 = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| (c.run)(&t))) {
-            Ok(()) => {
-                passed += 1;
-                say(format!(
-                    "conformance[{name}] {} ... ok ({:?})",
-                    c.name,
-                    t0.elapsed()
-                ));
-            }
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                say(format!("conformance[{name}] {} ... FAILED: {msg}", c.name));
-                failed.push(c.name);
+            /// Every backend the build has is tested by one of the targets.
+            #[test]
+            fn every_available_backend_is_covered() {
+                for b in ::iocp::Backend::available() {
+                    assert!(
+                        crate::TARGETS.iter().any(|t| t.backend == *b),
+                        "backend {b} has no conformance target"
+                    );
+                }
             }
         }
-    }
-    let na = if na > 0 {
-        format!(" ({na} clauses not applicable)")
-    } else {
-        String::new()
     };
-    say(format!(
-        "conformance[{name}]: {passed} passed, {} failed{na} in {:?}",
-        failed.len(),
-        started.elapsed()
-    ));
-    assert!(
-        failed.is_empty(),
-        "conformance[{name}] failed clauses: {failed:?}"
-    );
+}
+
+/// The module of one target: a test per clause.
+macro_rules! target_module {
+    (($target:ident, $backend:ident, $kind:ident) $($mode:ident $clause:ident,)*) => {
+        pub mod $target {
+            const TARGET: crate::Target = crate::Target {
+                backend: ::iocp::Backend::$backend,
+                inline: clause_test!(@inline $kind),
+            };
+            $(clause_test!($target $kind $mode $clause);)*
+        }
+    };
+}
+
+/// One test: the clause on the module's `TARGET`, or an ignored test saying
+/// why the clause cannot hold on that kind of target.
+macro_rules! clause_test {
+    (@inline inline) => { true };
+    (@inline $kind:ident) => { false };
+
+    ($target:ident inline threaded $clause:ident) => {
+        clause_test!(@skip $target $clause "needs several threads waiting on one port; \
+            an inline port's only getter is its owner thread");
+    };
+    ($target:ident inline scheduling $clause:ident) => {
+        clause_test!(@skip $target $clause "needs several threads waiting on one port; \
+            an inline port's only getter is its owner thread");
+    };
+    ($target:ident threaded inline $clause:ident) => {
+        clause_test!(@skip $target $clause "about an inline port's owner thread; \
+            this port has an engine thread");
+    };
+    ($target:ident kernel inline $clause:ident) => {
+        clause_test!(@skip $target $clause "about an inline port's owner thread; \
+            this port has none");
+    };
+    ($target:ident kernel scheduling $clause:ident) => {
+        clause_test!(@skip $target $clause "the kernel schedules IOCP waiters: `waiting` \
+            drops as the woken thread's GQCS returns, not inside `post`, and a thread blocked \
+            on anything (these clauses' channels too) stops counting; tests/windows.rs checks \
+            LIFO wake and the limit the kernel's way (Wine wakes FIFO and ignores the limit)");
+    };
+    ($target:ident $kind:ident $mode:ident $clause:ident) => {
+        #[test]
+        fn $clause() {
+            crate::run_clause(
+                TARGET,
+                concat!("conformance::", stringify!($target), "::", stringify!($clause)),
+                crate::$clause,
+            );
+        }
+    };
+    (@skip $target:ident $clause:ident $why:literal) => {
+        #[test]
+        #[ignore = $why]
+        fn $clause() {
+            // Not run here; named so that a clause no target runs still builds.
+            let _: fn(&crate::Target) = crate::$clause;
+            crate::util::say(concat!(
+                "conformance::", stringify!($target), "::", stringify!($clause),
+                " SKIPPED: ", $why
+            ));
+        }
+    };
 }
 
 #[cfg(target_os = "linux")]
-#[test]
-fn uring() {
-    run_target(Backend::Uring, false);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn uring_inline() {
-    run_target(Backend::Uring, true);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn epoll() {
-    run_target(Backend::Epoll, false);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn epoll_inline() {
-    run_target(Backend::Epoll, true);
+targets! {
+    uring: Uring, threaded;
+    uring_inline: Uring, inline;
+    epoll: Epoll, threaded;
+    epoll_inline: Epoll, inline;
 }
 
 #[cfg(windows)]
-#[test]
-fn iocp() {
-    run_target(Backend::Iocp, false);
+targets! {
+    iocp: Iocp, kernel;
 }
 
-/// Every backend the build has is driven by one of the tests above.
-#[test]
-fn every_available_backend_is_covered() {
-    let covered: &[Backend] = if cfg!(target_os = "linux") {
-        &[Backend::Uring, Backend::Epoll]
-    } else {
-        &[Backend::Iocp]
-    };
-    for b in Backend::available() {
-        assert!(covered.contains(b), "backend {b} has no conformance test");
+/// Runs one clause on one target, once its backend is known to work here
+/// (see [`Target::ready`]: an unavailable backend fails the test unless the
+/// environment allows the skip).
+fn run_clause(t: Target, test: &str, clause: fn(&Target)) {
+    if t.ready(test) {
+        clause(&t);
     }
 }
 
@@ -658,9 +630,12 @@ fn blocking_guard_thread_exit(t: &Target) {
     if t.backend == Backend::Iocp {
         // The kernel decides whether B waits behind A.
         say(format!(
-            "conformance[{}] blocking_guard_thread_exit: SKIPPED the assertion that B waits while A runs: the kernel schedules IOCP waiters{}",
-            t.name(),
-            iocp::wine_version().map_or(String::new(), |v| format!(" (Wine {v} ignores the limit)"))
+            "conformance::{}::blocking_guard_thread_exit: SKIPPED the assertion that B waits \
+             while A runs: the kernel schedules IOCP waiters{}",
+            t.backend,
+            iocp::wine_version().map_or(String::new(), |v| format!(
+                " (Wine {v} ignores the concurrency limit)"
+            ))
         ));
     } else {
         wait_until("B waits", || port.stats().waiting == 1);

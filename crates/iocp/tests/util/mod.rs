@@ -112,6 +112,63 @@ impl Target {
             Err(e) => panic!("{}: building a port failed: {e}", self.name()),
         }
     }
+
+    /// Whether `test` can run on this target: `true` when a port builds.
+    /// When the backend is unavailable on this machine (not in this build,
+    /// or a port fails to build: io_uring blocked by seccomp or a sysctl,
+    /// too old a kernel), the test FAILS here, unless
+    /// [`ALLOW_MISSING_BACKEND`] names the backend: then this prints
+    /// `<test> SKIPPED: <reason>` and returns `false`.
+    pub fn ready(&self, test: &str) -> bool {
+        let why = if !Backend::available().contains(&self.backend) {
+            format!("the {} backend is not in this build", self.backend)
+        } else {
+            match self.builder().build() {
+                Ok(p) => {
+                    p.close();
+                    return true;
+                }
+                Err(e) => format!("{}: building a port failed: {e}", self.name()),
+            }
+        };
+        if missing_backend_allowed(self.backend) {
+            say(format!(
+                "{test} SKIPPED: {why} ({ALLOW_MISSING_BACKEND} allows the skip)"
+            ));
+            false
+        } else {
+            panic!(
+                "{test}: {why}. Set {ALLOW_MISSING_BACKEND}={} to skip its tests on this \
+                 machine (CI never does)",
+                self.backend
+            )
+        }
+    }
+}
+
+/// The environment variable that lets tests skip a backend this machine
+/// cannot run: backend names (`uring`, `epoll`, `iocp`) separated by commas
+/// or spaces, or `all`. Unset (as in CI), a missing backend fails its tests.
+pub const ALLOW_MISSING_BACKEND: &str = "IOCP_ALLOW_MISSING_BACKEND";
+
+/// Whether [`ALLOW_MISSING_BACKEND`] names `b` (or says `all`). A name that
+/// is not a backend fails the test, naming it.
+pub fn missing_backend_allowed(b: Backend) -> bool {
+    let Ok(v) = std::env::var(ALLOW_MISSING_BACKEND) else {
+        return false;
+    };
+    let mut allowed = false;
+    for name in v.split([',', ' ', '\t']).filter(|s| !s.is_empty()) {
+        allowed |= match name.parse::<Backend>() {
+            _ if name == "all" => true,
+            Ok(Backend::Auto) | Err(_) => panic!(
+                "{ALLOW_MISSING_BACKEND}={v:?}: {name:?} is not a backend \
+                 (expected uring, epoll, iocp or all)"
+            ),
+            Ok(named) => named == b,
+        };
+    }
+    allowed
 }
 
 /// Takes one packet, failing the test after [`T`].
