@@ -1,0 +1,142 @@
+//! UDP: round trips, truncated datagrams, vectored datagrams.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use crate::util::*;
+use iocp::{Buf, OpKind};
+
+/// UDP `send_to`/`recv_from` round trips with the sender's address, on
+/// 127.0.0.1 (and ::1 where it exists).
+pub fn udp_round_trip(t: &Target) {
+    let port = t.port();
+    for local in ["127.0.0.1:0", "[::1]:0"] {
+        let Ok(a) = UdpSocket::bind(local) else {
+            println!("udp: {local} not available, skipped");
+            continue;
+        };
+        let a_addr = a.local_addr().unwrap();
+        let ha = port.associate(a, 80).unwrap();
+        let b = UdpSocket::bind(local).unwrap();
+        b.set_read_timeout(Some(T)).unwrap();
+        let b_addr = b.local_addr().unwrap();
+
+        let op = port.recv_from(&ha, Vec::with_capacity(2048), 1).unwrap();
+        b.send_to(b"ping", a_addr).unwrap();
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op, comp.bytes()),
+            (OpKind::RecvFrom, 80, 1, op, 4)
+        );
+        assert_eq!(comp.from_addr(), Some(b_addr));
+        assert_eq!(comp.take_buf().unwrap().as_slice(), b"ping");
+
+        port.send_to(&ha, b"pong".to_vec(), b_addr, 2).unwrap();
+        let comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.token, comp.bytes()),
+            (OpKind::SendTo, 2, 4),
+            "{}",
+            brief(&comp)
+        );
+        let mut buf = [0u8; 16];
+        let (n, from) = b.recv_from(&mut buf).expect("datagram at the peer");
+        assert_eq!((&buf[..n], from), (&b"pong"[..], a_addr));
+
+        // Port to port.
+        let c = UdpSocket::bind(local).unwrap();
+        let c_addr: SocketAddr = c.local_addr().unwrap();
+        let hc = port.associate(c, 81).unwrap();
+        port.recv_from(&hc, Vec::with_capacity(64), 3).unwrap();
+        port.send_to(&ha, vec![7u8; 33], c_addr, 4).unwrap();
+        let mut by_token = HashMap::new();
+        for _ in 0..2 {
+            let c = get(&port);
+            by_token.insert(c.token, c);
+        }
+        let r = by_token.get_mut(&3).expect("recv_from completed");
+        assert_eq!((r.key, r.bytes(), r.from_addr()), (81, 33, Some(a_addr)));
+        assert_eq!(r.take_buf().unwrap().as_slice(), &[7u8; 33][..]);
+        assert_eq!(by_token[&4].bytes(), 33);
+    }
+}
+
+/// A datagram larger than the receive buffer is cut to the buffer
+/// (`Ok(len)`, as `recvmsg` does) and completes exactly once — also when it
+/// was already waiting as the receive started (Winsock then fails the call
+/// with `WSAEMSGSIZE` and still queues its packet).
+pub fn udp_truncated_datagram(t: &Target) {
+    let port = t.port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    b.send_to(&pattern(0, 100), a.local_addr().unwrap())
+        .unwrap();
+    a.set_read_timeout(Some(T)).unwrap();
+    let mut room = [0u8; 200];
+    let (n, _) = a.peek_from(&mut room).expect("the datagram arrives");
+    assert_eq!(n, 100);
+    let ha = port.associate(a, 81).unwrap();
+    let op = port.recv_from(&ha, Vec::with_capacity(10), 1).unwrap();
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.kind, comp.key, comp.token, comp.op),
+        (OpKind::RecvFrom, 81, 1, op)
+    );
+    assert_eq!(comp.result.as_ref().ok(), Some(&10), "{}", brief(&comp));
+    assert_eq!(comp.take_buf().unwrap().as_slice(), &pattern(0, 10)[..]);
+    assert_eq!(comp.from_addr(), Some(b.local_addr().unwrap()));
+    no_packet(&port, Duration::from_millis(100));
+}
+
+/// On a datagram socket a vectored send is one datagram: 2000 buffers (more
+/// than `IOV_MAX`) go out as one datagram or fail whole (`EMSGSIZE` on
+/// Linux), never as two. A failed datagram send stops nothing: the next send
+/// goes out.
+pub fn udp_send_vectored_whole(t: &Target) {
+    let port = t.port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.set_read_timeout(Some(T)).unwrap();
+    let ha = port.associate(a, 82).unwrap();
+    let bufs: Vec<Buf> = pattern(0, 2000)
+        .into_iter()
+        .map(|x| Buf::from(vec![x]))
+        .collect();
+    let op = port.send_vectored(&ha, bufs, 1).unwrap();
+    let comp = get(&port);
+    assert_eq!((comp.kind, comp.token, comp.op), (OpKind::Send, 1, op));
+    let whole = match &comp.result {
+        Ok(n) => {
+            assert_eq!(*n, 2000, "{}", brief(&comp));
+            true
+        }
+        Err(_) => {
+            assert_eq!(comp.transferred(), 0, "{}", brief(&comp));
+            false
+        }
+    };
+    port.send(&ha, b"after".to_vec(), 2).unwrap();
+    let comp = get(&port);
+    assert_eq!(
+        (comp.token, comp.result.as_ref().ok()),
+        (2, Some(&5)),
+        "{}",
+        brief(&comp)
+    );
+    let mut room = vec![0u8; 4096];
+    if whole {
+        let n = b.recv(&mut room).expect("the datagram arrives");
+        assert!(
+            room[..n] == pattern(0, 2000)[..],
+            "one datagram of 2000 bytes, got {n} bytes"
+        );
+    }
+    let n = b.recv(&mut room).expect("the next datagram arrives");
+    assert_eq!(
+        &room[..n],
+        b"after",
+        "a vectored datagram went out in pieces ({n} bytes)"
+    );
+}

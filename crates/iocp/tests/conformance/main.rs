@@ -1,0 +1,211 @@
+//! The semantics contract, written once and run on every target: a backend
+//! this build has, with an engine thread or inline (per-core). Each clause
+//! is one test per target, `conformance::<target>::<clause>` (for example
+//! `conformance::uring::lifo_wake`), so a test runner lists, filters, times
+//! and retries each one:
+//!
+//! ```text
+//! cargo nextest run -p iocp --test conformance -E 'test(/::lifo_wake$/)'
+//! cargo test -p iocp --test conformance -- conformance::epoll_inline::
+//! ```
+//!
+//! Targets: `uring`, `uring_inline`, `epoll`, `epoll_inline` (Linux), `iocp`
+//! (Windows). Every clause is generated for every target; one that cannot
+//! hold on a target is an ignored test whose reason says why (`cargo test`
+//! prints `... ignored, <reason>`; run anyway, it prints that reason and
+//! passes without running the clause). Which clause runs where is its mode
+//! in the table below:
+//! - `any`: every target;
+//! - `threaded`: several threads waiting on one port, so not on an inline
+//!   port, whose only getter is its owner thread;
+//! - `scheduling`: threaded, and about the order and count the library's own
+//!   port keeps (LIFO wake-up, the concurrency limit): not on IOCP, where
+//!   the kernel schedules (`tests/windows.rs` checks it there);
+//! - `inline`: about an inline port's owner thread, so inline targets only.
+//!
+//! A target whose backend cannot build a port on this machine (io_uring
+//! blocked by seccomp or a sysctl, too old a kernel) fails each of its
+//! tests, unless `IOCP_ALLOW_MISSING_BACKEND` names the backend (see
+//! `util::ALLOW_MISSING_BACKEND`): then each test prints
+//! `conformance::uring::lifo_wake SKIPPED: <reason>` and passes.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+mod datagram;
+mod lifecycle;
+mod pooled;
+mod queue;
+mod stream;
+mod timers;
+
+use std::time::Duration;
+
+use iocp::Backend;
+use util::Target;
+
+/// A `get` timeout that polls.
+const ZERO: Option<Duration> = Some(Duration::ZERO);
+
+/// Calls `$then!` with `$args` followed by every clause, each with its mode
+/// (see the crate docs): the one table of the contract's clauses.
+macro_rules! for_each_clause {
+    ($then:ident!($($args:tt)*)) => {
+        $then! { ($($args)*)
+            any queue::exactly_once,
+            scheduling queue::lifo_wake,
+            scheduling queue::limit_running_blocks_waiters,
+            scheduling queue::limit_batch_counts_once,
+            scheduling queue::limit_thread_exit_releases,
+            scheduling queue::limit_blocking_guard,
+            any queue::blocking_guard_get_inside,
+            any queue::blocking_guard_nested,
+            threaded queue::blocking_guard_thread_exit,
+            any queue::timed_out_get_consumes_nothing,
+            any queue::post_wakes_getter,
+            any lifecycle::failed_op_vs_no_packet,
+            any lifecycle::cancel_pending,
+            any lifecycle::cancel_races_data,
+            any lifecycle::close_handle_in_flight,
+            threaded lifecycle::close_port_wakes_waiters,
+            threaded lifecycle::close_port_wakes_get_many_waiters,
+            any lifecycle::close_port_then_calls_fail,
+            any lifecycle::port_close_closes_handles,
+            any lifecycle::with_socket_holds_descriptor,
+            any lifecycle::with_socket_races_close,
+            inline lifecycle::inline_port_closed_off_thread,
+            any lifecycle::closed_handle_completion_keeps_key,
+            any queue::get_many,
+            any timers::post_after_timer,
+            any timers::op_deadline,
+            any timers::timers_bounded,
+            any stream::send_ordering,
+            any stream::large_send_slow_peer,
+            any stream::send_vectored_refused,
+            any stream::send_vectored_many_buffers,
+            any stream::send_cancel_part_way,
+            any stream::send_deadline_part_way,
+            any datagram::udp_round_trip,
+            any datagram::udp_truncated_datagram,
+            any datagram::udp_send_vectored_whole,
+            any pooled::pooled_stream,
+        }
+    };
+}
+
+/// `targets! { name: Backend, kind; ... }` makes `conformance::name`, one
+/// test per clause. A kind is `threaded` (an engine thread; the library
+/// schedules the waiters), `inline` (no engine thread: the owner turns the
+/// engine inside `get`) or `kernel` (the kernel's port schedules the
+/// waiters).
+macro_rules! targets {
+    ($($target:ident: $backend:ident, $kind:ident;)*) => {
+        /// Every target this build tests.
+        const TARGETS: &[Target] = &[$(Target {
+            backend: Backend::$backend,
+            inline: clause_test!(@inline $kind),
+        }),*];
+
+        mod conformance {
+            $(for_each_clause!(target_module!($target, $backend, $kind));)*
+
+            /// Every backend the build has is tested by one of the targets.
+            #[test]
+            fn every_available_backend_is_covered() {
+                for b in ::iocp::Backend::available() {
+                    assert!(
+                        crate::TARGETS.iter().any(|t| t.backend == *b),
+                        "backend {b} has no conformance target"
+                    );
+                }
+            }
+        }
+    };
+}
+
+/// The module of one target: a test per clause.
+macro_rules! target_module {
+    (($target:ident, $backend:ident, $kind:ident) $($mode:ident $family:ident::$clause:ident,)*) => {
+        pub mod $target {
+            const TARGET: crate::Target = crate::Target {
+                backend: ::iocp::Backend::$backend,
+                inline: clause_test!(@inline $kind),
+            };
+            $(clause_test!($target $kind $mode $family $clause);)*
+        }
+    };
+}
+
+/// One test: the clause on the module's `TARGET`, or an ignored test saying
+/// why the clause cannot hold on that kind of target.
+macro_rules! clause_test {
+    (@inline inline) => { true };
+    (@inline $kind:ident) => { false };
+
+    ($target:ident inline threaded $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "needs several threads waiting on one port; \
+            an inline port's only getter is its owner thread");
+    };
+    ($target:ident inline scheduling $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "needs several threads waiting on one port; \
+            an inline port's only getter is its owner thread");
+    };
+    ($target:ident threaded inline $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "about an inline port's owner thread; \
+            this port has an engine thread");
+    };
+    ($target:ident kernel inline $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "about an inline port's owner thread; \
+            this port has none");
+    };
+    ($target:ident kernel scheduling $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "the kernel schedules IOCP waiters: `waiting` \
+            drops as the woken thread's GQCS returns, not inside `post`, and a thread blocked \
+            on anything (these clauses' channels too) stops counting; tests/windows.rs checks \
+            LIFO wake and the limit the kernel's way (Wine wakes FIFO and ignores the limit)");
+    };
+    ($target:ident $kind:ident $mode:ident $family:ident $clause:ident) => {
+        #[test]
+        fn $clause() {
+            crate::run_clause(
+                TARGET,
+                concat!("conformance::", stringify!($target), "::", stringify!($clause)),
+                crate::$family::$clause,
+            );
+        }
+    };
+    (@skip $target:ident $family:ident $clause:ident $why:literal) => {
+        #[test]
+        #[ignore = $why]
+        fn $clause() {
+            // Not run here; named so that a clause no target runs still builds.
+            let _: fn(&crate::Target) = crate::$family::$clause;
+            crate::util::say(concat!(
+                "conformance::", stringify!($target), "::", stringify!($clause),
+                " SKIPPED: ", $why
+            ));
+        }
+    };
+}
+
+#[cfg(target_os = "linux")]
+targets! {
+    uring: Uring, threaded;
+    uring_inline: Uring, inline;
+    epoll: Epoll, threaded;
+    epoll_inline: Epoll, inline;
+}
+
+#[cfg(windows)]
+targets! {
+    iocp: Iocp, kernel;
+}
+
+/// Runs one clause on one target, once its backend is known to work here
+/// (see [`Target::ready`]: an unavailable backend fails the test unless the
+/// environment allows the skip).
+fn run_clause(t: Target, test: &str, clause: fn(&Target)) {
+    if t.ready(test) {
+        clause(&t);
+    }
+}

@@ -1,0 +1,101 @@
+//! Pooled receive: a stream of pool buffers.
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use iocp::{Buf, OpKind};
+
+use crate::util::*;
+use crate::ZERO;
+
+/// A pooled receive is a stream of `more == true` chunks in pool buffers and
+/// exactly one final `more == false` completion; buffers go back to the pool
+/// when dropped (in_use returns to 0), and the stream survives the pool
+/// running dry. Packets the engine queues for this thread count as
+/// hand-offs on a threaded port and not on an inline one; a thread's own
+/// post + get never does.
+pub fn pooled_stream(t: &Target) {
+    const TOTAL: usize = 256 * 1024;
+    const BUF: usize = 1024;
+    let port = t.build(
+        t.builder()
+            .concurrency(4)
+            .pool_buffers(8)
+            .pool_buffer_size(BUF),
+    );
+    let (h, mut c) = tcp_pair(&port, 90);
+    let h0 = port.stats().handoffs;
+    let op = port.recv_pooled(&h, 3).unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in pattern(0, TOTAL).chunks(4096) {
+            c.write_all(chunk)?;
+        }
+        c.shutdown(Shutdown::Write)?;
+        Ok::<_, std::io::Error>(c)
+    });
+    let (mut data, mut chunks, mut held, mut max_in_use) = (Vec::new(), 0u64, Vec::new(), 0);
+    loop {
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op),
+            (OpKind::RecvPooled, 90, 3, op),
+            "{}",
+            brief(&comp)
+        );
+        if !comp.more {
+            assert_eq!(
+                comp.result.as_ref().ok(),
+                Some(&0),
+                "the stream ends at FIN: {}",
+                brief(&comp)
+            );
+            break;
+        }
+        chunks += 1;
+        let n = comp.bytes();
+        let b = comp.take_buf().expect("a chunk carries a buffer");
+        let Buf::Pooled(pb) = b else {
+            panic!("a chunk is a pool buffer, got {b:?}")
+        };
+        assert!(n > 0 && n <= BUF && pb.len() == n, "chunk of {n} in {pb:?}");
+        data.extend_from_slice(&pb);
+        held.push(pb);
+        max_in_use = max_in_use.max(port.pool_stats().in_use);
+        assert!(port.pool_stats().in_use >= held.len());
+        if held.len() >= 4 {
+            held.clear();
+        }
+    }
+    no_packet(&port, Duration::from_millis(100)); // exactly one final completion
+    drop(held);
+    assert_eq!(port.pool_stats().in_use, 0, "every pool buffer is back");
+    let _c = writer.join().unwrap().expect("writer");
+    assert!(
+        data == pattern(0, TOTAL),
+        "stream bytes differ ({} of {TOTAL} received)",
+        data.len()
+    );
+    assert!(
+        chunks >= (TOTAL / BUF) as u64,
+        "{chunks} chunks for {TOTAL} bytes in {BUF}-byte buffers"
+    );
+    let handoffs = port.stats().handoffs - h0;
+    if t.inline {
+        assert_eq!(handoffs, 0, "an inline port hands nothing across threads");
+    } else {
+        assert!(
+            handoffs > chunks,
+            "engine-to-getter packets are hand-offs: {handoffs} for {chunks} chunks"
+        );
+    }
+    let h1 = port.stats().handoffs;
+    port.post(1, 0, 1).unwrap();
+    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    assert_eq!(
+        port.stats().handoffs,
+        h1,
+        "own post + get is not a hand-off"
+    );
+    println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
+}

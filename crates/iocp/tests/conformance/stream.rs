@@ -1,0 +1,393 @@
+//! TCP sends: order, large and vectored sends, sends refused or cut
+//! part-way.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+use iocp::{is_aborted, Buf, Completion, OpKind, OpOptions, Port};
+use socket2::SockRef;
+
+/// 64 sends (some vectored) queued back-to-back on one handle arrive in
+/// order; each completes once with all its bytes and hands its buffers back.
+pub fn send_ordering(t: &Target) {
+    const N: usize = 64;
+    const LEN: usize = 1000;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 70);
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; N * LEN];
+        c.read_exact(&mut got).map(|_| got)
+    });
+    for i in 0..N {
+        let chunk = pattern(i * LEN, LEN);
+        if i % 8 == 7 {
+            let (a, b) = chunk.split_at(300);
+            port.send_vectored(
+                &h,
+                vec![
+                    Buf::from(a.to_vec()),
+                    Buf::from(b.to_vec().into_boxed_slice()),
+                ],
+                i as u64,
+            )
+            .unwrap();
+        } else {
+            port.send(&h, chunk, i as u64).unwrap();
+        }
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..N {
+        let mut comp = get(&port);
+        assert_eq!((comp.kind, comp.key), (OpKind::Send, 70));
+        assert_eq!(comp.bytes(), LEN, "{}", brief(&comp));
+        assert!(seen.insert(comp.token), "token {} twice", comp.token);
+        if comp.token % 8 == 7 {
+            let bufs = comp.take_bufs();
+            assert_eq!(bufs.iter().map(|b| b.len()).collect::<Vec<_>>(), [300, 700]);
+        } else {
+            assert_eq!(
+                comp.take_buf().unwrap().as_slice(),
+                &pattern(comp.token as usize * LEN, LEN)[..]
+            );
+        }
+    }
+    let got = reader.join().unwrap().expect("the peer reads every byte");
+    assert!(got == pattern(0, N * LEN), "bytes out of order at the peer");
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// An 8 MiB send to a slow-reading peer (small socket buffers, so the kernel
+/// takes it in many short sends) completes with every byte, and a send queued
+/// behind it follows it on the wire.
+pub fn large_send_slow_peer(t: &Target) {
+    const BIG: usize = 8 << 20;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 71);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(BIG + 1000);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut reads = 0u32;
+        while got.len() < BIG + 1000 {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            reads += 1;
+            if reads % 64 == 0 {
+                // A slow reader: pacing only, nothing waits on this.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok::<_, std::io::Error>(got)
+    });
+    port.send(&h, pattern(0, BIG), 1).unwrap();
+    port.send(&h, vec![0xAB; 1000], 2).unwrap();
+    let mut done = HashMap::new();
+    for _ in 0..2 {
+        let mut comp = get(&port);
+        let len = comp.take_buf().map(|b| b.len());
+        done.insert(comp.token, (comp.result.as_ref().ok().copied(), len));
+    }
+    assert_eq!(
+        done[&1],
+        (Some(BIG), Some(BIG)),
+        "the large send completes whole"
+    );
+    assert_eq!(done[&2], (Some(1000), Some(1000)));
+    let got = reader.join().unwrap().expect("peer read");
+    assert_eq!(got.len(), BIG + 1000);
+    assert!(
+        got[..BIG] == pattern(0, BIG)[..],
+        "large send corrupted or reordered"
+    );
+    assert!(
+        got[BIG..].iter().all(|&b| b == 0xAB),
+        "the second send overtook the first"
+    );
+}
+
+/// Every buffer a refused operation hands back, in order.
+fn refused_bufs(mut e: iocp::SubmitError) -> Vec<Buf> {
+    let mut v: Vec<Buf> = e.take_buf().into_iter().collect();
+    v.extend(e.take_bufs());
+    v
+}
+
+/// The bytes an operation moved, whatever its result; `None` if the
+/// completion does not say.
+fn transferred(c: &Completion) -> Option<usize> {
+    Some(c.transferred())
+}
+
+/// Four buffers of three kinds, one of them empty, for a vectored send.
+fn four_bufs() -> Vec<Buf> {
+    vec![
+        Buf::from(b"one".to_vec()),
+        Buf::from(b"two".to_vec().into_boxed_slice()),
+        Buf::from(Vec::new()),
+        Buf::from(b"four".to_vec()),
+    ]
+}
+
+/// A vectored send that cannot start (a handle of another port, a closed
+/// handle, a closed port) hands every one of its buffers back, in order,
+/// contents intact, in its `SubmitError`.
+pub fn send_vectored_refused(t: &Target) {
+    let want: Vec<Vec<u8>> = vec![b"one".to_vec(), b"two".to_vec(), vec![], b"four".to_vec()];
+    let mut problems = Vec::new();
+    let mut check = |what: &str, r: Result<iocp::OpId, iocp::SubmitError>| {
+        let e = r.expect_err(what);
+        let got: Vec<Vec<u8>> = refused_bufs(e).into_iter().map(Buf::into_vec).collect();
+        if got != want {
+            problems.push(format!("{what}: got back {got:?}"));
+        }
+    };
+    let port = t.port();
+    let other = t.port();
+    let (ho, _co) = tcp_pair(&other, 1);
+    check(
+        "a handle of another port",
+        port.send_vectored(&ho, four_bufs(), 1),
+    );
+    let (h, _c) = tcp_pair(&port, 2);
+    h.close();
+    check("a closed handle", port.send_vectored(&h, four_bufs(), 2));
+    let (h2, _c2) = tcp_pair(&port, 3);
+    port.close();
+    check("a closed port", port.send_vectored(&h2, four_bufs(), 3));
+    assert!(
+        problems.is_empty(),
+        "every buffer of a refused vectored send comes back, in order, intact \
+         ({want:?}): {}",
+        problems.join("; ")
+    );
+}
+
+/// Vectored sends of more buffers than `IOV_MAX` (1024 on Linux): 2000
+/// one-byte buffers, then 3000 buffers of mixed sizes and kinds (some
+/// empty, some large). Each completes as one operation with its total byte
+/// count and every buffer back in order; the peer reads every byte, in
+/// order, the two sends one after the other.
+pub fn send_vectored_many_buffers(t: &Target) {
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 94);
+    let ones: Vec<Buf> = pattern(0, 2000)
+        .into_iter()
+        .map(|b| Buf::from(vec![b]))
+        .collect();
+    let sizes: Vec<usize> = (0..3000usize)
+        .map(|i| match i % 10 {
+            0 => 0,
+            1 => 1,
+            5 => 4096 + i,
+            9 if i % 500 == 9 => 200_000,
+            _ => (i * 37) % 1500,
+        })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let mut mixed = Vec::with_capacity(sizes.len());
+    let mut at = 2000;
+    for (i, &n) in sizes.iter().enumerate() {
+        let bytes = pattern(at, n);
+        at += n;
+        mixed.push(if i % 2 == 0 {
+            Buf::from(bytes)
+        } else {
+            Buf::from(bytes.into_boxed_slice())
+        });
+    }
+    let want = pattern(0, 2000 + total);
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 2000 + total];
+        c.read_exact(&mut got).map(|_| got)
+    });
+    let op1 = port.send_vectored(&h, ones, 1).unwrap();
+    let op2 = port.send_vectored(&h, mixed, 2).unwrap();
+    for (op, tok, n, lens) in [
+        (op1, 1, 2000, vec![1; 2000]),
+        (op2, 2, total, sizes.clone()),
+    ] {
+        let mut comp = get(&port);
+        assert_eq!(
+            (comp.kind, comp.key, comp.token, comp.op),
+            (OpKind::Send, 94, tok, op),
+            "{}",
+            brief(&comp)
+        );
+        assert_eq!(
+            comp.result.as_ref().ok(),
+            Some(&n),
+            "a vectored send of {} buffers completes whole, as one operation: {}",
+            lens.len(),
+            brief(&comp)
+        );
+        let back: Vec<usize> = comp.take_bufs().iter().map(Buf::len).collect();
+        assert!(back == lens, "every buffer comes back, in order");
+    }
+    let got = reader.join().unwrap().expect("the peer reads every byte");
+    assert!(got == want, "bytes differ or out of order at the peer");
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// Turns the port until `cond` holds (an inline port's engine runs only
+/// inside `get`), failing after [`T`] or on a packet.
+#[track_caller]
+fn drive_until(port: &Port, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {T:?} waiting until {what}"
+        );
+        no_packet(port, Duration::from_millis(1));
+    }
+}
+
+pub fn send_cancel_part_way(t: &Target) {
+    send_cut_part_way(t, false);
+}
+
+pub fn send_deadline_part_way(t: &Target) {
+    send_cut_part_way(t, true);
+}
+
+/// A large send to a peer that does not read, cut part-way by a cancel (or
+/// by its deadline, then vectored): it completes aborted (`TimedOut`) and
+/// reports the bytes that went out; the send queued behind it and every
+/// later send on the handle complete aborted, write nothing, and hand their
+/// buffers back; after the close the peer has read exactly the reported
+/// bytes of the first send and nothing else.
+fn send_cut_part_way(t: &Target, deadline: bool) {
+    const BIG: usize = 8 << 20;
+    let port = t.port();
+    let (h, c) = tcp_pair(&port, 95);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let first = if deadline {
+        let chunks = pattern(0, BIG)
+            .chunks(64 * 1024)
+            .map(|b| Buf::from(b.to_vec()))
+            .collect();
+        let opts = OpOptions::with_timeout(1, Duration::from_millis(200));
+        port.send_vectored(&h, chunks, opts).unwrap()
+    } else {
+        port.send(&h, pattern(0, BIG), 1).unwrap()
+    };
+    let second = port.send(&h, vec![0xFE; 1000], 2).unwrap();
+    if !deadline {
+        // Part of it is out once the peer could read a byte; the rest cannot
+        // fit in the socket buffers.
+        c.set_nonblocking(true).unwrap();
+        drive_until(&port, "the first bytes arrive", || {
+            c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+        });
+        c.set_nonblocking(false).unwrap();
+        h.cancel(first).unwrap();
+    }
+    let mut problems = Vec::new();
+    let mut comp = get(&port);
+    assert_eq!((comp.token, comp.op), (1, first), "{}", brief(&comp));
+    let want_err = if deadline {
+        ErrorKind::TimedOut
+    } else {
+        iocp::aborted().kind()
+    };
+    match &comp.result {
+        Err(e) if e.kind() == want_err && (deadline || is_aborted(e)) => {}
+        other => problems.push(format!(
+            "the cut send should fail with {want_err:?}, got {other:?}"
+        )),
+    }
+    let sent = transferred(&comp);
+    match sent {
+        Some(n) if n > 0 && n < BIG => {}
+        other => problems.push(format!(
+            "the cut send should report the bytes that went out (0 < n < {BIG}), got {other:?}"
+        )),
+    }
+    let back: usize = if deadline {
+        let bufs = comp.take_bufs();
+        assert_eq!(bufs.len(), BIG / (64 * 1024), "every buffer comes back");
+        bufs.iter().map(Buf::len).sum()
+    } else {
+        comp.take_buf().map_or(0, |b| b.len())
+    };
+    assert_eq!(back, BIG, "the cut send's buffers come back whole");
+
+    // The peer reads from now on, until the close.
+    let reader = std::thread::spawn(move || {
+        let mut c = c;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).map(|_| got)
+    });
+    let later = port.send(&h, vec![0xFD; 100], 3).unwrap();
+    let later_v = port
+        .send_vectored(
+            &h,
+            vec![Buf::from(vec![0xFC; 10]), Buf::from(vec![0xFB; 20])],
+            4,
+        )
+        .unwrap();
+    let mut rest = HashMap::new();
+    for _ in 0..3 {
+        let comp = get(&port);
+        rest.insert(comp.token, comp);
+    }
+    for (tok, op, len, what) in [
+        (2, second, 1000, "the send queued behind it"),
+        (3, later, 100, "a later send"),
+        (4, later_v, 30, "a later vectored send"),
+    ] {
+        let comp = rest.get_mut(&tok).expect("one completion each");
+        assert_eq!(comp.op, op, "{}", brief(comp));
+        if !comp.is_aborted() || transferred(comp) != Some(0) {
+            problems.push(format!(
+                "{what} should complete aborted having sent 0 bytes, got {:?}",
+                comp.result
+            ));
+        }
+        let back: usize = comp.take_buf().map_or(0, |b| b.len())
+            + comp.take_bufs().iter().map(Buf::len).sum::<usize>();
+        assert_eq!(back, len, "{what}: its buffers come back");
+    }
+    h.close();
+    drive_until(&port, "the peer reads to the close", || {
+        reader.is_finished()
+    });
+    let got = reader
+        .join()
+        .unwrap()
+        .expect("the peer reads until the close");
+    // Bytes of the cut send are pattern bytes (< 251); the others are not.
+    let p = got
+        .iter()
+        .zip(pattern(0, got.len().min(BIG)))
+        .take_while(|(a, b)| **a == *b)
+        .count();
+    if sent != Some(p) {
+        problems.push(format!(
+            "the cut send reported {sent:?} bytes sent; the peer read {p} bytes of it"
+        ));
+    }
+    let tail = &got[p..];
+    if !tail.is_empty() {
+        let count = |v: u8| tail.iter().filter(|&&b| b == v).count();
+        problems.push(format!(
+            "after those the peer read {} more bytes: {} of the queued send, {} of the \
+             later send, {} of the later vectored send",
+            tail.len(),
+            count(0xFE),
+            count(0xFD),
+            count(0xFC) + count(0xFB)
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("; "));
+    no_packet(&port, Duration::from_millis(20));
+}
