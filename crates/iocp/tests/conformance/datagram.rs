@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use crate::util::*;
 use iocp::{Buf, OpKind};
+
+use crate::util::*;
 
 /// UDP `send_to`/`recv_from` round trips with the sender's address, on
 /// 127.0.0.1 (and ::1 where it exists).
@@ -139,4 +140,32 @@ pub fn udp_send_vectored_whole(t: &Target) {
         b"after",
         "a vectored datagram went out in pieces ({n} bytes)"
     );
+}
+
+/// `send_to` from one associated socket to another's pending `recv_from`:
+/// both complete, the receive with the datagram and the sender's address.
+pub fn udp_send_to_recv_from(t: &Target) {
+    let port = t.build(t.builder());
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (aa, ba): (SocketAddr, SocketAddr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let ha = port.associate(a, 1).unwrap();
+    let hb = port.associate(b, 2).unwrap();
+    port.recv_from(&ha, Vec::with_capacity(64), 10).unwrap();
+    port.send_to(&hb, b"ping".to_vec(), aa, 20).unwrap();
+    let mut seen = 0;
+    for _ in 0..2 {
+        let mut c = get(&port);
+        match c.kind {
+            OpKind::SendTo => assert_eq!((c.token, c.bytes()), (20, 4)),
+            OpKind::RecvFrom => {
+                assert_eq!((c.token, c.bytes(), c.from_addr()), (10, 4, Some(ba)));
+                assert_eq!(c.take_buf().unwrap().as_slice(), b"ping");
+            }
+            k => panic!("{k:?}"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+    port.close();
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use iocp::{is_aborted, Completion, GetError, OpKind};
+use iocp::{is_aborted, Completion, GetError, OpKind, OpOptions};
 use socket2::SockRef;
 
 use crate::util::*;
@@ -747,4 +747,48 @@ pub fn closed_handle_completion_keeps_key(t: &Target) {
     // Under heavy CPU load the two threads rarely run at the same moment,
     // and few (or no) starts land right behind the close.
     println!("close vs start: {rounds} rounds, {late} starts ended by the close (lead {lead})");
+}
+
+/// Cancel, close and a deadline on one handle: the cancelled receive
+/// completes aborted with its buffer; closing the handle aborts the rest
+/// (a receive and a pooled receive), once each; a receive's deadline
+/// completes it `TimedOut`, not before its time, after an earlier timer.
+pub fn cancel_close_and_deadline(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, _c) = tcp_pair(&port, 5);
+    let op1 = port.recv(&h, Vec::with_capacity(10), 1).unwrap();
+    port.recv(&h, Vec::with_capacity(20), 2).unwrap();
+    port.recv_pooled(&h, 3).unwrap();
+    h.cancel(op1).unwrap();
+    let mut c = get(&port);
+    assert_eq!((c.token, c.is_aborted()), (1, true), "{c:?}");
+    assert_eq!(c.take_buf().unwrap().into_vec().capacity(), 10);
+    h.close();
+    let mut rest: Vec<(u64, bool, bool)> = (0..2)
+        .map(|_| {
+            let c = get(&port);
+            (c.token, c.is_aborted(), c.more)
+        })
+        .collect();
+    rest.sort();
+    assert_eq!(rest, [(2, true, false), (3, true, false)]);
+    no_packet(&port, Duration::from_millis(100));
+
+    let (h, _c) = tcp_pair(&port, 6);
+    let t0 = Instant::now();
+    port.recv(
+        &h,
+        vec![0u8; 0],
+        OpOptions::with_timeout(8, Duration::from_millis(50)),
+    )
+    .unwrap();
+    port.post_after(Duration::from_millis(20), 11, 12).unwrap();
+    let c = get(&port);
+    assert_eq!((c.kind, c.key, c.token), (OpKind::Timer, 11, 12));
+    let c = get(&port);
+    assert_eq!(c.token, 8);
+    let e = c.result.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    port.close();
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use iocp::{Buf, OpKind};
+use iocp::{Backend, Buf, OpKind};
 
 use crate::util::*;
 use crate::ZERO;
@@ -98,4 +98,79 @@ pub fn pooled_stream(t: &Target) {
         "own post + get is not a hand-off"
     );
     println!("pooled: {chunks} chunks, up to {max_in_use} buffers lent at once");
+}
+
+/// A pooled receive with a pool of two 64-byte buffers: idle, it holds no
+/// buffer; with both buffers held by the application it starves (no
+/// completion, no failure) and resumes when they come back; FIN ends it
+/// with one final completion and every buffer back in the pool.
+pub fn pooled_receive_starves_and_resumes(t: &Target) {
+    let port = t.build(t.builder().pool_buffers(2).pool_buffer_size(64));
+    let (h, mut c) = tcp_pair(&port, 2);
+    // Idle: no buffer held.
+    port.recv_pooled(&h, 7).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(port.pool_stats().in_use, 0);
+    let data = pattern(0, 1000);
+    c.write_all(&data).unwrap();
+    let mut got = Vec::new();
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        let mut p = get(&port);
+        assert_eq!((p.kind, p.token, p.more), (OpKind::RecvPooled, 7, true));
+        let b = p.take_buf().unwrap();
+        got.extend_from_slice(b.as_slice());
+        held.push(b);
+    }
+    // Both buffers are out: the receive is starved, not failed.
+    no_packet(&port, Duration::from_millis(100));
+    assert_eq!(port.pool_stats().in_use, 2);
+    drop(held);
+    while got.len() < data.len() {
+        let mut p = get(&port);
+        assert!(p.more, "{p:?}");
+        got.extend_from_slice(p.take_buf().unwrap().as_slice());
+    }
+    assert!(got == data);
+    c.shutdown(Shutdown::Write).unwrap();
+    let p = get(&port);
+    assert_eq!((p.kind, p.bytes(), p.more), (OpKind::RecvPooled, 0, false));
+    assert!(p.result.is_ok());
+    no_packet(&port, Duration::from_millis(100));
+    let st = port.pool_stats();
+    assert_eq!(st.in_use, 0);
+    if t.backend == Backend::Epoll {
+        assert_eq!(st.in_kernel, 0);
+    }
+    port.close();
+}
+
+/// A pool buffer dropped just before the engine goes to sleep must still
+/// wake it (a lost wake-up here hung the pooled receive with the data
+/// waiting). Many starvations per run make the race likely.
+pub fn returned_buffers_always_wake_a_starved_receive(t: &Target) {
+    for _ in 0..16 {
+        let port = t.build(t.builder().pool_buffers(2).pool_buffer_size(64));
+        let (h, mut c) = tcp_pair(&port, 1);
+        let data = pattern(0, 256 << 10);
+        let d2 = data.clone();
+        let w = std::thread::spawn(move || {
+            c.write_all(&d2).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+        });
+        port.recv_pooled(&h, 1).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut p = get(&port);
+            if !p.more {
+                assert_eq!(p.bytes(), 0, "{p:?}");
+                break;
+            }
+            got.extend_from_slice(p.take_buf().unwrap().as_slice());
+        }
+        w.join().unwrap();
+        assert!(got == data);
+        assert!(port.engine_stats().starved > 0);
+        port.close();
+    }
 }

@@ -2,12 +2,14 @@
 //! part-way.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::util::*;
 use iocp::{is_aborted, Buf, Completion, OpKind, OpOptions, Port};
 use socket2::SockRef;
+
+use crate::util::*;
 
 /// 64 sends (some vectored) queued back-to-back on one handle arrive in
 /// order; each completes once with all its bytes and hands its buffers back.
@@ -390,4 +392,139 @@ fn send_cut_part_way(t: &Target, deadline: bool) {
     }
     assert!(problems.is_empty(), "{}", problems.join("; "));
     no_packet(&port, Duration::from_millis(20));
+}
+
+/// A 1 MiB send, a vectored send of two buffers and an empty send, queued
+/// back-to-back on a socket with an 8 KiB send buffer: the kernel takes them
+/// in many short writes, yet each completes once, whole and in order, and
+/// the peer reads the bytes in order.
+pub fn short_writes_finish_in_order(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, mut c) = tcp_pair(&port, 1);
+    h.with_socket(|s| s.set_send_buffer_size(8192)).unwrap();
+    let data = pattern(0, 3 << 20);
+    let (a, rest) = data.split_at(1 << 20);
+    let (b1, b2) = rest.split_at(700_001);
+    port.send(&h, a.to_vec(), 1).unwrap();
+    port.send_vectored(&h, vec![Buf::from(b1.to_vec()), Buf::from(b2.to_vec())], 2)
+        .unwrap();
+    port.send(&h, Vec::new(), 3).unwrap();
+    let len = data.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; len];
+        c.read_exact(&mut got).map(|_| got)
+    });
+    let c1 = get(&port);
+    assert_eq!((c1.kind, c1.token, c1.bytes()), (OpKind::Send, 1, a.len()));
+    let mut c2 = get(&port);
+    assert_eq!(
+        (c2.kind, c2.token, c2.bytes()),
+        (OpKind::Send, 2, b1.len() + b2.len())
+    );
+    let bufs = c2.take_bufs();
+    assert_eq!(bufs.len(), 2);
+    assert_eq!(bufs[1].as_slice(), b2);
+    let c3 = get(&port);
+    assert_eq!((c3.token, c3.bytes()), (3, 0));
+    let got = reader.join().unwrap().expect("the peer reads every byte");
+    assert!(got == data, "stream corrupted");
+    no_packet(&port, Duration::from_millis(100));
+    port.close();
+}
+
+/// A send started right behind a connect goes out once the socket is
+/// connected (in either completion order); a connect to a closed port
+/// completes refused, as a packet.
+pub fn connect_and_refused(t: &Target) {
+    let port = t.build(t.builder());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let h = port.associate(s, 3).unwrap();
+    port.connect(&h, addr, 1).unwrap();
+    port.send(&h, b"hi".to_vec(), 2).unwrap();
+    // (io_uring may complete the send first.)
+    let mut done: Vec<(OpKind, u64, usize)> = (0..2)
+        .map(|_| {
+            let c = get(&port);
+            (c.kind, c.token, c.result.unwrap())
+        })
+        .collect();
+    done.sort_by_key(|d| d.1);
+    assert_eq!(done, [(OpKind::Connect, 1, 0), (OpKind::Send, 2, 2)]);
+    let (mut peer, _) = l.accept().unwrap();
+    let mut got = [0u8; 2];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hi");
+
+    drop(l);
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let h2 = port.associate(s, 4).unwrap();
+    port.connect(&h2, addr, 5).unwrap();
+    let c = get(&port);
+    assert_eq!((c.kind, c.token), (OpKind::Connect, 5));
+    let e = c.result.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    port.close();
+}
+
+/// A standing accept delivers one `more` completion per connection, with
+/// the accepted socket and its peer; a single accept queued beside it gets
+/// a connection too; cancelling the stream ends it with exactly one final,
+/// aborted completion.
+pub fn accept_stream_then_cancel(t: &Target) {
+    let port = t.build(t.builder());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let lh = port.associate(l, 9).unwrap();
+    let op = port.accept_stream(&lh, 4).unwrap();
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let mut c = get(&port);
+        assert_eq!(
+            (c.kind, c.key, c.token, c.more),
+            (OpKind::Accept, 9, 4, true)
+        );
+        let (s, peer) = c.take_accepted().unwrap();
+        assert_eq!(s.peer_addr().unwrap().as_socket(), peer);
+        peers.push(peer.unwrap());
+    }
+    for c in &clients {
+        assert!(peers.contains(&c.local_addr().unwrap()));
+    }
+    // A single accept queued next to the stream gets a connection too.
+    port.accept(&lh, 5).unwrap();
+    let _more: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut tokens = vec![get(&port).token, get(&port).token];
+    tokens.sort();
+    assert!(tokens == [4, 5] || tokens == [4, 4], "{tokens:?}");
+    lh.cancel(op).unwrap();
+    let mut last = None;
+    while let Ok(c) = port.get(Some(Duration::from_millis(300))) {
+        if c.token == 4 && !c.more {
+            assert!(c.is_aborted(), "{c:?}");
+            assert!(last.replace(c).is_none(), "two final completions");
+        }
+    }
+    assert!(last.is_some(), "no final completion");
+    port.close();
+}
+
+/// An echo on an inline port: the receive and the send complete on the
+/// owner thread, so no packet is handed across threads.
+pub fn inline_echo(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, mut c) = tcp_pair(&port, 1);
+    port.recv(&h, Vec::with_capacity(16), 1).unwrap();
+    c.write_all(b"abc").unwrap();
+    let mut r = get(&port);
+    assert_eq!(r.bytes(), 3);
+    port.send(&h, r.take_buf().unwrap(), 2).unwrap();
+    assert_eq!(get(&port).bytes(), 3);
+    let mut got = [0u8; 3];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"abc");
+    assert_eq!(port.stats().handoffs, 0);
+    port.close();
 }

@@ -4,8 +4,9 @@
 use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
 
-use crate::util::*;
 use iocp::{OpKind, OpOptions, Port};
+
+use crate::util::*;
 
 /// `post_after` delivers a Timer packet, not before its time, in deadline order.
 pub fn post_after_timer(t: &Target) {

@@ -44,8 +44,6 @@
 
 mod ops;
 mod poller;
-#[cfg(test)]
-mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
