@@ -133,15 +133,7 @@ fn echo(port: &Port, c: &Case) -> Result<(), TestCaseError> {
 
 fn run(backend: Backend, inline: bool) {
     let t = Target { backend, inline };
-    if !Backend::available().contains(&backend) {
-        say(format!(
-            "SKIPPED echo_prop[{}]: not in this build",
-            t.name()
-        ));
-        return;
-    }
-    if let Err(reason) = t.probe() {
-        say(format!("SKIPPED echo_prop[{}]: {reason}", t.name()));
+    if !t.ready(&format!("echo_prop[{}]", t.name())) {
         return;
     }
     let port = t.build(t.builder().pool_buffers(16).pool_buffer_size(2048));

@@ -281,3 +281,65 @@ fn forced_uring_fails_with_eperm_under_seccomp() {
     );
     println!("CHILD-OK uring refused: {msg}");
 }
+
+/// With io_uring blocked, a test of the `uring` target fails (naming the
+/// cause and the variable that allows the skip) unless
+/// `IOCP_ALLOW_MISSING_BACKEND` names `uring` or says `all`; a name that is
+/// not a backend fails too. The `epoll` target is unaffected.
+#[test]
+fn missing_backend_fails_unless_allowed() {
+    const NAME: &str = "missing_backend_fails_unless_allowed";
+    if !child_runs(NAME) {
+        if let Some(out) = run_child(NAME) {
+            assert!(out.contains("CHILD-OK missing backend"), "{out}");
+        }
+        return;
+    }
+    if !install_or_skip() {
+        return;
+    }
+    let uring = util::Target {
+        backend: Backend::Uring,
+        inline: false,
+    };
+    let epoll = util::Target {
+        backend: Backend::Epoll,
+        inline: false,
+    };
+    // What `ready` does under `allow` (None: the variable unset): Ok(ran),
+    // or Err(the failure's message).
+    let ready_with = |t: &util::Target, allow: Option<&str>| {
+        match allow {
+            Some(v) => std::env::set_var(util::ALLOW_MISSING_BACKEND, v),
+            None => std::env::remove_var(util::ALLOW_MISSING_BACKEND),
+        }
+        std::panic::catch_unwind(|| t.ready("the test")).map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+    };
+    for allow in [None, Some(""), Some("epoll"), Some("iocp,epoll")] {
+        let msg = ready_with(&uring, allow).expect_err(&format!(
+            "uring blocked, allowed {allow:?}: the test must fail"
+        ));
+        assert!(
+            msg.contains("EPERM") && msg.contains("IOCP_ALLOW_MISSING_BACKEND=uring"),
+            "allowed {allow:?}: the failure names neither the cause nor the way out: {msg}"
+        );
+    }
+    for allow in ["uring", "epoll,uring", "iocp uring", "all"] {
+        assert_eq!(
+            ready_with(&uring, Some(allow)),
+            Ok(false),
+            "allowed {allow:?}: uring is skipped"
+        );
+    }
+    let msg = ready_with(&uring, Some("uring,bogus")).expect_err("a bad name fails");
+    assert!(
+        msg.contains("'uring,bogus'") && msg.contains("'bogus' is not a backend"),
+        "the bad value and name are not quoted: {msg}"
+    );
+    assert_eq!(ready_with(&epoll, None), Ok(true), "epoll runs");
+    println!("CHILD-OK missing backend");
+}

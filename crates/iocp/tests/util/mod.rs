@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests (conformance, echo_prop, teardown,
-//! seccomp, start_failure).
+//! Helpers shared by the integration tests: the targets and the rule for a
+//! backend this machine cannot run ([`Target::ready`]), bounded waits, TCP
+//! pairs, test threads driven by commands, a test re-run as a child process.
 //! Every wait here is bounded: a test fails with a message instead of hanging.
 #![allow(dead_code)]
 
@@ -99,20 +100,6 @@ impl Target {
             .unwrap_or_else(|e| panic!("{}: building a port failed: {e}", self.name()))
     }
 
-    /// `Ok(())` if a port can be built, `Err(reason)` if the backend says
-    /// `Unsupported` (a placeholder engine, a missing kernel feature); any
-    /// other error is a failure.
-    pub fn probe(&self) -> Result<(), String> {
-        match self.builder().build() {
-            Ok(p) => {
-                p.close();
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(e.to_string()),
-            Err(e) => panic!("{}: building a port failed: {e}", self.name()),
-        }
-    }
-
     /// Whether `test` can run on this target: `true` when a port builds.
     /// When the backend is unavailable on this machine (not in this build,
     /// or a port fails to build: io_uring blocked by seccomp or a sysctl,
@@ -162,8 +149,8 @@ pub fn missing_backend_allowed(b: Backend) -> bool {
         allowed |= match name.parse::<Backend>() {
             _ if name == "all" => true,
             Ok(Backend::Auto) | Err(_) => panic!(
-                "{ALLOW_MISSING_BACKEND}={v:?}: {name:?} is not a backend \
-                 (expected uring, epoll, iocp or all)"
+                "invalid value '{v}' for {ALLOW_MISSING_BACKEND}: '{name}' is not a backend \
+                 (expected uring, epoll, iocp or all, separated by commas)"
             ),
             Ok(named) => named == b,
         };
