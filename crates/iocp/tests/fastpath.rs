@@ -1,4 +1,4 @@
-//! The fast path (issue 3): pooled receive holds no buffer while idle, costs
+//! The io_uring fast path: pooled receive holds no buffer while idle, costs
 //! little memory per connection, survives a starved pool (ENOBUFS) and a
 //! tiny completion queue (CQ overflow) without losing a byte.
 #![cfg(target_os = "linux")]

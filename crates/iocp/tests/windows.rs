@@ -1,9 +1,16 @@
 //! The Windows backend (native IOCP), run natively or under Wine.
 //!
-//! Compiles to nothing off Windows. Under Wine the assertions that depend on
-//! the six known Wine 8.0 divergences (shared/reference/windows-under-wine.md)
-//! are skipped, each with a printed `SKIPPED under Wine: ...` line (run with
-//! `--nocapture` to see them); everything else runs everywhere.
+//! Compiles to nothing off Windows. Wine 8.0 differs from Windows in six
+//! ways these tests check (the `divergence_*` tests below, also listed in
+//! `crates/iocp/WINDOWS.md`): it wakes GQCS waiters FIFO (Windows: LIFO),
+//! ignores the concurrency limit, never wakes a GQCS waiter on
+//! `CloseHandle(port)`, returns TRUE from `CancelIoEx` with nothing pending
+//! (Windows: FALSE, `ERROR_NOT_FOUND`), completes a `WSARecv` pending at
+//! `closesocket` with 676 `ERROR_HANDLES_CLOSED` (Windows: 995), and lets
+//! `getpeername` succeed on an `AcceptEx` socket before
+//! `SO_UPDATE_ACCEPT_CONTEXT` (Windows: `WSAENOTCONN`). Under Wine each of those assertions is
+//! skipped with a printed `SKIPPED under Wine: <what Wine does>` line (run
+//! with `--nocapture` to see them); everything else runs everywhere.
 #![cfg(windows)]
 
 use std::io::{Read, Write};
