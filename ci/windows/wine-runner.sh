@@ -49,6 +49,7 @@ if [[ $rc -eq 124 || $rc -eq 137 ]]; then
   echo "wine-runner: TIMEOUT after ${limit}s (exit $rc): $*" >&2
 elif grep -q '^wine: Unhandled' "$errlog"; then
   echo "wine-runner: the program died of an unhandled exception (exit $rc): $*" >&2
-  [[ $rc -eq 0 ]] && rc=3
+  # 70 (EX_SOFTWARE), not 3: exit 3 is the leg's "toolchain missing" code.
+  [[ $rc -eq 0 ]] && rc=70
 fi
 exit $rc
