@@ -33,6 +33,7 @@
 
 mod backend;
 pub mod error;
+mod kit;
 pub mod op;
 mod ops;
 pub mod pool;

@@ -13,6 +13,8 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::kit::lock;
+
 /// Counters of a buffer pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -78,7 +80,7 @@ impl PoolShared {
     }
 
     pub(crate) fn set_waker(&self, w: Weak<dyn ReturnWaker>) {
-        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        *lock(&self.waker) = Some(w);
     }
 
     /// The address of buffer `bid`.
@@ -106,7 +108,7 @@ impl PoolShared {
 
     /// Takes the ids of buffers dropped since the last call.
     pub(crate) fn take_returned(&self, out: &mut Vec<u16>) {
-        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.returned);
         out.append(&mut r);
     }
 
@@ -114,11 +116,7 @@ impl PoolShared {
     /// before it sleeps, so a buffer dropped just then is not missed).
     #[cfg(target_os = "linux")]
     pub(crate) fn has_returned(&self) -> bool {
-        !self
-            .returned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !lock(&self.returned).is_empty()
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -176,18 +174,12 @@ impl Drop for PooledBuf {
     fn drop(&mut self) {
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
         let first = {
-            let mut r = self.pool.returned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = lock(&self.pool.returned);
             r.push(self.bid);
             r.len() == 1
         };
         if first {
-            let w = self
-                .pool
-                .waker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .and_then(Weak::upgrade);
+            let w = lock(&self.pool.waker).as_ref().and_then(Weak::upgrade);
             if let Some(w) = w {
                 w.buffers_returned();
             }

@@ -31,6 +31,8 @@ use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, Weak,
 };
 
+use crate::kit::lock;
+
 /// Why a `get` returned without a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Empty {
@@ -405,13 +407,6 @@ impl<T: Send + 'static> SlotOwner for Inner<T> {
     fn reacquire(&self) {
         let mut st = lock(&self.state);
         st.running += 1;
-    }
-}
-
-fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

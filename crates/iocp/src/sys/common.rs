@@ -1,16 +1,21 @@
 //! What every Linux engine shares: the command queue that carries work from
 //! application threads to the engine's thread, the wake-up eventfd, the timer
-//! heap, a small slab for operation slots, and the descriptor a handle and
-//! its engine share.
+//! heap, a small slab for operation slots, the descriptor a handle and its
+//! engine share ([`fd`]), and the raw calls both make ([`calls`]).
+
+mod calls;
+mod fd;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use socket2::SockAddr;
+pub(crate) use calls::sockaddr_from_storage;
+pub(crate) use fd::{EngineFd, SocketFd};
 
+use crate::kit::lock;
 use crate::op::Completion;
 pub(crate) use crate::op::OpData;
 use crate::pool::{PoolShared, ReturnWaker};
@@ -91,13 +96,7 @@ impl EngineCounters {
 
 impl EngineShared {
     pub(crate) fn new(pool: Arc<PoolShared>) -> io::Result<Arc<EngineShared>> {
-        // SAFETY: eventfd has no memory preconditions; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let wake_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let wake_fd = calls::eventfd()?;
         let shared = Arc::new(EngineShared {
             cmds: Mutex::new(Vec::with_capacity(256)),
             sleeping: AtomicBool::new(false),
@@ -120,7 +119,7 @@ impl EngineShared {
     #[allow(clippy::result_large_err)]
     pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
         {
-            let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&self.cmds);
             if self.shutdown.load(Ordering::Acquire) {
                 return Err(cmd);
             }
@@ -132,35 +131,18 @@ impl EngineShared {
 
     /// Takes every queued command (the engine calls this each turn).
     pub(crate) fn take_cmds(&self, out: &mut Vec<Cmd>) {
-        let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::swap(&mut *q, out);
+        std::mem::swap(&mut *lock(&self.cmds), out);
     }
 
     pub(crate) fn has_cmds(&self) -> bool {
-        !self
-            .cmds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !lock(&self.cmds).is_empty()
     }
 
     /// Wakes the engine if it is (about to be) blocked.
     pub(crate) fn wake(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.force_wake();
+            calls::eventfd_signal(self.wake_fd.as_fd());
         }
-    }
-
-    fn force_wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live local to our own eventfd.
-        let _ = unsafe {
-            libc::write(
-                self.wake_fd.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
     }
 
     /// The engine announces it may block. Returns `false` if work arrived in
@@ -183,10 +165,10 @@ impl EngineShared {
     /// Asks the engine to stop; later `send`s fail.
     pub(crate) fn begin_shutdown(&self) {
         {
-            let _q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+            let _q = lock(&self.cmds);
             self.shutdown.store(true, Ordering::Release);
         }
-        self.force_wake();
+        calls::eventfd_signal(self.wake_fd.as_fd());
     }
 
     pub(crate) fn is_shutdown(&self) -> bool {
@@ -196,15 +178,7 @@ impl EngineShared {
     /// Empties the eventfd counter (epoll engine; the io_uring engine reads
     /// it through its ring instead).
     pub(crate) fn drain_wake(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live local from our own eventfd.
-        let _ = unsafe {
-            libc::read(
-                self.wake_fd.as_raw_fd(),
-                &mut v as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
+        calls::eventfd_drain(self.wake_fd.as_fd());
     }
 }
 
@@ -271,125 +245,6 @@ impl<T> Slab<T> {
     }
 }
 
-/// A socket's descriptor, shared by its [`Handle`](crate::Handle) and its
-/// engine, which closes it only when both are done with it.
-///
-/// The engine uses the descriptor (for its operations) for as long as it
-/// holds the [`EngineFd`]; dropping that releases it — after the handle's
-/// last operation completed, or when the engine shuts down. The handle only
-/// *borrows* it (`with_socket`), and a borrow succeeds only before the
-/// release. A release while borrows run does not close the descriptor: the
-/// last borrow to end does. So a borrowed descriptor is never closed under
-/// its borrower, and its number is never handed to another socket while a
-/// borrow, or an operation, may still use it.
-pub(crate) struct SocketFd {
-    raw: RawFd,
-    state: Mutex<FdState>,
-}
-
-struct FdState {
-    /// `None` once closed.
-    fd: Option<OwnedFd>,
-    /// `with_socket` calls running now.
-    borrowers: usize,
-    /// The engine let go: no new borrow; closed when `borrowers` is 0.
-    released: bool,
-}
-
-impl SocketFd {
-    /// Shares `fd`: the handle keeps the `SocketFd`, the engine the
-    /// [`EngineFd`].
-    pub(crate) fn new(fd: OwnedFd) -> (Arc<SocketFd>, EngineFd) {
-        let sock = Arc::new(SocketFd {
-            raw: fd.as_raw_fd(),
-            state: Mutex::new(FdState {
-                fd: Some(fd),
-                borrowers: 0,
-                released: false,
-            }),
-        });
-        (sock.clone(), EngineFd(sock))
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, FdState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` with the descriptor, which stays open until `f` returns;
-    /// `None` (and `f` not run) once the engine has let go of it.
-    pub(crate) fn borrow<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
-        {
-            let mut st = self.state();
-            if st.released || st.fd.is_none() {
-                return None;
-            }
-            st.borrowers += 1;
-        }
-        /// Ends the borrow, also when `f` panics; the last borrow after the
-        /// release closes the descriptor.
-        struct Borrow<'a>(&'a SocketFd);
-        impl Drop for Borrow<'_> {
-            fn drop(&mut self) {
-                let fd = {
-                    let mut st = self.0.state();
-                    st.borrowers -= 1;
-                    if st.released && st.borrowers == 0 {
-                        st.fd.take()
-                    } else {
-                        None
-                    }
-                };
-                drop(fd);
-            }
-        }
-        let _borrow = Borrow(self);
-        // SAFETY: the descriptor is open: it is closed only once `released`
-        // is set and no borrow runs, and this borrow counts until `_borrow`
-        // is dropped, after `f` returns.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.raw) };
-        Some(f(fd))
-    }
-
-    /// The engine lets go: closes the descriptor now, or when the last
-    /// running borrow ends.
-    fn release(&self) {
-        let fd = {
-            let mut st = self.state();
-            st.released = true;
-            if st.borrowers == 0 {
-                st.fd.take()
-            } else {
-                None
-            }
-        };
-        drop(fd);
-    }
-}
-
-/// The engine's hold on a [`SocketFd`]: the descriptor stays open while
-/// this lives; dropping it releases the descriptor.
-pub(crate) struct EngineFd(Arc<SocketFd>);
-
-impl Drop for EngineFd {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
-impl AsRawFd for EngineFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.raw
-    }
-}
-
-impl AsFd for EngineFd {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: only dropping this `EngineFd` releases the descriptor, so
-        // it is open for as long as `self` is borrowed.
-        unsafe { BorrowedFd::borrow_raw(self.0.raw) }
-    }
-}
-
 /// What a timer does when it fires.
 pub(crate) enum TimerItem {
     /// Queue this packet.
@@ -412,22 +267,6 @@ impl OpTimer for TimerItem {
 
 /// An engine's timers: a deadline or re-arm leaves with its operation.
 pub(crate) type Timers = TimerSet<TimerItem>;
-
-/// `fd` as a socket address family (for error messages and UDP).
-pub(crate) fn sockaddr_from_storage(
-    storage: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> Option<std::net::SocketAddr> {
-    // SAFETY: `storage` is a valid, initialised sockaddr_storage of `len`
-    // bytes written by the kernel; SockAddr copies it.
-    let addr = unsafe {
-        SockAddr::new(
-            std::ptr::read(storage as *const libc::sockaddr_storage as *const _),
-            len,
-        )
-    };
-    addr.as_socket()
-}
 
 /// Handle ids are small unique counters handed out by the port, never
 /// chosen by a peer, so the engines' handle maps need no DoS-resistant

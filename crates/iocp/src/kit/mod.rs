@@ -1,0 +1,45 @@
+//! The engine kit: the parts every engine is built from, whatever the
+//! platform, so that each rule exists once.
+//!
+//! * [`lock`]: a mutex lock that survives poisoning.
+//!
+//! Nothing here touches the kernel: the kit holds no `unsafe` and builds on
+//! every platform.
+
+/// A mutex whose guard can be taken whether or not a thread panicked while
+/// holding it.
+pub(crate) trait Lock {
+    /// The guard type.
+    type Guard<'a>
+    where
+        Self: 'a;
+    /// Locks, ignoring poisoning.
+    fn lock_any(&self) -> Self::Guard<'_>;
+}
+
+/// Implements [`Lock`] for the `Mutex` of a module (std's, or loom's).
+macro_rules! tolerant {
+    ($($module:ident)::+) => {
+        impl<T> Lock for $($module)::+::Mutex<T> {
+            type Guard<'a>
+                = $($module)::+::MutexGuard<'a, T>
+            where
+                Self: 'a;
+            fn lock_any(&self) -> Self::Guard<'_> {
+                self.lock().unwrap_or_else(|p| p.into_inner())
+            }
+        }
+    };
+}
+
+tolerant!(std::sync);
+#[cfg(loom)]
+tolerant!(loom::sync);
+
+/// Locks `m`, ignoring poisoning. The library changes the state under each
+/// of its mutexes so that it is whole again at every unlock; a panic on one
+/// thread (an application callback, a failed assertion) must not turn every
+/// later call on the port into a panic too.
+pub(crate) fn lock<M: Lock + ?Sized>(m: &M) -> M::Guard<'_> {
+    m.lock_any()
+}
