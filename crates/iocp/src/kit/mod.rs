@@ -1,10 +1,30 @@
 //! The engine kit: the parts every engine is built from, whatever the
 //! platform, so that each rule exists once.
 //!
+//! * [`lanes`]: per-handle ordering — one operation in flight per direction,
+//!   the rest waiting in issue order, and a write side that refuses
+//!   everything after a send was cut part-way on a stream;
+//! * [`accept`]: the one policy for errors a standing accept meets (keep
+//!   going, pause, or end) and its back-off;
+//! * [`phase`]: the lifecycle of an operation in flight, the one mapping
+//!   from a phase to the error a stopped operation completes with, and the
+//!   outcome of one attempt ([`phase::Step`]);
+//! * [`run`]: one turn of an engine and the loop of a dedicated engine
+//!   thread, plus the timer items an engine schedules (the timer set itself
+//!   is [`crate::timers`]);
 //! * [`lock`]: a mutex lock that survives poisoning.
 //!
 //! Nothing here touches the kernel: the kit holds no `unsafe` and builds on
 //! every platform.
+
+// The Windows backend does not use the kit's engine parts yet; they build
+// there so that it can.
+#![cfg_attr(windows, allow(dead_code, unused_imports))]
+
+pub(crate) mod accept;
+pub(crate) mod lanes;
+pub(crate) mod phase;
+pub(crate) mod run;
 
 /// A mutex whose guard can be taken whether or not a thread panicked while
 /// holding it.

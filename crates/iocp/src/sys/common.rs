@@ -1,10 +1,13 @@
-//! What every Linux engine shares: the command queue that carries work from
-//! application threads to the engine's thread, the wake-up eventfd, the timer
-//! heap, a small slab for operation slots, the descriptor a handle and its
-//! engine share ([`fd`]), and the raw calls both make ([`calls`]).
+//! What both Linux engines share: the command queue that carries work from
+//! application threads to the engine's thread, the wake-up eventfd, the
+//! engine's own state around its operations ([`Core`]), the slab of
+//! operation slots, the descriptor a handle and its engine share ([`fd`]),
+//! and the raw calls they both make ([`calls`]).
 
 mod calls;
+mod engine;
 mod fd;
+pub(crate) mod ops;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -12,14 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub(crate) use calls::sockaddr_from_storage;
+pub(crate) use calls::{
+    eventfd_drain, kernel_release, read_pooled, recv_from_into, recv_into, sockaddr_from_storage,
+};
+pub(crate) use engine::{take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};
+pub(crate) use ops::{op_sum, unsent, OpBase, OpMeta};
 
 use crate::kit::lock;
+pub(crate) use crate::kit::run::EngineCounters;
+use crate::kit::run::Timers;
 use crate::op::Completion;
 pub(crate) use crate::op::OpData;
 use crate::pool::{PoolShared, ReturnWaker};
-use crate::timers::{OpTimer, Role, TimerSet};
+use crate::queue::Queue;
 
 /// Work for an engine, queued by any thread.
 pub(crate) enum Cmd {
@@ -48,6 +57,26 @@ pub(crate) struct OpReq {
     pub data: OpData,
 }
 
+impl OpReq {
+    /// Who the operation belongs to, its deadline, and what it does.
+    pub(crate) fn split(self) -> (OpMeta, Option<Instant>, OpData) {
+        let meta = OpMeta {
+            hid: self.hid,
+            key: self.key,
+            id: self.id,
+            token: self.token,
+        };
+        (meta, self.deadline, self.data)
+    }
+}
+
+/// Whether a socket is a stream (what it cannot say counts as one).
+pub(crate) fn is_stream(fd: &EngineFd) -> bool {
+    socket2::SockRef::from(fd)
+        .r#type()
+        .map_or(true, |t| t == socket2::Type::STREAM)
+}
+
 /// The most iovecs one `sendmsg(2)` takes (`UIO_MAXIOV`; more fail with
 /// `EMSGSIZE`): a longer vectored send goes out in several calls, still as
 /// one operation.
@@ -65,42 +94,12 @@ pub(crate) struct EngineShared {
     pub(crate) counters: EngineCounters,
 }
 
-/// Engine counters: written by the engine thread only, read by anyone.
-#[derive(Default)]
-pub(crate) struct EngineCounters {
-    /// Completions produced.
-    pub completions: std::sync::atomic::AtomicU64,
-    /// `io_uring_enter` / `epoll_wait` calls.
-    pub enters: std::sync::atomic::AtomicU64,
-    /// Pooled receives that ran out of buffers and waited for some.
-    pub starved: std::sync::atomic::AtomicU64,
-    /// Times the kernel reported completions held back by a full CQ.
-    pub cq_overflows: std::sync::atomic::AtomicU64,
-    /// Sends and receives the kernel ended with EAGAIN, re-issued.
-    pub eagain_retries: std::sync::atomic::AtomicU64,
-    /// Timers pending, as of the engine's last turn (a gauge).
-    pub timers: std::sync::atomic::AtomicU64,
-}
-
-impl EngineCounters {
-    pub(crate) fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
-        // One writer (the engine thread): a load and a store are enough.
-        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-    }
-
-    /// Sets a gauge (such as `timers`).
-    pub(crate) fn set(c: &std::sync::atomic::AtomicU64, v: u64) {
-        c.store(v, Ordering::Relaxed);
-    }
-}
-
 impl EngineShared {
     pub(crate) fn new(pool: Arc<PoolShared>) -> io::Result<Arc<EngineShared>> {
-        let wake_fd = calls::eventfd()?;
         let shared = Arc::new(EngineShared {
             cmds: Mutex::new(Vec::with_capacity(256)),
             sleeping: AtomicBool::new(false),
-            wake_fd,
+            wake_fd: calls::eventfd()?,
             shutdown: AtomicBool::new(false),
             pool,
             counters: EngineCounters::default(),
@@ -178,13 +177,75 @@ impl EngineShared {
     /// Empties the eventfd counter (epoll engine; the io_uring engine reads
     /// it through its ring instead).
     pub(crate) fn drain_wake(&self) {
-        calls::eventfd_drain(self.wake_fd.as_fd());
+        eventfd_drain(self.wake_fd.as_fd());
     }
 }
 
 impl ReturnWaker for EngineShared {
     fn buffers_returned(&self) {
         self.wake();
+    }
+}
+
+/// What every Linux engine keeps besides its operations and handles.
+pub(crate) struct Core {
+    pub shared: Arc<EngineShared>,
+    /// The port the completions go to.
+    pub queue: Queue<Completion>,
+    /// Completions made and not yet handed to the port (one batch a turn).
+    pub out: Vec<Completion>,
+    pub timers: Timers,
+    /// Pool buffers the application gave back (taken each turn).
+    pub returned: Vec<u16>,
+    cmds: Vec<Cmd>,
+}
+
+impl Core {
+    pub(crate) fn new(shared: Arc<EngineShared>, queue: Queue<Completion>) -> Core {
+        Core {
+            shared,
+            queue,
+            out: Vec::with_capacity(256),
+            timers: Timers::new(),
+            returned: Vec::new(),
+            cmds: Vec::with_capacity(256),
+        }
+    }
+
+    /// Hands the completions made so far to the port's queue (dropped if
+    /// the port is closed).
+    pub(crate) fn flush_to_queue(&mut self) {
+        if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
+            self.out.clear();
+        }
+    }
+
+    /// Drops every queued command (at shutdown: their descriptors close and
+    /// their buffers are freed).
+    pub(crate) fn discard_commands(&mut self) {
+        self.shared.take_cmds(&mut self.cmds);
+        self.cmds.clear();
+    }
+
+    /// Takes the pool buffers the application gave back into `returned`.
+    pub(crate) fn take_returned(&mut self) {
+        self.shared.pool.take_returned(&mut self.returned);
+    }
+}
+
+/// A small inline engine's configuration, for tests that drive an engine
+/// directly.
+#[cfg(test)]
+pub(crate) fn test_config() -> crate::port::Config {
+    crate::port::Config {
+        concurrency: 1,
+        engines: 1,
+        backend: None,
+        pool_bufs: 4,
+        pool_buf_size: 1024,
+        sq_entries: 64,
+        cq_entries: 128,
+        inline: true,
     }
 }
 
@@ -244,29 +305,6 @@ impl<T> Slab<T> {
         self.len == 0
     }
 }
-
-/// What a timer does when it fires.
-pub(crate) enum TimerItem {
-    /// Queue this packet.
-    Post(Completion),
-    /// The deadline of operation `op` in slot `slot` passed.
-    Deadline { slot: usize, op: u64 },
-    /// Re-arm standing operation `op` in slot `slot` (after a back-off).
-    Rearm { slot: usize, op: u64 },
-}
-
-impl OpTimer for TimerItem {
-    fn owner(&self) -> Option<(u64, Role)> {
-        match *self {
-            TimerItem::Post(_) => None,
-            TimerItem::Deadline { op, .. } => Some((op, Role::Deadline)),
-            TimerItem::Rearm { op, .. } => Some((op, Role::Retry)),
-        }
-    }
-}
-
-/// An engine's timers: a deadline or re-arm leaves with its operation.
-pub(crate) type Timers = TimerSet<TimerItem>;
 
 /// Handle ids are small unique counters handed out by the port, never
 /// chosen by a peer, so the engines' handle maps need no DoS-resistant

@@ -25,6 +25,8 @@ mod linux {
     use super::epoll::EpollEngine;
     use super::uring::UringEngine;
     use super::EngineShared;
+    // The engines' run, turn and flush_to_queue.
+    use crate::kit::run::{Drive as _, Engine as _};
     use crate::op::Completion;
     use crate::port::{Backend, BackendInfo, Config};
     use crate::queue::Queue;

@@ -1,11 +1,20 @@
 //! The raw calls both Linux engines make besides their own kernel
-//! interface: the wake-up eventfd and socket addresses the kernel wrote.
+//! interface: the wake-up eventfd, the kernel's release, socket addresses
+//! the kernel wrote, and reads into memory the kernel does not hand out
+//! itself (a receive's spare room, a pool buffer). Every `unsafe` block they
+//! share is here.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
-use socket2::SockAddr;
+use socket2::{SockAddr, SockRef};
+
+use super::OpMeta;
+use crate::op::{Buf, Completion, OpKind};
+use crate::pool::PoolShared;
 
 /// A new non-blocking eventfd (the engine's wake-up).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
@@ -32,6 +41,21 @@ pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
 }
 
+/// The running kernel's release (`uname -r`), empty if unknown.
+pub(crate) fn kernel_release() -> String {
+    // SAFETY: all-zero is a valid utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    u.release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect()
+}
+
 /// The socket address the kernel wrote into `storage` (`len` bytes).
 pub(crate) fn sockaddr_from_storage(
     storage: &libc::sockaddr_storage,
@@ -46,4 +70,76 @@ pub(crate) fn sockaddr_from_storage(
         )
     };
     addr.as_socket()
+}
+
+/// The spare room of a receive buffer (see [`Buf`]) as uninitialised bytes.
+fn spare(b: &mut Buf) -> &mut [MaybeUninit<u8>] {
+    let (p, n) = b.spare();
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: `spare` describes `n` bytes of writable room inside the
+    // buffer's own allocation; the slice borrows `b` mutably, so nothing else
+    // can touch that room while it lives, and `MaybeUninit` asks for no
+    // initialisation.
+    unsafe { std::slice::from_raw_parts_mut(p as *mut MaybeUninit<u8>, n) }
+}
+
+/// `recv(2)` into `b`'s spare room; the bytes received join the buffer.
+pub(crate) fn recv_into(sock: &SockRef<'_>, b: &mut Buf, flags: libc::c_int) -> io::Result<usize> {
+    let n = sock.recv_with_flags(spare(b), flags)?;
+    // SAFETY: recv initialised the first `n` bytes of the spare room.
+    unsafe { b.advance(n) };
+    Ok(n)
+}
+
+/// `recvfrom(2)` into `b`'s spare room: the bytes received join the buffer;
+/// returns their count and the sender.
+pub(crate) fn recv_from_into(
+    sock: &SockRef<'_>,
+    b: &mut Buf,
+    flags: libc::c_int,
+) -> io::Result<(usize, SockAddr)> {
+    let (n, from) = sock.recv_from_with_flags(spare(b), flags)?;
+    // SAFETY: recvfrom initialised the first `n` bytes of the spare room.
+    unsafe { b.advance(n) };
+    Ok((n, from))
+}
+
+/// Reads what the socket holds into a free pool buffer — taken only now, so
+/// an idle connection pins none — and queues it as a `more` completion of
+/// the pooled receive `meta`. `Ok(None)`: no free buffer; `Ok(Some(0))`: the
+/// peer closed (the buffer goes back to `free`, as after an error).
+pub(crate) fn read_pooled(
+    fd: BorrowedFd<'_>,
+    pool: &Arc<PoolShared>,
+    free: &mut Vec<u16>,
+    meta: &OpMeta,
+    out: &mut Vec<Completion>,
+) -> io::Result<Option<usize>> {
+    let Some(bid) = free.pop() else {
+        return Ok(None);
+    };
+    // SAFETY: buffer `bid` was on the engine's free list, so the engine owns
+    // it (no `PooledBuf` and no kernel holds it) and may write its
+    // `buf_size` bytes; `MaybeUninit` asks for no initialisation.
+    let room = unsafe {
+        std::slice::from_raw_parts_mut(pool.addr(bid) as *mut MaybeUninit<u8>, pool.buf_size)
+    };
+    // The socket may be in blocking mode (io_uring's): never wait here.
+    match SockRef::from(&fd).recv_with_flags(room, libc::MSG_DONTWAIT) {
+        Ok(n) if n > 0 => {
+            // SAFETY: the engine owns `bid` (see above) and recv wrote `n`
+            // bytes into it; from here the PooledBuf is its only owner.
+            let pb = unsafe { pool.lend(bid, n) };
+            let mut c = meta.more(OpKind::RecvPooled, Ok(n));
+            c.buf = Some(Buf::Pooled(pb));
+            out.push(c);
+            Ok(Some(n))
+        }
+        r => {
+            free.push(bid);
+            r.map(Some)
+        }
+    }
 }

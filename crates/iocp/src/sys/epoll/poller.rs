@@ -82,8 +82,20 @@ impl Poller {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The error the next `accept` on this thread fails with, instead of
+    /// calling the kernel (tests of errors a real listener rarely gives).
+    pub(super) static FAIL_NEXT_ACCEPT: std::cell::Cell<Option<i32>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: the new socket and its peer.
 pub(super) fn accept(fd: BorrowedFd<'_>) -> io::Result<(socket2::Socket, Option<SocketAddr>)> {
+    #[cfg(test)]
+    if let Some(code) = FAIL_NEXT_ACCEPT.with(|f| f.take()) {
+        return Err(io::Error::from_raw_os_error(code));
+    }
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;

@@ -84,6 +84,11 @@ impl BufRing {
     }
 }
 
+// SAFETY: `entries` points into an allocation this ring owns alone (the
+// kernel only reads it); moving the ring to another thread moves that
+// ownership with it.
+unsafe impl Send for BufRing {}
+
 impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with `layout`; the engine drops a BufRing

@@ -7,6 +7,8 @@ use std::io;
 
 use io_uring::{opcode, IoUring, Probe};
 
+use crate::sys::common::kernel_release;
+
 /// What the engine uses on this kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UringFeatures {
@@ -164,18 +166,7 @@ pub(crate) fn build_ring(cfg: &crate::port::Config) -> io::Result<(IoUring, Urin
 
 /// Compares the running kernel's version (from `uname`).
 pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
-    // SAFETY: uname fills a zeroed utsname we own.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return false;
-    }
-    let rel: String = u
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8 as char)
-        .collect();
+    let rel = kernel_release();
     let mut it = rel
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty());

@@ -1,5 +1,6 @@
 //! The io_uring engine driven directly, for what the public API cannot
-//! force: CQEs the kernel sends only now and then, slots reused under them.
+//! force: CQEs the kernel sends only now and then, slots reused under them,
+//! every error a standing accept can meet.
 //!
 //! The engine's `user_data`: a late CQE or an `AsyncCancel` meant for an
 //! operation whose slot has since been reused must not reach the operation
@@ -14,9 +15,14 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use std::io;
+
+use super::slot::{CANCEL_UD, POLL_BIT};
 use super::*;
+use crate::kit::accept::{self, Verdict};
+use crate::op::{Buf, OpKind};
 use crate::pool::PoolShared;
-use crate::sys::common::SocketFd;
+use crate::sys::common::{test_config, OpData, SocketFd};
 
 struct Rig {
     engine: UringEngine,
@@ -33,16 +39,7 @@ fn pair() -> (OwnedFd, TcpStream) {
 }
 
 fn rig() -> Option<Rig> {
-    let cfg = crate::port::Config {
-        concurrency: 1,
-        engines: 1,
-        backend: None,
-        pool_bufs: 4,
-        pool_buf_size: 1024,
-        sq_entries: 64,
-        cq_entries: 128,
-        inline: true,
-    };
+    let cfg = test_config();
     let shared = EngineShared::new(PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size)).unwrap();
     let engine = match UringEngine::new(shared, Queue::new(1), &cfg) {
         Ok(e) => e,
@@ -59,7 +56,7 @@ fn rig() -> Option<Rig> {
     for hid in [1, 2] {
         let (fd, c) = pair();
         let (_sock, fd) = SocketFd::new(fd);
-        r.engine.command(Cmd::Register { hid, fd, key: hid });
+        r.engine.register(hid, fd, hid);
         r.peers.push(c);
     }
     Some(r)
@@ -67,14 +64,19 @@ fn rig() -> Option<Rig> {
 
 impl Rig {
     fn recv(&mut self, hid: u64, id: u64) -> usize {
-        self.engine.command(Cmd::Start(OpReq {
+        self.start(hid, id, OpData::Recv(Buf::from(Vec::with_capacity(64))))
+    }
+
+    /// Starts operation `id` on handle `hid`; returns its slot.
+    fn start(&mut self, hid: u64, id: u64, data: OpData) -> usize {
+        self.engine.start(OpReq {
             hid,
             key: hid,
             id,
             token: id,
             deadline: None,
-            data: OpData::Recv(Buf::from(Vec::with_capacity(64))),
-        }));
+            data,
+        });
         *self.engine.handles[&hid]
             .ops
             .last()
@@ -86,7 +88,7 @@ impl Rig {
         let until = Instant::now() + d;
         while Instant::now() < until {
             self.engine.turn(Some(Duration::from_millis(5)), true);
-            self.done.append(&mut self.engine.out);
+            self.done.append(&mut self.engine.core.out);
         }
     }
 
@@ -150,7 +152,7 @@ fn late_cqe_for_reused_slot_is_ignored() {
     let a_ud = r.reuse_slot();
     // A CQE for A arriving now (as one could after a kernel retry).
     r.engine.on_cqe(a_ud, -libc::ECANCELED, 0);
-    r.done.append(&mut r.engine.out);
+    r.done.append(&mut r.engine.core.out);
     r.b_unharmed("a late CQE for A");
 }
 
@@ -159,8 +161,7 @@ fn stale_cancel_misses_reused_slot() {
     let Some(mut r) = rig() else { return };
     let a_ud = r.reuse_slot();
     // A cancel of A submitted only now, after its slot was reused.
-    let e = opcode::AsyncCancel::new(a_ud).build().user_data(CANCEL_UD);
-    r.engine.push(e);
+    r.engine.push_cancel(a_ud);
     r.b_unharmed("a cancel of A");
 }
 
@@ -181,20 +182,17 @@ fn eagain_after_cancel_is_aborted() {
             OpKind::Send => OpData::Send(Buf::from(vec![1u8; 100])),
             _ => OpData::Recv(Buf::from(Vec::with_capacity(100))),
         };
-        r.engine.command(Cmd::Start(OpReq {
-            hid: 1,
-            key: 1,
-            id: 1,
-            token: 1,
-            deadline: None,
-            data,
-        }));
-        let idx = *r.engine.handles[&1].ops.last().expect("the op has a slot");
+        let idx = r.start(1, 1, data);
         let ud = r.engine.user_data(idx);
-        r.engine.cancel_slot(idx, timed_out);
+        let why = if timed_out {
+            Stop::Deadline
+        } else {
+            Stop::Cancel
+        };
+        r.engine.stop(idx, why);
         r.engine.on_cqe(ud, -libc::EAGAIN, 0);
-        let c = r.engine.out.pop().expect("the operation completed");
-        assert!(r.engine.out.is_empty() && r.engine.slot_of(ud).is_none());
+        let c = r.engine.core.out.pop().expect("the operation completed");
+        assert!(r.engine.core.out.is_empty() && r.engine.slot_of(ud).is_none());
         let err = c.result.as_ref().expect_err("it failed");
         if timed_out {
             assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{kind:?}: {err:?}");
@@ -202,4 +200,53 @@ fn eagain_after_cancel_is_aborted() {
             assert!(error::is_aborted(err), "{kind:?}: {err:?}");
         }
     }
+}
+
+/// The standing accept applies the accept policy: each error it may meet,
+/// fed to it as the CQE that ends a multishot arm, is passed over or
+/// reported, and accepting goes on at once or after the back-off — or the
+/// accept ends with it. The engine never turns here, so the SQEs it queues
+/// are never submitted.
+#[test]
+fn standing_accept_follows_the_policy() {
+    let Some(mut r) = rig() else { return };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_sock, fd) = SocketFd::new(l.into());
+    r.engine.register(3, fd, 3);
+    let mut id = 100;
+    accept::check_backend("io_uring", |code| {
+        id += 1;
+        let idx = r.start(3, id, OpData::AcceptMulti);
+        let ud = r.engine.user_data(idx);
+        r.engine.on_cqe(ud, -code, 0);
+        let c = r.engine.core.out.pop();
+        assert!(r.engine.core.out.is_empty(), "{:?}", r.engine.core.out);
+        if let Some(c) = &c {
+            let err = c.result.as_ref().expect_err("an error completion");
+            assert_eq!(err.raw_os_error(), Some(code), "{c:?}");
+        }
+        let more = c.as_ref().map(|c| c.more);
+        let verdict = match (r.engine.ops.get(idx).map(|s| s.phase), more) {
+            (None, Some(false)) => return Verdict::End,
+            (Some(Phase::Issued), None) => Verdict::Retry,
+            (Some(Phase::Issued), Some(true)) => Verdict::Again,
+            (Some(Phase::Parked(Park::BackOff)), Some(true)) => {
+                assert_eq!(r.engine.core.timers.len(), 1, "one re-arm timer");
+                Verdict::BackOff
+            }
+            other => panic!("{code}: (phase, more) {other:?}"),
+        };
+        // End it (as a cancel would) before the next code.
+        r.engine.stop(idx, Stop::Cancel);
+        if r.engine.ops.get(idx).is_some() {
+            r.engine.on_cqe(ud, -libc::ECANCELED, 0);
+        }
+        let c = r.engine.core.out.pop().expect("the final completion");
+        assert!(
+            c.is_aborted() && !c.more && r.engine.ops.get(idx).is_none(),
+            "{c:?}"
+        );
+        assert_eq!(r.engine.core.timers.len(), 0, "its timer left with it");
+        verdict
+    });
 }

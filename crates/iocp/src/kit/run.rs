@@ -1,0 +1,224 @@
+//! One turn of an engine, the loop of a dedicated engine thread, and the
+//! timers an engine schedules.
+//!
+//! Every engine turns the same way: take in what arrived (commands, pool
+//! buffers given back, due timers), hand what was started to the kernel —
+//! waiting, if nothing is ready, until the kernel has news, a timer is due
+//! or another thread wakes it — then handle what the kernel reported. Who
+//! drives the turns is separate ([`Drive`]): a thread of the engine's own,
+//! or the owner thread of an inline port from inside `get`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::op::Completion;
+use crate::timers::{OpTimer, Role, TimerSet};
+
+/// What an engine did, for tests and operators: written by the thread that
+/// turns the engine, read by anyone.
+#[derive(Default)]
+pub(crate) struct EngineCounters {
+    /// Completions produced.
+    pub completions: AtomicU64,
+    /// Kernel entries (`io_uring_enter`, `epoll_wait`).
+    pub enters: AtomicU64,
+    /// Pooled receives that ran out of buffers and waited for some.
+    pub starved: AtomicU64,
+    /// Times the kernel reported completions held back by a full CQ.
+    pub cq_overflows: AtomicU64,
+    /// Sends and receives the kernel ended with EAGAIN, re-issued.
+    pub eagain_retries: AtomicU64,
+    /// Timers pending, as of the engine's last turn (a gauge).
+    pub timers: AtomicU64,
+}
+
+impl EngineCounters {
+    /// Adds `n` to counter `c`.
+    pub(crate) fn bump(c: &AtomicU64, n: u64) {
+        // One writer (the thread turning the engine): a load and a store
+        // are enough.
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge (such as `timers`).
+    pub(crate) fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
+    }
+}
+
+/// An engine, as the kit turns it.
+pub(crate) trait Engine: TimerTarget {
+    /// Takes in what arrived since the last turn — commands, pool buffers
+    /// given back, due timers — and does whatever needs no waiting.
+    fn intake(&mut self);
+    /// Whether work is ready that must not wait for the kernel
+    /// (completions made but not handed over, operations left for the next
+    /// turn).
+    fn busy(&self) -> bool;
+    /// Announces that the engine may block; `false` if work arrived in the
+    /// meantime, in which case it must not.
+    fn prepare_sleep(&mut self) -> bool;
+    /// Says the engine is awake again (after [`Engine::prepare_sleep`]).
+    fn woke(&mut self);
+    /// Hands what was started to the kernel; blocks up to `wait` (`None`:
+    /// until something happens) if `block`, otherwise only polls.
+    fn enter(&mut self, block: bool, wait: Option<Duration>);
+    /// Handles what the kernel reported, then what that made possible.
+    fn reap(&mut self);
+    /// Completions made and not yet handed to the port.
+    fn made(&self) -> usize;
+    /// The engine's counters.
+    fn counters(&self) -> &EngineCounters;
+    /// Hands the completions made so far to the port's queue.
+    fn flush_to_queue(&mut self);
+    /// Whether the port asked the engine to stop.
+    fn stop_requested(&self) -> bool;
+    /// Stops on the engine's own thread: ends every operation and lets go of
+    /// everything the kernel held.
+    fn shutdown(&mut self);
+}
+
+/// How an engine is driven: turn by turn by whoever drives it (an inline
+/// port's owner, from inside `get`), or by a thread of its own.
+pub(crate) trait Drive: Engine + Sized {
+    /// One turn: take in, hand to the kernel — waiting only if `block`,
+    /// nothing is ready, and no one woke the engine meanwhile: at most
+    /// `timeout`, and never past the next timer — and handle what came
+    /// back.
+    fn turn(&mut self, timeout: Option<Duration>, block: bool) {
+        let before = self.made();
+        self.intake();
+        self.publish_timers();
+        let sleep = block && !self.busy() && self.prepare_sleep();
+        if sleep {
+            let mut wait = timeout;
+            if let Some(t) = self.timers().next() {
+                let d = t.saturating_duration_since(Instant::now());
+                wait = Some(wait.map_or(d, |w| w.min(d)));
+            }
+            self.enter(true, wait);
+            self.woke();
+        } else {
+            self.enter(false, Some(Duration::ZERO));
+        }
+        EngineCounters::bump(&self.counters().enters, 1);
+        self.reap();
+        let made = self.made().saturating_sub(before) as u64;
+        EngineCounters::bump(&self.counters().completions, made);
+        self.publish_timers();
+    }
+
+    /// Publishes how many timers are pending.
+    fn publish_timers(&mut self) {
+        let n = self.timers().len() as u64;
+        EngineCounters::set(&self.counters().timers, n);
+    }
+
+    /// The loop of an engine thread: turns (blocking) and hands over what
+    /// each turn made, until the port asks the engine to stop; then shuts
+    /// it down.
+    fn run(mut self) {
+        loop {
+            self.turn(None, true);
+            self.flush_to_queue();
+            if self.stop_requested() {
+                break;
+            }
+        }
+        self.shutdown();
+    }
+}
+
+impl<E: Engine> Drive for E {}
+
+/// What a timer does when it fires.
+pub(crate) enum TimerItem {
+    /// Queue this packet (`post_after`).
+    Post(Completion),
+    /// The deadline of operation `op` in slot `slot` passed.
+    Deadline { slot: usize, op: u64 },
+    /// Re-arm standing operation `op` in slot `slot` after its back-off.
+    Rearm { slot: usize, op: u64 },
+}
+
+impl OpTimer for TimerItem {
+    fn owner(&self) -> Option<(u64, Role)> {
+        match *self {
+            TimerItem::Post(_) => None,
+            TimerItem::Deadline { op, .. } => Some((op, Role::Deadline)),
+            TimerItem::Rearm { op, .. } => Some((op, Role::Retry)),
+        }
+    }
+}
+
+/// An engine's timers: the set (a deadline or re-arm leaves with its
+/// operation) and room for the ones that fire.
+pub(crate) struct Timers {
+    set: TimerSet<TimerItem>,
+    due: Vec<TimerItem>,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            set: TimerSet::new(),
+            due: Vec::new(),
+        }
+    }
+
+    /// Schedules `item` at `at`.
+    pub(crate) fn add(&mut self, at: Instant, item: TimerItem) {
+        self.set.add(at, item);
+    }
+
+    /// Operation `op` is over: its timers go with it.
+    pub(crate) fn op_done(&mut self, op: u64) {
+        self.set.op_done(op);
+    }
+
+    /// When the earliest timer is due.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.set.next()
+    }
+
+    /// Timers pending.
+    pub(crate) fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Drops every timer (on shutdown).
+    pub(crate) fn clear(&mut self) {
+        self.set.clear();
+    }
+}
+
+/// What an engine does when its timers fire.
+pub(crate) trait TimerTarget {
+    /// The engine's timers.
+    fn timers(&mut self) -> &mut Timers;
+    /// A `post_after` packet is due.
+    fn post(&mut self, c: Completion);
+    /// The deadline of operation `op` in `slot` passed (it may be gone).
+    fn deadline(&mut self, slot: usize, op: u64);
+    /// The back-off of standing operation `op` in `slot` is over (it may be
+    /// gone).
+    fn rearm(&mut self, slot: usize, op: u64);
+}
+
+/// Fires every timer that is due, earliest first.
+pub(crate) fn fire_timers<T: TimerTarget>(t: &mut T) {
+    let now = Instant::now();
+    if t.timers().next().is_none_or(|at| at > now) {
+        return;
+    }
+    let mut due = std::mem::take(&mut t.timers().due);
+    t.timers().set.expired(now, &mut due);
+    for item in due.drain(..) {
+        match item {
+            TimerItem::Post(c) => t.post(c),
+            TimerItem::Deadline { slot, op } => t.deadline(slot, op),
+            TimerItem::Rearm { slot, op } => t.rearm(slot, op),
+        }
+    }
+    t.timers().due = due;
+}

@@ -1,0 +1,205 @@
+//! What both engines' operations share: whose an operation is, what every
+//! operation type says about itself, the one list of operations each
+//! engine implements, and the operations whose memory is the same on both.
+
+use std::io;
+
+use socket2::SockAddr;
+
+use crate::op::{Buf, Completion, Extra, OpId, OpKind};
+
+/// Whose an operation is and what names it: all of an operation in flight
+/// but its phase and its memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpMeta {
+    pub hid: u64,
+    pub key: u64,
+    pub id: u64,
+    pub token: u64,
+}
+
+impl OpMeta {
+    /// A completion of this operation.
+    pub(crate) fn completion(&self, kind: OpKind, result: io::Result<usize>) -> Completion {
+        Completion::new(kind, self.key, self.token, OpId(self.id), result)
+    }
+
+    /// A completion of this standing operation with more to follow.
+    pub(crate) fn more(&self, kind: OpKind, result: io::Result<usize>) -> Completion {
+        let mut c = self.completion(kind, result);
+        c.more = true;
+        c
+    }
+}
+
+/// The bytes of `bufs` past the first `sent`, buffer by buffer (what a
+/// vectored send still has to send).
+pub(crate) fn unsent(bufs: &[Buf], sent: usize) -> impl Iterator<Item = &[u8]> {
+    let mut skip = sent;
+    bufs.iter().filter_map(move |b| {
+        let s = b.as_slice();
+        if skip >= s.len() {
+            skip -= s.len();
+            return None;
+        }
+        let rest = &s[skip..];
+        skip = 0;
+        Some(rest)
+    })
+}
+
+/// What every operation type of a Linux engine says about itself; each
+/// engine's own trait (its SQEs, or its attempts) builds on it.
+pub(crate) trait OpBase {
+    /// The kind its completions carry.
+    const KIND: OpKind;
+    /// The kind its completions carry (of a value).
+    fn kind(&self) -> OpKind {
+        Self::KIND
+    }
+    /// Hands its memory back in its final completion, whose result is set.
+    fn complete(self, c: &mut Completion);
+    /// Bytes of it already sent (what a failed send reports).
+    fn sent(&self) -> usize {
+        0
+    }
+}
+
+/// A connect to `addr`.
+pub(crate) struct Connect {
+    pub addr: Box<SockAddr>,
+}
+
+impl OpBase for Connect {
+    const KIND: OpKind = OpKind::Connect;
+
+    fn complete(self, _c: &mut Completion) {}
+}
+
+/// A send of `buf`, `sent` bytes of it so far.
+pub(crate) struct Send {
+    pub buf: Buf,
+    pub sent: usize,
+}
+
+impl OpBase for Send {
+    const KIND: OpKind = OpKind::Send;
+
+    fn complete(self, c: &mut Completion) {
+        c.buf = Some(self.buf);
+    }
+
+    fn sent(&self) -> usize {
+        self.sent
+    }
+}
+
+/// A vectored send of `bufs`, `sent` bytes of them so far, with what the
+/// engine keeps besides (`msg`: io_uring's iovecs and header).
+pub(crate) struct SendV<M> {
+    pub bufs: Vec<Buf>,
+    pub sent: usize,
+    pub msg: M,
+}
+
+impl<M> OpBase for SendV<M> {
+    const KIND: OpKind = OpKind::Send;
+
+    fn complete(self, c: &mut Completion) {
+        c.extra = Extra::Vectored(self.bufs);
+    }
+
+    fn sent(&self) -> usize {
+        self.sent
+    }
+}
+
+/// A standing accept: one `more` completion per connection.
+pub(crate) struct AcceptStream;
+
+impl OpBase for AcceptStream {
+    const KIND: OpKind = OpKind::Accept;
+
+    fn complete(self, _c: &mut Completion) {}
+}
+
+/// A standing receive into pool buffers.
+pub(crate) struct RecvPooled;
+
+impl OpBase for RecvPooled {
+    const KIND: OpKind = OpKind::RecvPooled;
+
+    fn complete(self, _c: &mut Completion) {}
+}
+
+/// Declares an engine's operation in flight: `$sum`, one variant per
+/// operation type of the engine's `ops` module (each an [`OpBase`]), the
+/// same list on both engines — so every operation the application may
+/// start exists on each — built from the request's [`OpData`].
+/// `dispatch!(self, o => expr)` inside the engine forwards to the variant.
+///
+/// [`OpData`]: crate::op::OpData
+macro_rules! op_sum {
+    ($(#[$doc:meta])* $sum:ident) => {
+        $(#[$doc])*
+        pub(super) enum $sum {
+            Accept(Accept),
+            AcceptStream(AcceptStream),
+            Connect(Connect),
+            Recv(Recv),
+            Send(Send),
+            SendV(SendV),
+            RecvFrom(RecvFrom),
+            SendTo(SendTo),
+            RecvPooled(RecvPooled),
+        }
+
+        /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
+        macro_rules! dispatch {
+            ($s:expr, $o:ident => $e:expr) => {
+                match $s {
+                    $sum::Accept($o) => $e,
+                    $sum::AcceptStream($o) => $e,
+                    $sum::Connect($o) => $e,
+                    $sum::Recv($o) => $e,
+                    $sum::Send($o) => $e,
+                    $sum::SendV($o) => $e,
+                    $sum::RecvFrom($o) => $e,
+                    $sum::SendTo($o) => $e,
+                    $sum::RecvPooled($o) => $e,
+                }
+            };
+        }
+
+        impl $sum {
+            /// The operation the application asked for.
+            pub fn new(data: $crate::op::OpData) -> $sum {
+                use $crate::op::OpData as D;
+                match data {
+                    D::Accept => $sum::Accept(Accept::new()),
+                    D::AcceptMulti => $sum::AcceptStream(AcceptStream),
+                    D::Connect(addr) => $sum::Connect(Connect { addr }),
+                    D::Recv(buf) => $sum::Recv(Recv { buf }),
+                    D::RecvPooled => $sum::RecvPooled(RecvPooled),
+                    D::Send(buf) => $sum::Send(Send { buf, sent: 0 }),
+                    D::SendV(bufs) => $sum::SendV(SendV::new(bufs)),
+                    D::RecvFrom(buf) => $sum::RecvFrom(RecvFrom::new(buf)),
+                    D::SendTo(buf, to) => $sum::SendTo(SendTo::new(buf, to)),
+                }
+            }
+
+            pub fn kind(&self) -> $crate::op::OpKind {
+                dispatch!(self, o => o.kind())
+            }
+
+            pub fn complete(self, c: &mut $crate::op::Completion) {
+                dispatch!(self, o => o.complete(c))
+            }
+
+            pub fn sent(&self) -> usize {
+                dispatch!(self, o => o.sent())
+            }
+        }
+    };
+}
+pub(crate) use op_sum;

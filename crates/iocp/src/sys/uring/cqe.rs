@@ -1,0 +1,67 @@
+//! The completion side: reaping the CQ (and what overflowed it) and
+//! handing each CQE to the operation its `user_data` names.
+
+use super::ops::Reap;
+use super::slot::{CANCEL_UD, POLL_BIT, WAKE_UD};
+use super::sqe::check_enter;
+use super::UringEngine;
+use crate::sys::common::EngineCounters;
+
+impl UringEngine {
+    /// Handles every CQE the kernel has, including those a full CQ held
+    /// back.
+    pub(super) fn reap_cq(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        loop {
+            for c in self.ring.completion() {
+                cqes.push((c.user_data(), c.result(), c.flags()));
+            }
+            if cqes.is_empty() {
+                break;
+            }
+            for (ud, res, flags) in cqes.drain(..) {
+                self.on_cqe(ud, res, flags);
+            }
+            // Overflowed CQEs are flushed by the next enter; keep going while
+            // the kernel says some are waiting.
+            if !self.ring.submission().cq_overflow() {
+                break;
+            }
+            EngineCounters::bump(&self.core.shared.counters.cq_overflows, 1);
+            let r = self.ring.submit();
+            check_enter(r);
+        }
+        self.cqes = cqes;
+    }
+
+    pub(super) fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
+        if ud == WAKE_UD {
+            self.wake_armed = false;
+            return;
+        }
+        if ud == CANCEL_UD {
+            return;
+        }
+        let Some(idx) = self.slot_of(ud & !POLL_BIT) else {
+            // Every slot is freed only by its final CQE, so this is a bug;
+            // the generation keeps it from touching the slot's next occupant.
+            tracing::error!(
+                "io_uring: CQE for a finished operation (user_data {ud:#x}, res {res})"
+            );
+            return;
+        };
+        if ud & POLL_BIT != 0 {
+            self.on_poll_ready(idx, res);
+            return;
+        }
+        let slot = self.ops.get_mut(idx).expect("slot_of found it live");
+        let mut cx = Reap {
+            meta: &slot.meta,
+            phase: slot.phase,
+            out: &mut self.core.out,
+            bufring: self.bufring.as_mut(),
+        };
+        let step = slot.op.on_cqe(res, flags, &mut cx);
+        self.apply(idx, step);
+    }
+}

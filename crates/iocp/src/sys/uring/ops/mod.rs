@@ -1,0 +1,139 @@
+//! io_uring operations, grouped by family. Each operation is a type that
+//! owns exactly the memory its SQEs point to, and says in one place which
+//! lane it waits in, which SQE each attempt is, and what each CQE means;
+//! [`UOp`] is their sum.
+//!
+//! A new operation is a type in its family's file with its [`OpBase`] and
+//! [`UringOp`] impls, and a line in the list of [`op_sum`].
+
+mod accept;
+mod connect;
+mod datagram;
+mod pooled;
+mod stream;
+
+use std::io;
+
+use io_uring::{squeue, types};
+
+use super::bufring::BufRing;
+use super::UringFeatures;
+use crate::kit::lanes::Lane;
+use crate::kit::phase::{Phase, Step};
+use crate::op::Completion;
+use crate::sys::common::{op_sum, OpBase, OpMeta};
+
+pub(super) use accept::{Accept, AcceptStream};
+pub(super) use connect::Connect;
+pub(super) use datagram::{RecvFrom, SendTo};
+pub(super) use pooled::RecvPooled;
+pub(super) use stream::{Recv, Send, SendV};
+
+/// What an SQE is built from besides the operation itself.
+pub(super) struct Issue {
+    pub fd: types::Fd,
+    /// The socket is a stream (a vectored send may be split; see
+    /// [`crate::kit::lanes`]).
+    pub stream: bool,
+    pub feats: UringFeatures,
+    /// The buffer ring's group, when pooled receives use it.
+    pub bgid: Option<u16>,
+    /// The last attempt ended with `EAGAIN`: poll before trying
+    /// (`IORING_RECVSEND_POLL_FIRST`).
+    pub poll_first: bool,
+}
+
+impl Issue {
+    /// The `ioprio` of a send or receive SQE.
+    pub fn prio(&self) -> u16 {
+        /// `IORING_RECVSEND_POLL_FIRST` (5.19): arm the poll before the first try.
+        const POLL_FIRST: u16 = 1;
+        if self.poll_first {
+            POLL_FIRST
+        } else {
+            0
+        }
+    }
+}
+
+/// The result a CQE that ends an operation in `phase` gives it: the bytes
+/// transferred, or the error — the phase's abort error when the operation
+/// was stopped, including a stop that found it between two attempts (the
+/// kernel ended the last one with `EAGAIN` or `EINTR`).
+pub(super) fn cqe_result(phase: Phase, res: i32) -> io::Result<usize> {
+    if res >= 0 {
+        return Ok(res as usize);
+    }
+    let stopped = res == -libc::ECANCELED
+        || (phase.stopping() && (res == -libc::EAGAIN || res == -libc::EINTR));
+    if stopped {
+        Err(phase.abort_error())
+    } else {
+        Err(io::Error::from_raw_os_error(-res))
+    }
+}
+
+/// What a CQE is read with besides the operation itself.
+pub(super) struct Reap<'a> {
+    pub meta: &'a OpMeta,
+    pub phase: Phase,
+    /// Where a standing operation's `more` completions go.
+    pub out: &'a mut Vec<Completion>,
+    pub bufring: Option<&'a mut BufRing>,
+}
+
+impl Reap<'_> {
+    /// The result a CQE that ends the operation gives it ([`cqe_result`]).
+    pub fn result(&self, res: i32) -> io::Result<usize> {
+        cqe_result(self.phase, res)
+    }
+
+    /// `EAGAIN` (the kernel gave up a retry it ran off the fast path) means
+    /// "not ready, go on later"; any other result ends the operation.
+    pub fn done_unless_eagain(&self, res: i32) -> Step {
+        if res == -libc::EAGAIN {
+            Step::WouldBlock
+        } else {
+            Step::Done(self.result(res))
+        }
+    }
+}
+
+/// One kind of io_uring operation.
+pub(super) trait UringOp: OpBase {
+    /// The lane it waits in (`None`: it never waits for another operation).
+    const LANE: Option<Lane>;
+    /// The lane it waits in (of a value).
+    fn lane(&self) -> Option<Lane> {
+        Self::LANE
+    }
+    /// The SQE of the next attempt (the engine adds the `user_data`).
+    fn sqe(&mut self, cx: &Issue) -> squeue::Entry;
+    /// What a CQE (`res`, `flags`) means for it.
+    fn on_cqe(&mut self, res: i32, flags: u32, cx: &mut Reap<'_>) -> Step;
+}
+
+op_sum!(
+    /// An io_uring operation in flight.
+    UOp
+);
+
+impl UOp {
+    pub fn lane(&self) -> Option<Lane> {
+        dispatch!(self, o => o.lane())
+    }
+
+    pub fn sqe(&mut self, cx: &Issue) -> squeue::Entry {
+        dispatch!(self, o => o.sqe(cx))
+    }
+
+    pub fn on_cqe(&mut self, res: i32, flags: u32, cx: &mut Reap<'_>) -> Step {
+        dispatch!(self, o => o.on_cqe(res, flags, cx))
+    }
+
+    /// Whether this is a pooled receive waiting for readability with
+    /// `POLL_ADD` (no buffer ring): its SQEs carry the poll flag.
+    pub fn polls(&self, has_bufring: bool) -> bool {
+        matches!(self, UOp::RecvPooled(_)) && !has_bufring
+    }
+}

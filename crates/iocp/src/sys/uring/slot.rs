@@ -1,0 +1,193 @@
+//! Operation slots: what the engine keeps of an operation in flight, how an
+//! SQE names it, and how its life goes on after each step.
+//!
+//! An operation's `user_data` names its slot and the slot's generation:
+//! bits 0..32 the slab index, bits 32..62 the generation (the slab bumps it
+//! each time the slot is freed), bit 62 the poll-mode flag. A CQE or an
+//! `AsyncCancel` carrying an earlier generation never matches the slot's
+//! next occupant. Bit 63 is never set in an operation's name, so the two
+//! engine-internal names below cannot collide with one.
+
+use std::time::Instant;
+
+use super::ops::UOp;
+use super::UringEngine;
+use crate::kit::accept::ACCEPT_BACKOFF;
+use crate::kit::lanes::{Lane, Next};
+use crate::kit::phase::{Park, Phase, Step, Stop};
+use crate::kit::run::TimerItem;
+use crate::sys::common::{EngineCounters, OpMeta};
+
+/// The eventfd read's `user_data`.
+pub(super) const WAKE_UD: u64 = u64::MAX;
+/// The `user_data` of every `AsyncCancel` (its CQE is ignored).
+pub(super) const CANCEL_UD: u64 = u64::MAX - 1;
+/// Marks the `POLL_ADD` of a poll-mode pooled receive.
+pub(super) const POLL_BIT: u64 = 1 << 62;
+const INDEX_MASK: u64 = (1 << 32) - 1;
+const GEN_SHIFT: u32 = 32;
+const GEN_MASK: u64 = (1 << 30) - 1;
+
+/// An operation in flight.
+pub(super) struct Slot {
+    pub meta: OpMeta,
+    pub phase: Phase,
+    /// The last attempt ended with `EAGAIN`: poll before trying again.
+    pub poll_first: bool,
+    pub op: UOp,
+}
+
+impl UringEngine {
+    /// The `user_data` the operation in slot `idx` is issued with: its
+    /// index and the slot's current generation (without the poll flag).
+    pub(super) fn user_data(&self, idx: usize) -> u64 {
+        debug_assert!(idx as u64 <= INDEX_MASK, "slot index {idx} out of range");
+        idx as u64 | (u64::from(self.ops.generation(idx)) & GEN_MASK) << GEN_SHIFT
+    }
+
+    /// The live slot a `user_data` names (poll flag cleared), or `None` if
+    /// that slot has since been freed (and perhaps reused).
+    pub(super) fn slot_of(&self, ud: u64) -> Option<usize> {
+        let idx = (ud & INDEX_MASK) as usize;
+        let gen = (ud >> GEN_SHIFT) & GEN_MASK;
+        let live =
+            self.ops.get(idx).is_some() && u64::from(self.ops.generation(idx)) & GEN_MASK == gen;
+        live.then_some(idx)
+    }
+
+    /// Carries out what a CQE (or a poll-mode read) said about slot `idx`.
+    pub(super) fn apply(&mut self, idx: usize, step: Step) {
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return;
+        };
+        let stopping = slot.phase.stopping();
+        match step {
+            Step::Done(r) => self.finish(idx, r),
+            Step::Wait => {}
+            Step::Again => self.again(idx),
+            _ if stopping => {
+                let e = slot.phase.abort_error();
+                self.finish(idx, Err(e));
+            }
+            Step::WouldBlock => {
+                // Nothing of this attempt was transferred and the operation
+                // still counts what earlier ones sent: it goes on from there,
+                // polling first so it waits for the socket instead of
+                // spinning.
+                slot.poll_first = true;
+                EngineCounters::bump(&self.core.shared.counters.eagain_retries, 1);
+                self.issue(idx);
+            }
+            Step::Starved => {
+                slot.phase = Phase::Parked(Park::Starved);
+                self.starved.push(idx);
+                EngineCounters::bump(&self.core.shared.counters.starved, 1);
+                // Buffers may already be waiting to go back.
+                self.recycle();
+            }
+            Step::BackOff => {
+                slot.phase = Phase::Parked(Park::BackOff);
+                let op = slot.meta.id;
+                self.core.timers.add(
+                    Instant::now() + ACCEPT_BACKOFF,
+                    TimerItem::Rearm { slot: idx, op },
+                );
+            }
+        }
+    }
+
+    /// Issues slot `idx` again (a short send's rest, a standing operation's
+    /// next arm) — or ends it, if it is being stopped or its handle closes.
+    pub(super) fn again(&mut self, idx: usize) {
+        let Some(slot) = self.ops.get(idx) else {
+            return;
+        };
+        let closing = self.handles.get(&slot.meta.hid).is_none_or(|h| h.closing);
+        if closing || slot.phase.stopping() {
+            let e = slot.phase.abort_error();
+            self.finish(idx, Err(e));
+        } else {
+            self.issue(idx);
+        }
+    }
+
+    /// Slot `idx` is done: it completes with `result`, hands its memory
+    /// back and leaves its lane; the next operation in the lane starts.
+    pub(super) fn finish(&mut self, idx: usize, result: std::io::Result<usize>) {
+        let Some(slot) = self.ops.remove(idx) else {
+            return;
+        };
+        self.core.timers.op_done(slot.meta.id);
+        let lane = slot.op.lane();
+        let mut c = slot.meta.completion(slot.op.kind(), result);
+        if c.result.is_err() {
+            // What a send sent before it failed (0 for anything else).
+            c.partial = slot.op.sent();
+            if let Some(h) = self.handles.get_mut(&slot.meta.hid) {
+                h.lanes.send_failed(c.partial);
+            }
+        }
+        slot.op.complete(&mut c);
+        self.core.out.push(c);
+        if slot.phase == Phase::Parked(Park::Starved) {
+            self.starved.retain(|&i| i != idx);
+        }
+        self.release(slot.meta.hid, idx, lane);
+    }
+
+    /// Takes `idx` off its handle: out of its lane (starting the next one,
+    /// or aborting the writes queued behind a send that broke the stream),
+    /// and closes the handle after its last operation.
+    fn release(&mut self, hid: u64, idx: usize, lane: Option<Lane>) {
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        if let Some(p) = h.ops.iter().position(|&i| i == idx) {
+            h.ops.swap_remove(p);
+        }
+        let next = lane.map_or(Next::Idle, |l| h.lanes.leave(l, idx));
+        if h.closing && h.ops.is_empty() {
+            self.handles.remove(&hid);
+            return;
+        }
+        match next {
+            Next::Idle => {}
+            Next::Start(n) => self.issue(n),
+            // Each completes aborted and, if it was the last operation of
+            // a closing handle, releases the handle.
+            Next::Abort(queued) => {
+                for i in queued {
+                    self.stop(i, Stop::Cancel);
+                }
+            }
+        }
+    }
+
+    /// Requests that slot `idx` end early (a cancel, a close, a deadline).
+    /// One the kernel holds gets an `AsyncCancel` and ends with its last
+    /// CQE; any other ends now.
+    pub(super) fn stop(&mut self, idx: usize, why: Stop) {
+        let has_bufring = self.bufring.is_some();
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return;
+        };
+        let issued = match slot.phase {
+            Phase::Stopping(_) => return,
+            Phase::Issued => true,
+            Phase::Queued | Phase::Parked(_) => false,
+        };
+        slot.phase = Phase::Stopping(why);
+        if !issued {
+            let e = slot.phase.abort_error();
+            self.starved.retain(|&i| i != idx);
+            self.finish(idx, Err(e));
+            return;
+        }
+        let target = if slot.op.polls(has_bufring) {
+            self.user_data(idx) | POLL_BIT
+        } else {
+            self.user_data(idx)
+        };
+        self.push_cancel(target);
+    }
+}
