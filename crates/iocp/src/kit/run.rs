@@ -88,7 +88,7 @@ pub(crate) trait Drive: Engine + Sized {
     fn turn(&mut self, timeout: Option<Duration>, block: bool) {
         let before = self.made();
         self.intake();
-        self.publish_timers();
+        publish_timers(self);
         let sleep = block && !self.busy() && self.prepare_sleep();
         if sleep {
             let mut wait = timeout;
@@ -105,13 +105,7 @@ pub(crate) trait Drive: Engine + Sized {
         self.reap();
         let made = self.made().saturating_sub(before) as u64;
         EngineCounters::bump(&self.counters().completions, made);
-        self.publish_timers();
-    }
-
-    /// Publishes how many timers are pending.
-    fn publish_timers(&mut self) {
-        let n = self.timers().len() as u64;
-        EngineCounters::set(&self.counters().timers, n);
+        publish_timers(self);
     }
 
     /// The loop of an engine thread: turns (blocking) and hands over what
@@ -130,6 +124,12 @@ pub(crate) trait Drive: Engine + Sized {
 }
 
 impl<E: Engine> Drive for E {}
+
+/// Publishes how many timers are pending (`EngineStats::timers`).
+fn publish_timers<E: Engine>(e: &mut E) {
+    let n = e.timers().len() as u64;
+    EngineCounters::set(&e.counters().timers, n);
+}
 
 /// What a timer does when it fires.
 pub(crate) enum TimerItem {
