@@ -61,18 +61,3 @@ pub use sys::UringFeatures;
 /// each one does.
 #[cfg(target_os = "linux")]
 pub const URING_ENV_SWITCHES: &[(&str, &str)] = sys::uring::ENV_SWITCHES;
-
-/// Wine's version string when running under Wine (`None` on real Windows
-/// and off Windows). Tests use it to skip the assertions where Wine differs
-/// from Windows.
-#[doc(hidden)]
-pub fn wine_version() -> Option<String> {
-    #[cfg(windows)]
-    {
-        sys::windows::wine_version()
-    }
-    #[cfg(not(windows))]
-    {
-        None
-    }
-}

@@ -23,7 +23,7 @@ use iocp::{Backend, Completion, GetError, OpKind, OpOptions, Port};
 const T: Option<Duration> = Some(Duration::from_secs(10));
 
 fn wine() -> Option<String> {
-    iocp::wine_version()
+    iocp_test_support::wine()
 }
 
 /// Whether the caller must skip a Wine-divergent assertion (prints why).

@@ -436,7 +436,7 @@ pub fn blocking_guard_thread_exit(t: &Target) {
             "conformance::{}::blocking_guard_thread_exit: SKIPPED the assertion that B waits \
              while A runs: the kernel schedules IOCP waiters{}",
             t.backend,
-            iocp::wine_version().map_or(String::new(), |v| format!(
+            iocp_test_support::wine().map_or(String::new(), |v| format!(
                 " (Wine {v} ignores the concurrency limit)"
             ))
         ));

@@ -109,22 +109,6 @@ fn ntdll_proc(name: &CStr) -> Option<unsafe extern "system" fn() -> isize> {
     }
 }
 
-/// Wine's version string, or `None` on real Windows.
-pub(crate) fn wine_version() -> Option<String> {
-    static V: OnceLock<Option<String>> = OnceLock::new();
-    V.get_or_init(|| {
-        let f = ntdll_proc(c"wine_get_version")?;
-        // SAFETY: `wine_get_version` is `const char *(void)`, returning a
-        // static NUL-terminated string.
-        unsafe {
-            let f: unsafe extern "C" fn() -> *const std::ffi::c_char = std::mem::transmute(f);
-            let p = f();
-            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-        }
-    })
-    .clone()
-}
-
 type NtQueryIoCompletionFn = unsafe extern "system" fn(HANDLE, u32, *mut i32, u32, *mut u32) -> i32;
 
 /// How many packets the kernel queue holds (`NtQueryIoCompletion`,
