@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use crate::op::{Buf, OpData};
+use crate::buf::Buf;
 
 /// `get`/`get_many` returned without a packet (GQCS returning FALSE with a
 /// NULL `lpOverlapped`). A *failed operation* is not this: it is a
@@ -29,15 +29,6 @@ impl fmt::Display for GetError {
 
 impl std::error::Error for GetError {}
 
-impl From<crate::queue::Empty> for GetError {
-    fn from(e: crate::queue::Empty) -> Self {
-        match e {
-            crate::queue::Empty::TimedOut => GetError::TimedOut,
-            crate::queue::Empty::Abandoned => GetError::Abandoned,
-        }
-    }
-}
-
 /// An operation could not be started: no completion will come for it, and
 /// every buffer it would have owned is handed back here, untouched — as in
 /// a [`crate::Completion`], in [`SubmitError::buf`] for the operations that
@@ -55,12 +46,6 @@ pub struct SubmitError {
 }
 
 impl SubmitError {
-    /// `data`'s buffers go back in the error.
-    pub(crate) fn new(error: io::Error, data: OpData) -> Self {
-        let (buf, bufs) = data.into_bufs();
-        SubmitError::with_bufs(error, buf, bufs)
-    }
-
     pub(crate) fn with_bufs(error: io::Error, buf: Option<Buf>, bufs: Vec<Buf>) -> Self {
         SubmitError { error, buf, bufs }
     }

@@ -31,30 +31,36 @@
 //! ```
 #![warn(missing_docs)]
 
-mod backend;
-pub mod error;
+// No module uses one that uses it back: ARCHITECTURE.md lists them in
+// dependency order, and `cargo modules dependencies --acyclic` checks it.
+mod buf;
+mod config;
+mod error;
+mod handle;
 mod kit;
-pub mod op;
+mod op;
 mod ops;
-pub mod pool;
-#[cfg(not(windows))]
-pub mod port;
-#[cfg(windows)]
-#[path = "sys/windows/port.rs"]
-pub mod port;
-#[doc(hidden)]
+mod pool;
+mod port;
+#[cfg(loom)]
 pub mod queue;
+#[cfg(all(not(loom), target_os = "linux"))]
+mod queue;
+mod running;
+mod stats;
 mod sys;
 mod timers;
 
-pub use error::{aborted, is_aborted, GetError, SubmitError};
-pub use op::{Buf, Completion, IoBuf, OpId, OpKind, OpOptions};
-pub use pool::{PoolStats, PooledBuf};
-pub use port::{
-    Backend, BackendInfo, BlockingGuard, EngineStats, Handle, Port, PortBuilder, PortStats,
-};
+pub use buf::{Buf, IoBuf};
 #[cfg(target_os = "linux")]
-pub use sys::UringFeatures;
+pub use config::UringFeatures;
+pub use config::{Backend, BackendInfo};
+pub use error::{aborted, is_aborted, GetError, SubmitError};
+pub use handle::Handle;
+pub use op::{Completion, OpId, OpKind, OpOptions};
+pub use pool::PooledBuf;
+pub use port::{BlockingGuard, Port, PortBuilder};
+pub use stats::{EngineStats, PoolStats, PortStats};
 
 /// The environment variables that switch io_uring fast-path features off
 /// (so their fallbacks can be tested on a kernel that has them), with what

@@ -1,14 +1,15 @@
 //! The operations of a port — `AcceptEx`, `ConnectEx`, `WSARecv`,
 //! `WSASend` and friends — written once for every platform: each builds an
-//! [`OpData`] that owns its memory and hands it to the platform port's
-//! `start_op`.
+//! `OpData` that owns its memory and hands it to [`Port`]'s `start_op`,
+//! which checks the handle and passes it to the backend.
 
-use std::io;
 use std::net::SocketAddr;
 
+use crate::buf::{Buf, IoBuf};
 use crate::error::SubmitError;
-use crate::op::{Buf, IoBuf, OpData, OpId, OpOptions};
-use crate::port::{Handle, Port};
+use crate::handle::Handle;
+use crate::op::{OpData, OpId, OpOptions};
+use crate::port::Port;
 
 impl Port {
     /// `AcceptEx`: one incoming connection on a listening handle. The
@@ -111,25 +112,5 @@ impl Port {
             OpData::SendTo(buf.into(), Box::new(addr.into())),
             opts.into(),
         )
-    }
-}
-
-impl Handle {
-    /// The socket's local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.peer_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
-        })
     }
 }

@@ -14,19 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::kit::lock;
-
-/// Counters of a buffer pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Buffers in the pool.
-    pub total: usize,
-    /// Bytes per buffer.
-    pub buf_size: usize,
-    /// Buffers lent to the application (inside `PooledBuf`s).
-    pub in_use: usize,
-    /// Buffers the engine has handed to the kernel (free for it to fill).
-    pub in_kernel: usize,
-}
+use crate::stats::PoolStats;
 
 /// Something to poke when a buffer comes back (the owning engine).
 pub(crate) trait ReturnWaker: Send + Sync {

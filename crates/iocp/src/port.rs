@@ -1,38 +1,20 @@
-//! The public completion port: [`Port`], [`PortBuilder`], [`Handle`].
+//! The public completion port, written once for every platform: [`Port`],
+//! [`PortBuilder`] and [`BlockingGuard`]. Each call checks what is the same
+//! everywhere and hands the rest to the platform's backend (`sys::Port`,
+//! through the contract in `sys`).
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) use crate::backend::Config;
-pub use crate::backend::{Backend, BackendInfo, EngineStats, PortBuilder, PortStats};
+use crate::config::{Backend, BackendInfo, Config};
 use crate::error::{self, GetError, SubmitError};
-use crate::op::{Completion, OpId, OpKind, OpOptions};
-use crate::pool::{PoolShared, PoolStats};
-use crate::queue::{thread_tag, BlockingGuard as QueueGuard, Queue};
-use crate::sys::{self, Cmd, EngineShared, OpData, OpReq, SocketFd};
-
-static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
-
-struct InlineEngine {
-    owner: u64,
-    engine: Mutex<Option<sys::Engine>>,
-}
-
-pub(crate) struct PortInner {
-    id: u64,
-    queue: Queue<Completion>,
-    engines: Vec<Arc<EngineShared>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    inline: Option<InlineEngine>,
-    next_engine: AtomicUsize,
-    next_id: AtomicU64,
-    closed: AtomicBool,
-    info: BackendInfo,
-}
+use crate::handle::Handle;
+use crate::op::{Completion, OpData, OpId, OpOptions};
+use crate::running::StepOut;
+use crate::stats::{EngineStats, PoolStats, PortStats};
+use crate::sys::{self, SysHandle, SysPort};
 
 /// A completion port: a queue of completion packets that any number of
 /// threads wait on (`GetQueuedCompletionStatus`), fed by the operations
@@ -40,15 +22,31 @@ pub(crate) struct PortInner {
 ///
 /// `Port` is cheap to clone; every clone is the same port. Dropping the last
 /// clone closes it.
+///
+/// On Linux the queue lives in user space and is fed by engines (io_uring or
+/// epoll, see [`Backend`]); on Windows the port is the kernel's own
+/// completion port, which does the LIFO wake-up and the concurrency limit
+/// by itself.
 #[derive(Clone)]
 pub struct Port {
     inner: Arc<PortInner>,
 }
 
+struct PortInner {
+    imp: sys::Port,
+    info: BackendInfo,
+}
+
+impl Drop for PortInner {
+    fn drop(&mut self) {
+        self.imp.close();
+    }
+}
+
 impl fmt::Debug for Port {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Port")
-            .field("id", &self.inner.id)
+            .field("id", &self.inner.imp.id())
             .field("backend", &self.inner.info.backend)
             .field("stats", &self.stats())
             .finish()
@@ -74,13 +72,17 @@ impl fmt::Debug for Port {
 /// Dropped on another thread it would count a thread that has moved on, or
 /// one that never ran.
 ///
+/// On Windows the kernel already stops counting a worker that blocks on
+/// anything else, so there the guard changes no scheduling; it only steps
+/// the thread out of the `running` statistic, with the same rules.
+///
 /// ```compile_fail,E0277
 /// let port = iocp::Port::new(1).unwrap();
 /// let guard = port.blocking();
 /// std::thread::spawn(move || drop(guard)); // error: `BlockingGuard` is not `Send`
 /// ```
 pub struct BlockingGuard {
-    _g: QueueGuard<Completion>,
+    _step: Option<StepOut>,
 }
 
 impl Port {
@@ -95,89 +97,6 @@ impl Port {
         PortBuilder::default()
     }
 
-    pub(crate) fn start(mut cfg: Config, want: Backend, why: String) -> io::Result<Port> {
-        if cfg.inline {
-            // The per-core model: one engine, driven by the building thread.
-            cfg.engines = 1;
-        }
-        let queue = Queue::new(cfg.concurrency);
-        // Dropped on an early return, this stops the engines started so far:
-        // a failed build leaves no thread, ring, epoll set or descriptor.
-        let mut started = Started::default();
-        let mut inline = None;
-        let mut info = None;
-        for i in 0..cfg.engines {
-            let pool = PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size);
-            let shared = EngineShared::new(pool)?;
-            let (engine_want, engine_why) = match &info {
-                // Every engine of a port uses the backend the first one got.
-                Some(BackendInfo { backend, .. }) => (*backend, "same as engine 0".to_string()),
-                None => (want, why.clone()),
-            };
-            if cfg.inline {
-                let (engine, bi) = sys::Engine::create(
-                    engine_want,
-                    engine_why,
-                    shared.clone(),
-                    queue.clone(),
-                    &cfg,
-                )?;
-                inline = Some(InlineEngine {
-                    owner: thread_tag(),
-                    engine: Mutex::new(Some(engine)),
-                });
-                info.get_or_insert(bi);
-            } else {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let (s2, q2, c2) = (shared.clone(), queue.clone(), cfg.clone());
-                let t = std::thread::Builder::new()
-                    .name(format!("iocp-engine-{i}"))
-                    .spawn(move || {
-                        match sys::Engine::create(engine_want, engine_why, s2, q2, &c2) {
-                            Ok((engine, bi)) => {
-                                let _ = tx.send(Ok(bi));
-                                engine.run();
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                            }
-                        }
-                    })?;
-                let reply = rx
-                    .recv()
-                    .unwrap_or_else(|_| Err(io::Error::other("engine thread died while starting")));
-                let bi = match reply {
-                    Ok(bi) => bi,
-                    Err(e) => {
-                        // The thread is ending: wait for it.
-                        let _ = t.join();
-                        return Err(e);
-                    }
-                };
-                info.get_or_insert(bi);
-                started.threads.push(t);
-            }
-            started.engines.push(shared);
-        }
-        let engines = std::mem::take(&mut started.engines);
-        let threads = std::mem::take(&mut started.threads);
-        let info = info.expect("at least one engine");
-        tracing::debug!("iocp port: backend {info}");
-        Ok(Port {
-            inner: Arc::new(PortInner {
-                id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
-                queue,
-                engines,
-                threads: Mutex::new(threads),
-                inline,
-                next_engine: AtomicUsize::new(0),
-                next_id: AtomicU64::new(1),
-                closed: AtomicBool::new(false),
-                info,
-            }),
-        })
-    }
-
     /// The backend in use and why it was chosen.
     pub fn backend(&self) -> &BackendInfo {
         &self.inner.info
@@ -185,46 +104,34 @@ impl Port {
 
     /// The concurrency limit.
     pub fn concurrency(&self) -> usize {
-        self.inner.queue.limit()
+        self.inner.imp.concurrency()
     }
 
     /// `CreateIoCompletionPort(socket, port, key, 0)`: associates a socket
     /// with the port under a completion key. The port owns the socket from
-    /// now on and closes it after the handle's last completion.
+    /// now on and closes it after the handle's last completion. The socket is
+    /// put in non-blocking mode (the epoll engine and Windows' pooled receive
+    /// rely on it; io_uring and overlapped operations ignore the mode).
     pub fn associate(&self, socket: impl Into<socket2::Socket>, key: u64) -> io::Result<Handle> {
         let socket: socket2::Socket = socket.into();
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(error::port_closed());
         }
         socket.set_nonblocking(true)?;
-        let n = self.inner.engines.len();
-        let e = self.inner.next_engine.fetch_add(1, Ordering::Relaxed) % n;
-        let engine = self.inner.engines[e].clone();
-        let hid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sock, fd) = SocketFd::new(socket.into());
-        // A refused command is dropped here, which closes the socket.
-        engine
-            .send(Cmd::Register { hid, fd, key })
-            .map_err(|_| error::port_closed())?;
-        Ok(Handle {
-            inner: Arc::new(HandleInner {
-                hid,
-                key,
-                port: self.inner.id,
-                engine,
-                sock,
-                closed: AtomicBool::new(false),
-            }),
-        })
+        Ok(Handle::new(self.inner.imp.associate(socket, key)?))
     }
 
+    /// Starts an operation (every operation in `ops.rs` comes here): the
+    /// handle must belong to this port, and neither may be closed; else
+    /// the operation does not start and its buffers come back in the error.
     pub(crate) fn start_op(
         &self,
         h: &Handle,
         data: OpData,
         opts: OpOptions,
     ) -> Result<OpId, SubmitError> {
-        if h.inner.port != self.inner.id {
+        let imp = h.imp();
+        if imp.port_id() != self.inner.imp.id() {
             return Err(SubmitError::new(
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -233,69 +140,36 @@ impl Port {
                 data,
             ));
         }
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(SubmitError::new(error::port_closed(), data));
         }
-        if h.inner.closed.load(Ordering::Acquire) {
+        if imp.is_closed() {
             return Err(SubmitError::new(error::handle_closed(), data));
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = OpReq {
-            hid: h.inner.hid,
-            key: h.inner.key,
-            id,
-            token: opts.token,
-            deadline: opts.deadline,
-            data,
-        };
-        match h.inner.engine.send(Cmd::Start(req)) {
-            Ok(()) => Ok(OpId(id)),
-            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data)),
-            Err(_) => Err(SubmitError::with_bufs(
-                error::port_closed(),
-                None,
-                Vec::new(),
-            )),
-        }
+        self.inner.imp.start_op(imp, data, opts)
     }
 
     /// `PostQueuedCompletionStatus`: queues a packet of the application's
     /// own and wakes one waiter.
     pub fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
-        self.inner.queue.post(c).map_err(|_| error::port_closed())?;
-        if let Some(inl) = &self.inner.inline {
-            if thread_tag() != inl.owner {
-                self.inner.engines[0].wake();
-            }
-        }
-        Ok(())
+        self.inner.imp.post(key, bytes, token)
     }
 
-    /// Queues a packet (kind [`OpKind::Timer`], `bytes` 0) after `after`.
+    /// Queues a packet (kind [`OpKind::Timer`](crate::OpKind::Timer),
+    /// `bytes` 0) after `after`. (On Windows from the port's timer thread,
+    /// started on first use.)
     pub fn post_after(&self, after: Duration, key: u64, token: u64) -> io::Result<OpId> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let c = Completion::new(OpKind::Timer, key, token, OpId(id), Ok(0));
         let at = Instant::now().checked_add(after).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "timer too far in the future")
         })?;
-        self.inner.engines[0]
-            .send(Cmd::Timer { at, pkt: c })
-            .map_err(|_| error::port_closed())?;
-        Ok(OpId(id))
+        self.inner.imp.post_after(at, key, token)
     }
 
     /// `GetQueuedCompletionStatus`: waits up to `timeout` (`None` = forever,
     /// `Some(ZERO)` = poll) for one packet. A failed operation is `Ok` with
     /// an error `result`; no packet is `Err`.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError> {
-        if let Some(inl) = self.owned_inline() {
-            let mut v = Vec::with_capacity(1);
-            self.get_inline(inl, &mut v, 1, timeout)?;
-            return Ok(v.pop().expect("one packet"));
-        }
-        Ok(self.inner.queue.get(timeout)?)
+        self.inner.imp.get(timeout)
     }
 
     /// `GetQueuedCompletionStatusEx`: appends up to `max` packets to `batch`,
@@ -307,70 +181,7 @@ impl Port {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
-        if let Some(inl) = self.owned_inline() {
-            return self.get_inline(inl, batch, max, timeout);
-        }
-        Ok(self.inner.queue.get_many(batch, max, timeout)?)
-    }
-
-    fn owned_inline(&self) -> Option<&InlineEngine> {
-        self.inner
-            .inline
-            .as_ref()
-            .filter(|i| i.owner == thread_tag())
-    }
-
-    fn get_inline(
-        &self,
-        inl: &InlineEngine,
-        batch: &mut Vec<Completion>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> Result<usize, GetError> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            match self.inner.queue.get_many(batch, max, Some(Duration::ZERO)) {
-                Ok(n) => return Ok(n),
-                Err(crate::queue::Empty::Abandoned) => return Err(GetError::Abandoned),
-                Err(crate::queue::Empty::TimedOut) => {}
-            }
-            let left = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d && timeout != Some(Duration::ZERO) {
-                        return Err(GetError::TimedOut);
-                    }
-                    Some(d.saturating_duration_since(now))
-                }
-                None => None,
-            };
-            let mut g = inl.engine.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(engine) = g.as_mut() else {
-                return Err(GetError::Abandoned);
-            };
-            let poll = timeout == Some(Duration::ZERO);
-            // Posts from other threads go straight to the queue and wake the
-            // engine only if it announced a sleep. So announce it first, then
-            // look at the queue once more: a post either lands before this
-            // look or sees the announcement and wakes the engine. (Pending
-            // commands: take them without blocking and come round again.)
-            let shared = &self.inner.engines[0];
-            let block = !poll
-                && shared.prepare_sleep()
-                && (self.inner.queue.stats().queued == 0 || {
-                    shared.woke();
-                    false
-                });
-            engine.turn(left, block);
-            engine.flush_to_queue();
-            drop(g);
-            if poll {
-                return match self.inner.queue.get_many(batch, max, Some(Duration::ZERO)) {
-                    Ok(n) => Ok(n),
-                    Err(e) => Err(e.into()),
-                };
-            }
-        }
+        self.inner.imp.get_many(batch, max, timeout)
     }
 
     /// Steps the calling thread out of the concurrency count while it blocks
@@ -380,214 +191,113 @@ impl Port {
     /// [`BlockingGuard`] for nesting, `get` inside a guard, and thread exit.
     pub fn blocking(&self) -> BlockingGuard {
         BlockingGuard {
-            _g: self.inner.queue.blocking(),
+            _step: self.inner.imp.step_out(),
         }
     }
 
-    /// Waiting, running, queued and hand-off counters.
+    /// Waiting, running, queued and hand-off counters (see [`PortStats`]
+    /// for what each means on Windows).
     pub fn stats(&self) -> PortStats {
-        self.inner.queue.stats()
+        self.inner.imp.stats()
     }
 
     /// Engine counters, summed over the port's engines.
     pub fn engine_stats(&self) -> EngineStats {
-        let mut s = EngineStats::default();
-        for e in &self.inner.engines {
-            let c = &e.counters;
-            s.completions += c.completions.load(Ordering::Relaxed);
-            s.enters += c.enters.load(Ordering::Relaxed);
-            s.starved += c.starved.load(Ordering::Relaxed);
-            s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
-            s.eagain_retries += c.eagain_retries.load(Ordering::Relaxed);
-            s.timers += c.timers.load(Ordering::Relaxed);
-        }
-        s
+        self.inner.imp.engine_stats()
     }
 
     /// Pool counters, summed over the port's engines.
     pub fn pool_stats(&self) -> PoolStats {
-        let mut s = PoolStats::default();
-        for e in &self.inner.engines {
-            let p = e.pool.stats();
-            s.total += p.total;
-            s.buf_size = p.buf_size;
-            s.in_use += p.in_use;
-            s.in_kernel += p.in_kernel;
-        }
-        s
+        self.inner.imp.pool_stats()
     }
 
     /// `CloseHandle(port)`: every waiter returns [`GetError::Abandoned`];
-    /// queued packets are dropped; operations in flight are cancelled and
-    /// their buffers released once the kernel lets go; engine threads are
-    /// joined. To get buffers back, close handles and drain with `get`
-    /// before closing the port.
+    /// queued packets are dropped; every handle is closed; operations in
+    /// flight are cancelled and their buffers released once the kernel lets
+    /// go; engine threads are joined. To get buffers back, close handles and
+    /// drain with `get` before closing the port.
+    ///
+    /// On Windows the port posts one sentinel packet per waiting thread
+    /// (Wine never wakes waiters on `CloseHandle`), then drains the port
+    /// until every cancelled operation's packet is back (at most 10 s; then
+    /// their memory is leaked, never freed under the kernel). The kernel
+    /// handle itself is closed when the last handle or operation referring
+    /// to the port is gone.
     pub fn close(&self) {
-        self.inner.close();
+        self.inner.imp.close();
     }
 
     /// Whether `close` was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.imp.is_closed()
     }
 }
 
-impl PortInner {
-    fn close(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        drop(self.queue.close());
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        stop_engines(&self.engines, threads);
-        if let Some(inl) = &self.inline {
-            let engine = inl.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(mut engine) = engine {
-                if inl.owner == thread_tag() {
-                    engine.shutdown();
-                } else {
-                    engine.abandon();
-                }
-            }
-        }
-    }
+/// Configures a [`Port`] (what `CreateIoCompletionPort`'s arguments and the
+/// engine behind it can be).
+#[derive(Debug, Clone, Default)]
+pub struct PortBuilder {
+    cfg: Config,
 }
 
-/// The engines a starting port has started so far.
-#[derive(Default)]
-struct Started {
-    engines: Vec<Arc<EngineShared>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        stop_engines(&self.engines, std::mem::take(&mut self.threads));
+impl PortBuilder {
+    /// The concurrency limit: how many threads may run at once. 0 means the
+    /// number of CPUs, as on Windows.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.cfg.concurrency = n;
+        self
     }
-}
-
-/// Asks every engine to stop and joins their threads (each engine closes
-/// what it holds on its own thread before it ends).
-fn stop_engines(engines: &[Arc<EngineShared>], threads: Vec<JoinHandle<()>>) {
-    for e in engines {
-        e.begin_shutdown();
+    /// How many engine threads feed the port on Linux (sockets are spread
+    /// across them round-robin). Default 1. Ignored on Windows, where the
+    /// kernel is the engine.
+    pub fn engines(mut self, n: usize) -> Self {
+        self.cfg.engines = n.max(1);
+        self
     }
-    for t in threads {
-        if t.thread().id() != std::thread::current().id() {
-            let _ = t.join();
-        }
+    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.cfg.backend = Some(b);
+        self
     }
-}
-
-impl Drop for PortInner {
-    fn drop(&mut self) {
-        self.close();
+    /// Pool buffers per engine (per port on Windows) for pooled receives
+    /// (default 256, at most 32768).
+    pub fn pool_buffers(mut self, n: usize) -> Self {
+        self.cfg.pool_bufs = n.clamp(1, 32768);
+        self
     }
-}
-
-struct HandleInner {
-    hid: u64,
-    key: u64,
-    port: u64,
-    engine: Arc<EngineShared>,
-    /// The descriptor, shared with the engine, which closes it after the
-    /// handle's last operation (or at the port's close) and after the last
-    /// `with_socket` borrow.
-    sock: Arc<SocketFd>,
-    /// `close` was called or the last clone dropped.
-    closed: AtomicBool,
-}
-
-impl Drop for HandleInner {
-    fn drop(&mut self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.engine.send(Cmd::Close { hid: self.hid });
-        }
+    /// Bytes per pool buffer (default 16 KiB).
+    pub fn pool_buffer_size(mut self, n: usize) -> Self {
+        self.cfg.pool_buf_size = n.max(1);
+        self
     }
-}
-
-/// A socket associated with a port. Clones share the socket; it is closed
-/// when [`Handle::close`] is called, the last clone is dropped, or the port
-/// is closed (or dropped); its descriptor is released only after its last
-/// operation completed and no [`with_socket`](Handle::with_socket) call is
-/// running.
-#[derive(Clone)]
-pub struct Handle {
-    inner: Arc<HandleInner>,
-}
-
-impl fmt::Debug for Handle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle")
-            .field("key", &self.inner.key)
-            .field("id", &self.inner.hid)
-            .field("closed", &self.is_closed())
-            .finish()
+    /// Submission queue entries per io_uring (default 256; ignored elsewhere).
+    pub fn sq_entries(mut self, n: u32) -> Self {
+        self.cfg.sq_entries = n.max(8);
+        self
     }
-}
-
-impl Handle {
-    /// The completion key given at association.
-    pub fn key(&self) -> u64 {
-        self.inner.key
+    /// Completion queue entries per io_uring (default 4096; at least 2×SQ;
+    /// ignored elsewhere).
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cfg.cq_entries = n.max(16);
+        self
+    }
+    /// The per-core model: no engine thread; the thread that builds the port
+    /// drives its engine from inside `get` and handles its own completions,
+    /// with no hand-off. Such a port belongs to that one thread: other
+    /// threads may `post` to it (which wakes it) and start operations, but
+    /// only the owner should call `get`. On Windows it means concurrency 1:
+    /// the kernel lets one thread at a time run on the port.
+    pub fn inline(mut self, yes: bool) -> Self {
+        self.cfg.inline = yes;
+        self
     }
 
-    /// `CancelIoEx(socket, op)`: asks the operation to end early. It still
-    /// completes exactly once — aborted, or with its normal result if the
-    /// cancel lost the race. Cancelling a finished operation does nothing.
-    /// A TCP send cancelled after part of it went out ends the handle's
-    /// sends (see [`crate::Completion::transferred`]).
-    pub fn cancel(&self, op: OpId) -> io::Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(error::handle_closed());
-        }
-        self.inner
-            .engine
-            .send(Cmd::Cancel {
-                hid: self.inner.hid,
-                op: op.0,
-            })
-            .map_err(|_| error::port_closed())
-    }
-
-    /// `closesocket`: aborts every pending operation (each still completes
-    /// once) and closes the socket after the last of them.
-    pub fn close(&self) {
-        if !self.inner.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.inner.engine.send(Cmd::Close {
-                hid: self.inner.hid,
-            });
-        }
-    }
-
-    /// Whether `close` was called (or the port was closed).
-    pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire) || self.inner.engine.is_shutdown()
-    }
-
-    /// Runs `f` with a borrowed view of the socket (for socket options,
-    /// addresses, `shutdown`). Fails once the handle or its port is closed.
-    /// The socket stays open while `f` runs, even if another thread closes
-    /// the handle or the port meanwhile (the close of the descriptor then
-    /// waits for `f`), so `f` never acts on a descriptor number that was
-    /// closed or handed to another socket.
-    pub fn with_socket<R>(
-        &self,
-        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
-    ) -> io::Result<R> {
-        let closed = || {
-            if self.inner.engine.is_shutdown() {
-                error::port_closed()
-            } else {
-                error::handle_closed()
-            }
-        };
-        if self.is_closed() {
-            return Err(closed());
-        }
-        self.inner
-            .sock
-            .borrow(|fd| f(&socket2::SockRef::from(&fd)))
-            .unwrap_or_else(|| Err(closed()))
+    /// Creates the port and starts its engines.
+    pub fn build(self) -> io::Result<Port> {
+        let (cfg, req) = self.cfg.resolve()?;
+        let (imp, info) = sys::Port::start(cfg, req)?;
+        Ok(Port {
+            inner: Arc::new(PortInner { imp, info }),
+        })
     }
 }

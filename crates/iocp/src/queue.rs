@@ -7,28 +7,28 @@
 //!   waiter's slot so no other thread can steal it;
 //! * a **concurrency limit** counts running threads: a thread runs from the
 //!   moment `get`/`get_many` hands it a packet (a batch counts once) until it
-//!   next calls `get`, exits, or steps out with a [`BlockingGuard`];
+//!   next calls `get`, exits, or steps out with a blocking guard (the
+//!   per-thread record of all that is [`crate::running`]);
 //! * `close` wakes every waiter with `Abandoned`.
 //!
 //! The type is generic over the packet so the `loom` model in `tests/loom.rs`
-//! can drive it with plain integers. It is platform independent; the Linux
-//! engines feed it, the Windows backend uses the kernel's port instead and
-//! shares only the per-thread running record (which port a thread runs on,
-//! and its [`BlockingGuard`] step-outs), so `stats().running` counts the same
-//! way everywhere.
+//! can drive it with plain integers: built with `--cfg loom` this module is
+//! public (and swaps its sync primitives for loom's), otherwise it is the
+//! Linux port's private queue. It depends on nothing in the crate but the
+//! running record.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 #[cfg(loom)]
-use loom::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard,
-};
+use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard, Weak,
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+#[cfg(loom)]
+use crate::running::is_running_on;
+use crate::running::{
+    enter_running, leave_running, next_id, thread_tag, OwnerRef, SlotOwner, StepOut,
 };
 
 use crate::kit::lock;
@@ -96,43 +96,6 @@ impl<T> Clone for Queue<T> {
     }
 }
 
-// ---- per-thread running record -------------------------------------------
-//
-// Which port a thread runs on is a property of the thread, so it lives in a
-// thread-local record: `get` ends the running period (the caller takes the
-// thread off its count), a packet starts one, `blocking()` steps out of it
-// and the last of its guards steps back in. The record is shared with the
-// Windows port, which keeps the same `running` statistic next to the kernel.
-
-/// Something a thread can be "running on" (a queue, or a Windows port): lets
-/// a thread-local record give its slot back without knowing the packet type.
-pub(crate) trait SlotOwner: Send + Sync {
-    /// Takes one thread off the running count (and lets a waiter run).
-    fn release(&self);
-    /// Puts one thread back on the running count (a blocking guard's last
-    /// drop; the count may exceed the limit for a while, as on Windows).
-    fn reacquire(&self);
-}
-
-/// How a running record refers to its owner: weakly, so a thread-local
-/// record does not keep a dropped queue alive. Under loom (whose `Arc` has no
-/// `Weak` and no unsized coercion) it is a strong reference wrapped in a std
-/// `Arc`; loom drops every thread's locals when the thread ends, so nothing
-/// outlives a model run.
-#[cfg(not(loom))]
-pub(crate) type OwnerRef = Weak<dyn SlotOwner>;
-#[cfg(loom)]
-pub(crate) type OwnerRef = std::sync::Arc<dyn SlotOwner>;
-
-#[cfg(not(loom))]
-fn upgrade(r: &OwnerRef) -> Option<Arc<dyn SlotOwner>> {
-    r.upgrade()
-}
-#[cfg(loom)]
-fn upgrade(r: &OwnerRef) -> Option<OwnerRef> {
-    Some(r.clone())
-}
-
 #[cfg(loom)]
 struct LoomOwner<T>(Arc<Inner<T>>);
 
@@ -144,258 +107,6 @@ impl<T: Send + 'static> SlotOwner for LoomOwner<T> {
     fn reacquire(&self) {
         self.0.reacquire()
     }
-}
-
-struct Running {
-    owner_id: u64,
-    owner: Option<OwnerRef>,
-    /// Whether the thread currently holds a running slot. A record stays in
-    /// place between `get`s with `armed` toggled, so the hot path touches no
-    /// reference count (shared counters bounce between cores).
-    armed: bool,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        // Thread exit, or the thread moved to another queue: the slot is freed.
-        if let Some(owner) = self.owner.take().as_ref().and_then(upgrade) {
-            owner.release();
-        }
-    }
-}
-
-/// The thread stepped out of `owner_id`'s count with `blocking()`; `guards`
-/// of that step-out are alive. `step` numbers the step-outs of the thread, so
-/// a guard left over from an earlier one (a `get` came in between) restores
-/// nothing.
-#[derive(Clone, Copy)]
-struct SteppedOut {
-    owner_id: u64,
-    step: u64,
-    guards: usize,
-}
-
-struct ThreadRec {
-    running: Option<Running>,
-    stepped_out: Option<SteppedOut>,
-    steps: u64,
-}
-
-#[cfg(loom)]
-loom::thread_local! {
-    // loom's macro takes a plain expression (no `const { }` block).
-    static THREAD: std::cell::RefCell<ThreadRec> = std::cell::RefCell::new(ThreadRec {
-        running: None,
-        stepped_out: None,
-        steps: 0,
-    });
-}
-#[cfg(not(loom))]
-std::thread_local! {
-    static THREAD: std::cell::RefCell<ThreadRec> = const {
-        std::cell::RefCell::new(ThreadRec { running: None, stepped_out: None, steps: 0 })
-    };
-}
-
-/// A fresh owner id (queues and Windows ports share the sequence, so a
-/// thread's record never mistakes one for the other).
-pub(crate) fn next_id() -> u64 {
-    #[cfg(loom)]
-    {
-        loom::lazy_static! { static ref NEXT: AtomicU64 = AtomicU64::new(1); }
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    }
-    #[cfg(not(loom))]
-    {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-/// The calling thread calls `get` on `owner_id`: its running period ends.
-/// Returns whether it was counted there, so the caller takes it off its
-/// count. A record of another owner is dropped, which releases that slot (a
-/// thread is associated with one port at a time, as on Windows). A step-out
-/// ends too: what its guards would have restored is over.
-pub(crate) fn leave_running(owner_id: u64) -> bool {
-    let (was, old) = THREAD
-        .try_with(|t| {
-            let mut t = t.borrow_mut();
-            t.stepped_out = None;
-            match t.running.as_mut() {
-                Some(rec) if rec.owner_id == owner_id => {
-                    let was = std::mem::replace(&mut rec.armed, false);
-                    // Under loom no record may outlive the call: loom checks
-                    // that every reference is released by the model's end.
-                    #[cfg(loom)]
-                    let old = t.running.take();
-                    #[cfg(not(loom))]
-                    let old = None;
-                    (was, old)
-                }
-                Some(_) => (false, t.running.take()),
-                None => (false, None),
-            }
-        })
-        .unwrap_or((false, None));
-    // Outside the borrow: dropping an armed record of another owner
-    // releases that owner's slot.
-    drop(old);
-    was
-}
-
-/// The calling thread now runs on `owner_id` (the caller has counted it).
-/// Returns `false` if the thread-local record is gone (the thread is
-/// exiting): the caller then takes the thread off its count again.
-pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> bool {
-    let rearmed = THREAD.try_with(|t| match t.borrow_mut().running.as_mut() {
-        Some(rec) if rec.owner_id == owner_id => {
-            rec.armed = true;
-            true
-        }
-        _ => false,
-    });
-    match rearmed {
-        Ok(true) => return true,
-        Ok(false) => {}
-        Err(_) => return false,
-    }
-    // The record is made inside the closure: if the thread-local is gone,
-    // no armed record exists to release a slot nobody took.
-    let old = THREAD.try_with(|t| {
-        t.borrow_mut().running.replace(Running {
-            owner_id,
-            owner: Some(owner()),
-            armed: true,
-        })
-    });
-    match old {
-        Ok(old) => {
-            drop(old);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Whether the calling thread counts as running on `owner_id`.
-pub(crate) fn is_running_on(owner_id: u64) -> bool {
-    THREAD
-        .try_with(|t| {
-            t.borrow()
-                .running
-                .as_ref()
-                .is_some_and(|r| r.owner_id == owner_id && r.armed)
-        })
-        .unwrap_or(false)
-}
-
-/// What [`BlockingGuard`]s of every port hold: one step of the calling
-/// thread out of its owner's running count. The guard is `!Send`: the count
-/// is the state of the thread that took the guard, and only that thread can
-/// tell whether it has called `get` since (after which the guard has nothing
-/// to restore). A guard dropped elsewhere would count the wrong thread, or a
-/// thread that has moved on.
-pub(crate) struct StepOut {
-    owner_id: u64,
-    step: u64,
-    owner: OwnerRef,
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl StepOut {
-    /// Steps the calling thread out of `owner_id`'s count if it runs there
-    /// (taking it off the count through `owner`), or joins the step-out it
-    /// is already in (a nested guard). `None` if it does not run there.
-    pub(crate) fn new(owner_id: u64, owner: OwnerRef) -> Option<StepOut> {
-        let r = THREAD.try_with(|t| {
-            let mut t = t.borrow_mut();
-            if let Some(so) = t.stepped_out.as_mut().filter(|so| so.owner_id == owner_id) {
-                so.guards += 1;
-                return Some((so.step, false, None));
-            }
-            let rec = t
-                .running
-                .as_mut()
-                .filter(|r| r.owner_id == owner_id && r.armed)?;
-            rec.armed = false;
-            #[cfg(loom)]
-            let old = t.running.take();
-            #[cfg(not(loom))]
-            let old: Option<Running> = None;
-            t.steps += 1;
-            let step = t.steps;
-            t.stepped_out = Some(SteppedOut {
-                owner_id,
-                step,
-                guards: 1,
-            });
-            Some((step, true, old))
-        });
-        let (step, released, old) = r.ok().flatten()?;
-        drop(old);
-        if released {
-            if let Some(o) = upgrade(&owner) {
-                o.release();
-            }
-        }
-        Some(StepOut {
-            owner_id,
-            step,
-            owner,
-            _not_send: std::marker::PhantomData,
-        })
-    }
-}
-
-impl Drop for StepOut {
-    fn drop(&mut self) {
-        // The last guard of the thread's current step-out puts it back; a
-        // `get` since then (or thread-local teardown) leaves nothing to do.
-        let last = THREAD
-            .try_with(|t| {
-                let mut t = t.borrow_mut();
-                match t.stepped_out.as_mut() {
-                    Some(so) if so.owner_id == self.owner_id && so.step == self.step => {
-                        so.guards -= 1;
-                        if so.guards == 0 {
-                            t.stepped_out = None;
-                            return true;
-                        }
-                        false
-                    }
-                    _ => false,
-                }
-            })
-            .unwrap_or(false);
-        if !last {
-            return;
-        }
-        let Some(owner) = upgrade(&self.owner) else {
-            return;
-        };
-        owner.reacquire();
-        if !enter_running(self.owner_id, || self.owner.clone()) {
-            owner.release();
-        }
-    }
-}
-
-std::thread_local! {
-    static THREAD_TAG: u64 = next_tag();
-}
-
-fn next_tag() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// A small number naming the current thread (cheaper than `ThreadId` to compare).
-pub(crate) fn thread_tag() -> u64 {
-    THREAD_TAG.with(|t| *t)
 }
 
 impl<T: Send + 'static> SlotOwner for Inner<T> {
@@ -616,26 +327,35 @@ impl<T: Send + 'static> Queue<T> {
         st.packets.drain(..).map(|(p, _)| p).collect()
     }
 
-    /// Whether `close` was called.
-    pub fn is_closed(&self) -> bool {
-        lock(&self.inner.state).closed
+    /// Steps the calling thread out of the running count until the returned
+    /// step-out drops (what Windows does by itself when a worker blocks on
+    /// anything else); `None` if the thread does not run on this queue.
+    /// Nested step-outs keep the thread out until the last one drops; a
+    /// `get` inside one makes the thread run again from that `get` on, and
+    /// the drop then changes nothing.
+    pub(crate) fn step_out(&self) -> Option<StepOut> {
+        StepOut::new(self.inner.id, self.owner_ref())
     }
 
-    /// Steps the calling thread out of the running count until the guard drops
-    /// (what Windows does by itself when a worker blocks on anything else).
-    /// Nested guards keep the thread out until the last one drops; a `get`
-    /// inside a guard makes the thread run again from that `get` on, and the
-    /// guard's drop then changes nothing.
+    /// [`Queue::step_out`] as a guard, for the loom models.
+    #[cfg(loom)]
     pub fn blocking(&self) -> BlockingGuard<T> {
         BlockingGuard {
-            _step: StepOut::new(self.inner.id, self.owner_ref()),
+            _step: self.step_out(),
             _queue: std::marker::PhantomData,
         }
     }
 
     /// Whether the calling thread currently counts as running on this queue.
+    #[cfg(loom)]
     pub fn is_running_here(&self) -> bool {
         is_running_on(self.inner.id)
+    }
+
+    /// The queue's owner id in the running record (unique among queues and
+    /// Windows ports).
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Counters, read under the lock.
@@ -651,10 +371,11 @@ impl<T: Send + 'static> Queue<T> {
     }
 }
 
-/// Returned by [`Queue::blocking`]; re-enters the running count when the
+/// Returned by [`Queue::blocking`] (loom models only); re-enters the running count when the
 /// last guard of the thread drops, unless the thread called `get` since (the
 /// count may then exceed the limit for a while, as on Windows). Not `Send`:
 /// it stands for the thread that took it.
+#[cfg(loom)]
 pub struct BlockingGuard<T: Send + 'static> {
     _step: Option<StepOut>,
     _queue: std::marker::PhantomData<fn() -> T>,

@@ -236,8 +236,8 @@ impl Core {
 /// A small inline engine's configuration, for tests that drive an engine
 /// directly.
 #[cfg(test)]
-pub(crate) fn test_config() -> crate::port::Config {
-    crate::port::Config {
+pub(crate) fn test_config() -> crate::config::Config {
+    crate::config::Config {
         concurrency: 1,
         engines: 1,
         backend: None,

@@ -1,189 +1,169 @@
-//! Platform backends. On Linux: the engines that feed the user-space port
-//! (`uring`, `epoll`) and what they share (`common`). On Windows: the
-//! kernel's own completion port (`windows`).
+//! The platform backends, and the contract between them and the front.
+//!
+//! The public [`Port`](crate::Port) and [`Handle`](crate::Handle) are
+//! written once, in platform-free code (`port.rs`, `handle.rs`, `ops.rs`).
+//! Each owns one backend object and calls it through the two traits below;
+//! every backend provides the same items:
+//!
+//! | item | what |
+//! |---|---|
+//! | `sys::Port` | a port: implements [`SysPort`] |
+//! | `sys::Handle` | a socket associated with a port: implements [`SysHandle`] (`sys::Port`'s `Handle` type) |
+//!
+//! The front does what is the same everywhere — the checks before an
+//! operation starts (the handle belongs to this port, neither is closed),
+//! turning a timer's delay into an instant, closing a port or a handle when
+//! its last clone drops, the operations' `OpData`, the documentation — and
+//! the backend does the rest. Backends:
+//!
+//! * **Linux** (`linux`): the port is a user-space queue
+//!   (`crate::queue`) fed by engines — `uring` (io_uring) or `epoll`,
+//!   which share `common` — on engine threads, or driven from the owner
+//!   thread's `get` (`inline`).
+//! * **Windows** (`windows`): the port is the kernel's own completion port.
+//!
+//! The `running` statistic (and with it the concurrency count of the Linux
+//! queue) is kept with the per-thread record in [`crate::running`] on every
+//! backend, so `get`, `blocking()` and thread exit count the same way.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::config::{BackendInfo, Config, Request};
+use crate::error::{GetError, SubmitError};
+use crate::op::{Completion, OpData, OpId, OpOptions};
+use crate::running::StepOut;
+use crate::stats::{EngineStats, PoolStats, PortStats};
 
 #[cfg(target_os = "linux")]
 pub(crate) mod common;
 #[cfg(target_os = "linux")]
 pub(crate) mod epoll;
 #[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
 #[cfg(windows)]
 pub(crate) mod windows;
 
 #[cfg(target_os = "linux")]
-pub(crate) use common::{Cmd, EngineShared, OpData, OpReq, SocketFd};
-#[cfg(target_os = "linux")]
-pub use uring::UringFeatures;
+pub(crate) use linux::{Handle, Port};
+#[cfg(windows)]
+pub(crate) use windows::port::{Handle, Port};
 
-#[cfg(target_os = "linux")]
-mod linux {
-    use std::io;
-    use std::sync::Arc;
-    use std::time::Duration;
+/// What a backend's port provides. Every method may be called from any
+/// thread, concurrently, also after `close` (then it fails or does nothing
+/// as documented, and never blocks).
+pub(crate) trait SysPort: Sized + Send + Sync + 'static {
+    /// The backend's handle type.
+    type Handle: SysHandle;
 
-    use super::epoll::EpollEngine;
-    use super::uring::UringEngine;
-    use super::EngineShared;
-    // The engines' run, turn and flush_to_queue.
-    use crate::kit::run::{Drive as _, Engine as _};
-    use crate::op::Completion;
-    use crate::port::{Backend, BackendInfo, Config};
-    use crate::queue::Queue;
+    /// Builds a port with these settings (`cfg` already resolved: its
+    /// concurrency is at least 1) on the backend `req` asks for. `Auto`
+    /// picks what the platform has; a backend this platform lacks is an
+    /// `Unsupported` error naming it and the backends the build has. A
+    /// failed start leaves nothing behind (no thread, ring, port or
+    /// descriptor). Returns the port and which backend it runs, and why.
+    fn start(cfg: Config, req: Request) -> io::Result<(Self, BackendInfo)>;
 
-    /// One engine of either kind.
-    pub(crate) enum Engine {
-        Uring(Box<UringEngine>),
-        Epoll(Box<EpollEngine>),
-    }
+    /// The port's id in the running record (unique among ports); a handle
+    /// reports it in [`SysHandle::port_id`].
+    fn id(&self) -> u64;
 
-    /// Errors from io_uring set-up that mean "use epoll instead".
-    fn uring_unavailable(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::ENOSYS)
-                | Some(libc::EPERM)
-                | Some(libc::EACCES)
-                | Some(libc::EINVAL)
-                | Some(libc::ENOMEM)
-        ) || e.kind() == io::ErrorKind::Unsupported
-    }
+    /// The concurrency limit.
+    fn concurrency(&self) -> usize;
 
-    fn uring_error_reason(e: &io::Error) -> String {
-        match e.raw_os_error() {
-            Some(libc::EPERM) => {
-                let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default();
-                if !sysctl.is_empty() && sysctl != "0" {
-                    format!("io_uring_setup failed with EPERM: kernel.io_uring_disabled = {sysctl}")
-                } else {
-                    "io_uring_setup failed with EPERM: blocked by a seccomp filter (as in Docker's default profile) or by policy".to_string()
-                }
-            }
-            Some(libc::ENOSYS) => "io_uring_setup failed with ENOSYS: the kernel (or sandbox, e.g. gVisor) has no io_uring".to_string(),
-            _ => format!("io_uring unusable: {e}"),
-        }
-    }
+    /// Associates `socket` (already non-blocking) under `key`: the port owns
+    /// it from now on and closes it after the handle's last completion and
+    /// its last `with_socket`. Called only while the port is open (a close
+    /// racing it still closes the new handle with the port).
+    fn associate(&self, socket: socket2::Socket, key: u64) -> io::Result<Self::Handle>;
 
-    impl Engine {
-        pub(crate) fn create(
-            want: Backend,
-            why: String,
-            shared: Arc<EngineShared>,
-            queue: Queue<Completion>,
-            cfg: &Config,
-        ) -> io::Result<(Engine, BackendInfo)> {
-            match want {
-                Backend::Uring => {
-                    let e = UringEngine::new(shared, queue, cfg).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("backend uring was requested but {}", uring_error_reason(&e)),
-                        )
-                    })?;
-                    let f = e.features();
-                    Ok((
-                        Engine::Uring(Box::new(e)),
-                        BackendInfo {
-                            backend: Backend::Uring,
-                            reason: why,
-                            uring: Some(f),
-                        },
-                    ))
-                }
-                Backend::Epoll => {
-                    let e = EpollEngine::new(shared, queue, cfg)?;
-                    Ok((
-                        Engine::Epoll(Box::new(e)),
-                        BackendInfo {
-                            backend: Backend::Epoll,
-                            reason: why,
-                            uring: None,
-                        },
-                    ))
-                }
-                Backend::Iocp => Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "backend iocp is only available on Windows (this build has: uring, epoll)",
-                )),
-                Backend::Auto => match UringEngine::new(shared.clone(), queue.clone(), cfg) {
-                    Ok(e) => {
-                        let f = e.features();
-                        let info = BackendInfo {
-                            backend: Backend::Uring,
-                            reason: if why.is_empty() {
-                                "auto: io_uring works".into()
-                            } else {
-                                why
-                            },
-                            uring: Some(f),
-                        };
-                        Ok((Engine::Uring(Box::new(e)), info))
-                    }
-                    Err(err) if uring_unavailable(&err) => {
-                        let reason = format!(
-                            "auto: fell back to epoll because {}",
-                            uring_error_reason(&err)
-                        );
-                        tracing::info!("{reason}");
-                        let e = EpollEngine::new(shared, queue, cfg)?;
-                        Ok((
-                            Engine::Epoll(Box::new(e)),
-                            BackendInfo {
-                                backend: Backend::Epoll,
-                                reason,
-                                uring: None,
-                            },
-                        ))
-                    }
-                    Err(err) => Err(err),
-                },
-            }
-        }
+    /// Starts one operation on `h`, which belongs to this port and was open
+    /// (as was the port) when the front checked. Its completion comes out
+    /// of `get` exactly once; or it fails to start and every buffer comes
+    /// back in the error.
+    fn start_op(
+        &self,
+        h: &Self::Handle,
+        data: OpData,
+        opts: OpOptions,
+    ) -> Result<OpId, SubmitError>;
 
-        pub(crate) fn run(self) {
-            match self {
-                Engine::Uring(e) => e.run(),
-                Engine::Epoll(e) => e.run(),
-            }
-        }
+    /// Queues an application packet (`OpKind::Post`) and wakes one waiter;
+    /// fails once the port is closed.
+    fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()>;
 
-        pub(crate) fn turn(&mut self, timeout: Option<Duration>, block: bool) {
-            match self {
-                Engine::Uring(e) => e.turn(timeout, block),
-                Engine::Epoll(e) => e.turn(timeout, block),
-            }
-        }
+    /// Queues a timer packet (`OpKind::Timer`, 0 bytes) at `at`; fails once
+    /// the port is closed.
+    fn post_after(&self, at: Instant, key: u64, token: u64) -> io::Result<OpId>;
 
-        pub(crate) fn flush_to_queue(&mut self) {
-            match self {
-                Engine::Uring(e) => e.flush_to_queue(),
-                Engine::Epoll(e) => e.flush_to_queue(),
-            }
-        }
+    /// Waits up to `timeout` (`None`: forever, `Some(ZERO)`: poll) for one
+    /// packet, with the port's wake order and concurrency limit: the calling
+    /// thread stops running on the port when it calls, and runs again when
+    /// it gets a packet.
+    fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError>;
 
-        /// Stops on the owning thread: aborts everything, waits for the
-        /// kernel to let go, releases buffers and descriptors.
-        pub(crate) fn shutdown(&mut self) {
-            match self {
-                Engine::Uring(e) => e.shutdown(),
-                Engine::Epoll(e) => e.shutdown(),
-            }
-        }
+    /// As `get`, appending up to `max` packets to `batch` (a batch counts as
+    /// one running thread); returns how many.
+    fn get_many(
+        &self,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError>;
 
-        /// Stops from a thread that does not own the engine: an io_uring
-        /// engine submits nothing from here, so buffers the kernel may still
-        /// hold are leaked rather than freed; an epoll engine holds nothing
-        /// in the kernel and shuts down as usual.
-        pub(crate) fn abandon(self) {
-            match self {
-                Engine::Uring(mut e) => e.abandon(),
-                Engine::Epoll(mut e) => e.shutdown(),
-            }
-        }
-    }
+    /// Steps the calling thread out of the port's running count until the
+    /// returned step-out drops; `None` if the thread does not run here.
+    fn step_out(&self) -> Option<StepOut>;
+
+    /// The port's counters.
+    fn stats(&self) -> PortStats;
+
+    /// The engines' counters (summed).
+    fn engine_stats(&self) -> EngineStats;
+
+    /// The receive pools' counters (summed).
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Closes the port: every waiter returns `Abandoned`, queued packets are
+    /// dropped, every handle is closed, operations in flight are cancelled
+    /// and their memory released once the kernel lets go. Idempotent; also
+    /// called when the front's last clone drops.
+    fn close(&self);
+
+    /// Whether `close` was called.
+    fn is_closed(&self) -> bool;
 }
 
-#[cfg(target_os = "linux")]
-pub(crate) use linux::*;
+/// What a backend's handle provides.
+pub(crate) trait SysHandle: Send + Sync + 'static {
+    /// A number naming the handle within its port (for `Debug`).
+    fn id(&self) -> u64;
+
+    /// The completion key given at association.
+    fn key(&self) -> u64;
+
+    /// The id of the port the handle belongs to ([`SysPort::id`]).
+    fn port_id(&self) -> u64;
+
+    /// Asks operation `op` to end early (it still completes once). Fails
+    /// with "the handle is closed" after `close`, with "the completion port
+    /// is closed" after the port's close.
+    fn cancel(&self, op: OpId) -> io::Result<()>;
+
+    /// Aborts every pending operation and closes the socket after the last
+    /// of them. Idempotent; also called when the front's last clone drops.
+    fn close(&self);
+
+    /// Whether `close` was called or the port was closed.
+    fn is_closed(&self) -> bool;
+
+    /// Runs `f` on the socket, which stays open while `f` runs whatever
+    /// another thread closes meanwhile; fails once the handle or its port
+    /// is closed (naming which).
+    fn with_socket<R>(
+        &self,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R>;
+}

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use socket2::{SockAddr, SockRef};
 
 use super::OpMeta;
-use crate::op::{Buf, Completion, OpKind};
+use crate::buf::Buf;
+use crate::op::{Completion, OpKind};
 use crate::pool::PoolShared;
 
 /// A new non-blocking eventfd (the engine's wake-up).

@@ -6,7 +6,8 @@ use std::io;
 
 use socket2::SockAddr;
 
-use crate::op::{Buf, Completion, Extra, OpId, OpKind};
+use crate::buf::Buf;
+use crate::op::{Completion, Extra, OpId, OpKind};
 
 /// Whose an operation is and what names it: all of an operation in flight
 /// but its phase and its memory.

@@ -45,13 +45,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::error;
 use crate::kit::accept::ACCEPT_BACKOFF;
 use crate::kit::lanes::{Lane, Lanes, Next};
 use crate::kit::phase::{Park, Phase, Step, Stop};
 use crate::kit::run::TimerItem;
 use crate::op::Completion;
-use crate::port::Config;
 use crate::queue::Queue;
 use crate::sys::common::{
     is_stream, Core, EngineCounters, EngineFd, EngineShared, HandleMap, LinuxEngine, OpMeta, OpReq,

@@ -43,9 +43,9 @@ use crate::sys::common::{
     Slab,
 };
 
+pub(crate) use crate::config::UringFeatures;
 use bufring::BufRing;
 use ops::UOp;
-pub use probe::UringFeatures;
 pub(crate) use probe::ENV_SWITCHES;
 use slot::{Slot, WAKE_UD};
 use sqe::check_enter;
@@ -97,7 +97,7 @@ impl UringEngine {
     pub(crate) fn new(
         shared: Arc<EngineShared>,
         queue: Queue<Completion>,
-        cfg: &crate::port::Config,
+        cfg: &crate::config::Config,
     ) -> io::Result<UringEngine> {
         let (ring, mut feats) = probe::build_ring(cfg)?;
         let pool = shared.pool.clone();

@@ -7,58 +7,9 @@ use std::io;
 
 use io_uring::{opcode, IoUring, Probe};
 
+use crate::config::{Config, UringFeatures};
+
 use crate::sys::common::kernel_release;
-
-/// What the engine uses on this kernel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UringFeatures {
-    /// `IORING_SETUP_SINGLE_ISSUER` (6.0).
-    pub single_issuer: bool,
-    /// `IORING_SETUP_DEFER_TASKRUN` (6.1).
-    pub defer_taskrun: bool,
-    /// `IORING_SETUP_COOP_TASKRUN` (5.19), used when DEFER_TASKRUN is not.
-    pub coop_taskrun: bool,
-    /// Multishot accept (5.19).
-    pub multishot_accept: bool,
-    /// Multishot receive into a provided-buffer ring (6.0).
-    pub multishot_recv: bool,
-    /// Ring-mapped provided buffers (5.19).
-    pub buf_ring: bool,
-    /// Timeouts on `io_uring_enter` (5.11).
-    pub ext_arg: bool,
-    /// No CQE is dropped on overflow (5.5).
-    pub nodrop: bool,
-    /// SQ entries.
-    pub sq_entries: u32,
-    /// CQ entries.
-    pub cq_entries: u32,
-}
-
-impl UringFeatures {
-    /// One line for the start-up log.
-    pub fn describe(&self) -> String {
-        let mut v = Vec::new();
-        let mut add = |on: bool, name: &str| {
-            if on {
-                v.push(name.to_string())
-            }
-        };
-        add(self.single_issuer, "single_issuer");
-        add(self.defer_taskrun, "defer_taskrun");
-        add(self.coop_taskrun, "coop_taskrun");
-        add(self.multishot_accept, "multishot_accept");
-        add(self.multishot_recv, "multishot_recv");
-        add(self.buf_ring, "buf_ring");
-        add(self.ext_arg, "ext_arg");
-        add(self.nodrop, "nodrop");
-        format!(
-            "{} sq={} cq={}",
-            v.join(","),
-            self.sq_entries,
-            self.cq_entries
-        )
-    }
-}
 
 /// `true` when the environment variable is set to something other than
 /// `0`/empty: used to switch features off.
@@ -82,7 +33,7 @@ pub const ENV_SWITCHES: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) fn build_ring(cfg: &crate::port::Config) -> io::Result<(IoUring, UringFeatures)> {
+pub(crate) fn build_ring(cfg: &Config) -> io::Result<(IoUring, UringFeatures)> {
     let entries = cfg.sq_entries.max(8).next_power_of_two();
     let cq = cfg.cq_entries.max(entries * 2).next_power_of_two();
     let no_defer = env_off("IOCP_NO_DEFER_TASKRUN");

@@ -15,8 +15,8 @@ use socket2::SockAddr;
 use super::ops::Issue;
 use super::slot::{CANCEL_UD, POLL_BIT, WAKE_UD};
 use super::UringEngine;
+use crate::buf::Buf;
 use crate::kit::phase::Phase;
-use crate::op::Buf;
 use crate::sys::common::{sockaddr_from_storage, unsent, IOV_MAX};
 
 impl UringEngine {

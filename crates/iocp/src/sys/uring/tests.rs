@@ -19,8 +19,9 @@ use std::io;
 
 use super::slot::{CANCEL_UD, POLL_BIT};
 use super::*;
+use crate::buf::Buf;
 use crate::kit::accept::{self, Verdict};
-use crate::op::{Buf, OpKind};
+use crate::op::OpKind;
 use crate::pool::PoolShared;
 use crate::sys::common::{test_config, OpData, SocketFd};
 

@@ -65,10 +65,11 @@ use windows_sys::Win32::System::IO::{
 use super::map_win32;
 use super::net::{self, ACCEPT_ADDR_LEN};
 use super::timer::{TimerItem, Timers};
+use crate::buf::Buf;
 use crate::error::{self, SubmitError};
-use crate::op::{Buf, Completion, Extra, OpId, OpKind};
+use crate::op::{Completion, Extra, OpId, OpKind};
 use crate::pool::{PoolShared, ReturnWaker};
-use crate::queue::{thread_tag, SlotOwner};
+use crate::running::{thread_tag, SlotOwner};
 
 /// Kernel completion keys (see the module doc of `sys::windows`).
 pub(crate) const KEY_IO: usize = 1;
@@ -87,7 +88,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) use crate::op::OpData;
+use crate::op::OpData;
 
 // ---------------------------------------------------------------------------
 // The port
@@ -478,13 +479,13 @@ impl Shared {
     // ---- the user-space `running` statistic ------------------------------
     //
     // The thread-local record is the one the Linux queue uses
-    // (`crate::queue`), so `get`, `blocking()` and thread exit count the same
+    // (`crate::running`), so `get`, `blocking()` and thread exit count the same
     // way on every backend.
 
     /// The calling thread stops counting as running on this port. Returns
     /// whether it was.
     pub(crate) fn leave_running(&self) -> bool {
-        let was = crate::queue::leave_running(self.id);
+        let was = crate::running::leave_running(self.id);
         if was {
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
@@ -494,13 +495,13 @@ impl Shared {
     pub(crate) fn enter_running(self: &Arc<Self>) {
         self.running.fetch_add(1, Ordering::SeqCst);
         // Thread-local storage being torn down: do not count.
-        if !crate::queue::enter_running(self.id, || self.owner_ref()) {
+        if !crate::running::enter_running(self.id, || self.owner_ref()) {
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     /// How a thread's running record refers to this port (weakly).
-    pub(crate) fn owner_ref(self: &Arc<Self>) -> crate::queue::OwnerRef {
+    pub(crate) fn owner_ref(self: &Arc<Self>) -> crate::running::OwnerRef {
         let strong: Arc<dyn SlotOwner> = self.clone();
         Arc::downgrade(&strong)
     }

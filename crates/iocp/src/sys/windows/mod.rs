@@ -8,7 +8,8 @@
 //! `GetQueuedCompletionStatus(Ex)`. The kernel does the LIFO wake-up, the
 //! concurrency limit and the "a thread blocked elsewhere does not count"
 //! rule by itself. What the library adds is the translation between kernel
-//! packets and [`crate::Completion`]s (see `engine.rs`).
+//! packets and [`crate::Completion`]s (`engine`); `port` implements the
+//! backend contract ([`super::SysPort`], [`super::SysHandle`]) on it.
 //!
 //! # Packets on the port
 //!
@@ -60,6 +61,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod net;
+pub(crate) mod port;
 pub(crate) mod timer;
 
 use std::ffi::CStr;

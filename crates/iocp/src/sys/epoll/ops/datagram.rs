@@ -7,9 +7,10 @@ use std::os::fd::BorrowedFd;
 use socket2::{SockAddr, SockRef};
 
 use super::{failed, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
+use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Buf, Completion, Extra, OpKind};
+use crate::op::{Completion, Extra, OpKind};
 use crate::sys::common::recv_from_into;
 use crate::sys::common::OpBase;
 

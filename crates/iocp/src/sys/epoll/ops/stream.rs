@@ -9,9 +9,10 @@ use std::os::fd::BorrowedFd;
 use socket2::SockRef;
 
 use super::{failed, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
+use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Buf, Completion, OpKind};
+use crate::op::{Completion, OpKind};
 pub(in crate::sys) use crate::sys::common::ops::Send;
 use crate::sys::common::OpBase;
 use crate::sys::common::{recv_into, unsent, IOV_MAX};

@@ -7,9 +7,10 @@ use io_uring::{opcode, squeue};
 use socket2::SockAddr;
 
 use super::{Issue, Reap, UringOp};
+use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Buf, Completion, Extra, OpKind};
+use crate::op::{Completion, Extra, OpKind};
 use crate::sys::common::OpBase;
 use crate::sys::uring::sqe::{AddrBuf, Msg};
 

@@ -7,9 +7,10 @@
 use io_uring::{opcode, squeue};
 
 use super::{Issue, Reap, UringOp};
+use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Buf, Completion, OpKind};
+use crate::op::{Completion, OpKind};
 pub(in crate::sys) use crate::sys::common::ops::Send;
 use crate::sys::common::OpBase;
 use crate::sys::uring::sqe::VecMsg;

@@ -1,0 +1,113 @@
+//! The public socket handle, written once for every platform: [`Handle`].
+//! Each call goes to the platform's backend (`sys::Handle`, through the
+//! contract in `sys`).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::op::OpId;
+use crate::sys::{self, SysHandle};
+
+/// A socket associated with a port. Clones share the socket; it is closed
+/// when [`Handle::close`] is called, the last clone is dropped, or the port
+/// is closed (or dropped); its descriptor is released only after its last
+/// operation completed and no [`with_socket`](Handle::with_socket) call is
+/// running.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    imp: sys::Handle,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        self.imp.close();
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("key", &self.key())
+            .field("id", &self.inner.imp.id())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(imp: sys::Handle) -> Handle {
+        Handle {
+            inner: Arc::new(HandleInner { imp }),
+        }
+    }
+
+    /// The backend's handle.
+    pub(crate) fn imp(&self) -> &sys::Handle {
+        &self.inner.imp
+    }
+
+    /// The completion key given at association.
+    pub fn key(&self) -> u64 {
+        self.inner.imp.key()
+    }
+
+    /// `CancelIoEx(socket, op)`: asks the operation to end early. It still
+    /// completes exactly once — aborted, or with its normal result if the
+    /// cancel lost the race. Cancelling a finished operation does nothing.
+    /// A TCP send cancelled after part of it went out ends the handle's
+    /// sends (see [`crate::Completion::transferred`]).
+    pub fn cancel(&self, op: OpId) -> io::Result<()> {
+        self.inner.imp.cancel(op)
+    }
+
+    /// `closesocket`: aborts every pending operation (each still completes
+    /// once) and closes the socket after the last of them (on Windows:
+    /// `CancelIoEx(socket, NULL)`, drain, then `closesocket`).
+    pub fn close(&self) {
+        self.inner.imp.close();
+    }
+
+    /// Whether `close` was called (or the port was closed).
+    pub fn is_closed(&self) -> bool {
+        self.inner.imp.is_closed()
+    }
+
+    /// Runs `f` with a borrowed view of the socket (for socket options,
+    /// addresses, `shutdown`). Fails once the handle or its port is closed.
+    /// The socket stays open while `f` runs, even if another thread closes
+    /// the handle or the port meanwhile (the close of the descriptor then
+    /// waits for `f`), so `f` never acts on a descriptor number that was
+    /// closed or handed to another socket. Do not switch the socket back to
+    /// blocking mode: the epoll engine and Windows' pooled receive rely on
+    /// non-blocking mode.
+    pub fn with_socket<R>(
+        &self,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.inner.imp.with_socket(f)
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.peer_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        })
+    }
+}

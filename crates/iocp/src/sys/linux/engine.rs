@@ -1,0 +1,169 @@
+//! One engine of either Linux kind behind one type, and the choice between
+//! them: `Auto` tries io_uring and falls back to epoll when the kernel (or a
+//! sandbox) refuses io_uring, saying why.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Backend, BackendInfo, Config};
+// The engines' run, turn and flush_to_queue.
+use crate::kit::run::{Drive as _, Engine as _};
+use crate::op::Completion;
+use crate::queue::Queue;
+use crate::sys::common::EngineShared;
+use crate::sys::epoll::EpollEngine;
+use crate::sys::uring::UringEngine;
+
+/// One engine of either kind.
+pub(crate) enum Engine {
+    Uring(Box<UringEngine>),
+    Epoll(Box<EpollEngine>),
+}
+
+/// Errors from io_uring set-up that mean "use epoll instead".
+fn uring_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS)
+            | Some(libc::EPERM)
+            | Some(libc::EACCES)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOMEM)
+    ) || e.kind() == io::ErrorKind::Unsupported
+}
+
+fn uring_error_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            if !sysctl.is_empty() && sysctl != "0" {
+                format!("io_uring_setup failed with EPERM: kernel.io_uring_disabled = {sysctl}")
+            } else {
+                "io_uring_setup failed with EPERM: blocked by a seccomp filter (as in Docker's default profile) or by policy".to_string()
+            }
+        }
+        Some(libc::ENOSYS) => "io_uring_setup failed with ENOSYS: the kernel (or sandbox, e.g. gVisor) has no io_uring".to_string(),
+        _ => format!("io_uring unusable: {e}"),
+    }
+}
+
+impl Engine {
+    pub(crate) fn create(
+        want: Backend,
+        why: String,
+        shared: Arc<EngineShared>,
+        queue: Queue<Completion>,
+        cfg: &Config,
+    ) -> io::Result<(Engine, BackendInfo)> {
+        match want {
+            Backend::Uring => {
+                let e = UringEngine::new(shared, queue, cfg).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("backend uring was requested but {}", uring_error_reason(&e)),
+                    )
+                })?;
+                let f = e.features();
+                Ok((
+                    Engine::Uring(Box::new(e)),
+                    BackendInfo {
+                        backend: Backend::Uring,
+                        reason: why,
+                        uring: Some(f),
+                    },
+                ))
+            }
+            Backend::Epoll => {
+                let e = EpollEngine::new(shared, queue, cfg)?;
+                Ok((
+                    Engine::Epoll(Box::new(e)),
+                    BackendInfo {
+                        backend: Backend::Epoll,
+                        reason: why,
+                        uring: None,
+                    },
+                ))
+            }
+            Backend::Iocp => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "backend iocp is only available on Windows (this build has: uring, epoll)",
+            )),
+            Backend::Auto => match UringEngine::new(shared.clone(), queue.clone(), cfg) {
+                Ok(e) => {
+                    let f = e.features();
+                    let info = BackendInfo {
+                        backend: Backend::Uring,
+                        reason: if why.is_empty() {
+                            "auto: io_uring works".into()
+                        } else {
+                            why
+                        },
+                        uring: Some(f),
+                    };
+                    Ok((Engine::Uring(Box::new(e)), info))
+                }
+                Err(err) if uring_unavailable(&err) => {
+                    let reason = format!(
+                        "auto: fell back to epoll because {}",
+                        uring_error_reason(&err)
+                    );
+                    tracing::info!("{reason}");
+                    let e = EpollEngine::new(shared, queue, cfg)?;
+                    Ok((
+                        Engine::Epoll(Box::new(e)),
+                        BackendInfo {
+                            backend: Backend::Epoll,
+                            reason,
+                            uring: None,
+                        },
+                    ))
+                }
+                Err(err) => Err(err),
+            },
+        }
+    }
+
+    pub(crate) fn run(self) {
+        match self {
+            Engine::Uring(e) => e.run(),
+            Engine::Epoll(e) => e.run(),
+        }
+    }
+
+    pub(crate) fn turn(&mut self, timeout: Option<Duration>, block: bool) {
+        match self {
+            Engine::Uring(e) => e.turn(timeout, block),
+            Engine::Epoll(e) => e.turn(timeout, block),
+        }
+    }
+
+    pub(crate) fn flush_to_queue(&mut self) {
+        match self {
+            Engine::Uring(e) => e.flush_to_queue(),
+            Engine::Epoll(e) => e.flush_to_queue(),
+        }
+    }
+
+    /// Stops on the owning thread: aborts everything, waits for the
+    /// kernel to let go, releases buffers and descriptors.
+    pub(crate) fn shutdown(&mut self) {
+        match self {
+            Engine::Uring(e) => e.shutdown(),
+            Engine::Epoll(e) => e.shutdown(),
+        }
+    }
+
+    /// Stops from a thread that does not own the engine: an io_uring
+    /// engine submits nothing from here, so buffers the kernel may still
+    /// hold are leaked rather than freed; an epoll engine holds nothing
+    /// in the kernel and shuts down as usual.
+    pub(crate) fn abandon(self) {
+        match self {
+            Engine::Uring(mut e) => e.abandon(),
+            Engine::Epoll(mut e) => e.shutdown(),
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The Linux port and handle ([`SysPort`], [`SysHandle`]): a user-space
+//! queue, the engines that feed it (on their own threads, or one engine
+//! driven from the owner thread's `get`), and the handles spread over them.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::engine::Engine;
+use crate::config::{BackendInfo, Config, Request};
+use crate::error::{self, GetError, SubmitError};
+use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
+use crate::pool::PoolShared;
+use crate::queue::{Empty, Queue};
+use crate::running::{thread_tag, StepOut};
+use crate::stats::{EngineStats, PoolStats, PortStats};
+use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
+use crate::sys::{SysHandle, SysPort};
+
+/// The engine of an inline port, driven by the thread that built the port.
+struct InlineEngine {
+    owner: u64,
+    engine: Mutex<Option<Engine>>,
+}
+
+pub(crate) struct Port {
+    queue: Queue<Completion>,
+    engines: Vec<Arc<EngineShared>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    inline: Option<InlineEngine>,
+    next_engine: AtomicUsize,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+pub(crate) struct Handle {
+    hid: u64,
+    key: u64,
+    port: u64,
+    engine: Arc<EngineShared>,
+    /// The descriptor, shared with the engine, which closes it after the
+    /// handle's last operation (or at the port's close) and after the last
+    /// `with_socket` borrow.
+    sock: Arc<SocketFd>,
+    /// `close` was called (or the front's last clone dropped).
+    closed: AtomicBool,
+}
+
+fn no_packet(e: Empty) -> GetError {
+    match e {
+        Empty::TimedOut => GetError::TimedOut,
+        Empty::Abandoned => GetError::Abandoned,
+    }
+}
+
+impl SysPort for Port {
+    type Handle = Handle;
+
+    fn start(mut cfg: Config, req: Request) -> io::Result<(Port, BackendInfo)> {
+        if cfg.inline {
+            // The per-core model: one engine, driven by the building thread.
+            cfg.engines = 1;
+        }
+        let queue = Queue::new(cfg.concurrency);
+        // Dropped on an early return, this stops the engines started so far:
+        // a failed build leaves no thread, ring, epoll set or descriptor.
+        let mut started = Started::default();
+        let mut inline = None;
+        let mut info = None;
+        for i in 0..cfg.engines {
+            let pool = PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size);
+            let shared = EngineShared::new(pool)?;
+            let (engine_want, engine_why) = match &info {
+                // Every engine of a port uses the backend the first one got.
+                Some(BackendInfo { backend, .. }) => (*backend, "same as engine 0".to_string()),
+                None => (req.backend, req.why.clone()),
+            };
+            if cfg.inline {
+                let (engine, bi) =
+                    Engine::create(engine_want, engine_why, shared.clone(), queue.clone(), &cfg)?;
+                inline = Some(InlineEngine {
+                    owner: thread_tag(),
+                    engine: Mutex::new(Some(engine)),
+                });
+                info.get_or_insert(bi);
+            } else {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (s2, q2, c2) = (shared.clone(), queue.clone(), cfg.clone());
+                let t = std::thread::Builder::new()
+                    .name(format!("iocp-engine-{i}"))
+                    .spawn(
+                        move || match Engine::create(engine_want, engine_why, s2, q2, &c2) {
+                            Ok((engine, bi)) => {
+                                let _ = tx.send(Ok(bi));
+                                engine.run();
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
+                        },
+                    )?;
+                let reply = rx
+                    .recv()
+                    .unwrap_or_else(|_| Err(io::Error::other("engine thread died while starting")));
+                let bi = match reply {
+                    Ok(bi) => bi,
+                    Err(e) => {
+                        // The thread is ending: wait for it.
+                        let _ = t.join();
+                        return Err(e);
+                    }
+                };
+                info.get_or_insert(bi);
+                started.threads.push(t);
+            }
+            started.engines.push(shared);
+        }
+        let engines = std::mem::take(&mut started.engines);
+        let threads = std::mem::take(&mut started.threads);
+        let info = info.expect("at least one engine");
+        tracing::debug!("iocp port: backend {info}");
+        let port = Port {
+            queue,
+            engines,
+            threads: Mutex::new(threads),
+            inline,
+            next_engine: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        };
+        Ok((port, info))
+    }
+
+    fn id(&self) -> u64 {
+        self.queue.id()
+    }
+
+    fn concurrency(&self) -> usize {
+        self.queue.limit()
+    }
+
+    fn associate(&self, socket: socket2::Socket, key: u64) -> io::Result<Handle> {
+        let n = self.engines.len();
+        let e = self.next_engine.fetch_add(1, Ordering::Relaxed) % n;
+        let engine = self.engines[e].clone();
+        let hid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sock, fd) = SocketFd::new(socket.into());
+        // A refused command is dropped here, which closes the socket.
+        engine
+            .send(Cmd::Register { hid, fd, key })
+            .map_err(|_| error::port_closed())?;
+        Ok(Handle {
+            hid,
+            key,
+            port: self.id(),
+            engine,
+            sock,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = OpReq {
+            hid: h.hid,
+            key: h.key,
+            id,
+            token: opts.token,
+            deadline: opts.deadline,
+            data,
+        };
+        match h.engine.send(Cmd::Start(req)) {
+            Ok(()) => Ok(OpId(id)),
+            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data)),
+            Err(_) => Err(SubmitError::with_bufs(
+                error::port_closed(),
+                None,
+                Vec::new(),
+            )),
+        }
+    }
+
+    fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
+        self.queue.post(c).map_err(|_| error::port_closed())?;
+        if let Some(inl) = &self.inline {
+            if thread_tag() != inl.owner {
+                self.engines[0].wake();
+            }
+        }
+        Ok(())
+    }
+
+    fn post_after(&self, at: Instant, key: u64, token: u64) -> io::Result<OpId> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = Completion::new(OpKind::Timer, key, token, OpId(id), Ok(0));
+        self.engines[0]
+            .send(Cmd::Timer { at, pkt: c })
+            .map_err(|_| error::port_closed())?;
+        Ok(OpId(id))
+    }
+
+    fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError> {
+        if let Some(inl) = self.owned_inline() {
+            let mut v = Vec::with_capacity(1);
+            self.get_inline(inl, &mut v, 1, timeout)?;
+            return Ok(v.pop().expect("one packet"));
+        }
+        self.queue.get(timeout).map_err(no_packet)
+    }
+
+    fn get_many(
+        &self,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
+        if let Some(inl) = self.owned_inline() {
+            return self.get_inline(inl, batch, max, timeout);
+        }
+        self.queue.get_many(batch, max, timeout).map_err(no_packet)
+    }
+
+    fn step_out(&self) -> Option<StepOut> {
+        self.queue.step_out()
+    }
+
+    fn stats(&self) -> PortStats {
+        let q = self.queue.stats();
+        PortStats {
+            waiting: q.waiting,
+            running: q.running,
+            queued: q.queued,
+            handoffs: q.handoffs,
+            delivered: q.delivered,
+        }
+    }
+
+    fn engine_stats(&self) -> EngineStats {
+        let mut s = EngineStats::default();
+        for e in &self.engines {
+            let c = &e.counters;
+            s.completions += c.completions.load(Ordering::Relaxed);
+            s.enters += c.enters.load(Ordering::Relaxed);
+            s.starved += c.starved.load(Ordering::Relaxed);
+            s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
+            s.eagain_retries += c.eagain_retries.load(Ordering::Relaxed);
+            s.timers += c.timers.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let mut s = PoolStats::default();
+        for e in &self.engines {
+            let p = e.pool.stats();
+            s.total += p.total;
+            s.buf_size = p.buf_size;
+            s.in_use += p.in_use;
+            s.in_kernel += p.in_kernel;
+        }
+        s
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(self.queue.close());
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        stop_engines(&self.engines, threads);
+        if let Some(inl) = &self.inline {
+            let engine = inl.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(mut engine) = engine {
+                if inl.owner == thread_tag() {
+                    engine.shutdown();
+                } else {
+                    engine.abandon();
+                }
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Port {
+    /// The inline engine, if this port has one and the caller owns it.
+    fn owned_inline(&self) -> Option<&InlineEngine> {
+        self.inline.as_ref().filter(|i| i.owner == thread_tag())
+    }
+
+    /// `get_many` on the owner thread of an inline port: take what is
+    /// queued, else turn the engine with the caller's timeout, then take
+    /// what it produced.
+    fn get_inline(
+        &self,
+        inl: &InlineEngine,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            match self.queue.get_many(batch, max, Some(Duration::ZERO)) {
+                Ok(n) => return Ok(n),
+                Err(Empty::Abandoned) => return Err(GetError::Abandoned),
+                Err(Empty::TimedOut) => {}
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d && timeout != Some(Duration::ZERO) {
+                        return Err(GetError::TimedOut);
+                    }
+                    Some(d.saturating_duration_since(now))
+                }
+                None => None,
+            };
+            let mut g = inl.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(engine) = g.as_mut() else {
+                return Err(GetError::Abandoned);
+            };
+            let poll = timeout == Some(Duration::ZERO);
+            // Posts from other threads go straight to the queue and wake the
+            // engine only if it announced a sleep. So announce it first, then
+            // look at the queue once more: a post either lands before this
+            // look or sees the announcement and wakes the engine. (Pending
+            // commands: take them without blocking and come round again.)
+            let shared = &self.engines[0];
+            let block = !poll
+                && shared.prepare_sleep()
+                && (self.queue.stats().queued == 0 || {
+                    shared.woke();
+                    false
+                });
+            engine.turn(left, block);
+            engine.flush_to_queue();
+            drop(g);
+            if poll {
+                return self
+                    .queue
+                    .get_many(batch, max, Some(Duration::ZERO))
+                    .map_err(no_packet);
+            }
+        }
+    }
+}
+
+/// The engines a starting port has started so far.
+#[derive(Default)]
+struct Started {
+    engines: Vec<Arc<EngineShared>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        stop_engines(&self.engines, std::mem::take(&mut self.threads));
+    }
+}
+
+/// Asks every engine to stop and joins their threads (each engine closes
+/// what it holds on its own thread before it ends).
+fn stop_engines(engines: &[Arc<EngineShared>], threads: Vec<JoinHandle<()>>) {
+    for e in engines {
+        e.begin_shutdown();
+    }
+    for t in threads {
+        if t.thread().id() != std::thread::current().id() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SysHandle for Handle {
+    fn id(&self) -> u64 {
+        self.hid
+    }
+
+    fn key(&self) -> u64 {
+        self.key
+    }
+
+    fn port_id(&self) -> u64 {
+        self.port
+    }
+
+    fn cancel(&self, op: OpId) -> io::Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(error::handle_closed());
+        }
+        self.engine
+            .send(Cmd::Cancel {
+                hid: self.hid,
+                op: op.0,
+            })
+            .map_err(|_| error::port_closed())
+    }
+
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.engine.send(Cmd::Close { hid: self.hid });
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.engine.is_shutdown()
+    }
+
+    fn with_socket<R>(
+        &self,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let closed = || {
+            if self.engine.is_shutdown() {
+                error::port_closed()
+            } else {
+                error::handle_closed()
+            }
+        };
+        if self.is_closed() {
+            return Err(closed());
+        }
+        self.sock
+            .borrow(|fd| f(&socket2::SockRef::from(&fd)))
+            .unwrap_or_else(|| Err(closed()))
+    }
+}
