@@ -245,6 +245,13 @@ pub(crate) enum OpData {
 }
 
 impl OpData {
+    /// The operation is refused before it started: `error`, with every
+    /// buffer it owned handed back untouched.
+    pub(crate) fn refuse(self, error: io::Error) -> SubmitError {
+        let (buf, bufs) = self.into_bufs();
+        SubmitError::with_bufs(error, buf, bufs)
+    }
+
     /// Hands back the buffers of an operation that never started: the one
     /// buffer of a one-buffer operation, or a vectored send's buffers.
     pub(crate) fn into_bufs(self) -> (Option<Buf>, Vec<Buf>) {
@@ -257,14 +264,5 @@ impl OpData {
                 (None, Vec::new())
             }
         }
-    }
-}
-
-impl SubmitError {
-    /// An operation refused before it started: `data`'s buffers go back in
-    /// the error.
-    pub(crate) fn new(error: io::Error, data: OpData) -> Self {
-        let (buf, bufs) = data.into_bufs();
-        SubmitError::with_bufs(error, buf, bufs)
     }
 }

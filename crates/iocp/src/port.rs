@@ -132,19 +132,16 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         let imp = h.imp();
         if imp.port_id() != self.inner.imp.id() {
-            return Err(SubmitError::new(
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the handle belongs to another port",
-                ),
-                data,
-            ));
+            return Err(data.refuse(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the handle belongs to another port",
+            )));
         }
         if self.is_closed() {
-            return Err(SubmitError::new(error::port_closed(), data));
+            return Err(data.refuse(error::port_closed()));
         }
         if imp.is_closed() {
-            return Err(SubmitError::new(error::handle_closed(), data));
+            return Err(data.refuse(error::handle_closed()));
         }
         self.inner.imp.start_op(imp, data, opts)
     }

@@ -8,8 +8,8 @@
 //! Engines feed the queue: each owns one io_uring (`sys::uring`) or one
 //! epoll set (`sys::epoll`) and turns operations into completions, on its
 //! own thread, or — with `PortBuilder::inline(true)` — inside the owner
-//! thread's `get`. `port` implements the backend contract ([`super::SysPort`],
-//! [`super::SysHandle`]) over them; `engine` puts both kinds behind one type
+//! thread's `get`. `port` implements the backend contract (`SysPort`,
+//! `SysHandle` in `sys/contract.rs`) over them; `engine` puts both kinds behind one type
 //! and chooses between them.
 
 mod engine;

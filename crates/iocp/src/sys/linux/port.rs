@@ -17,7 +17,7 @@ use crate::queue::{Empty, Queue};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
 use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
-use crate::sys::{SysHandle, SysPort};
+use crate::sys::contract::{SysHandle, SysPort};
 
 /// The engine of an inline port, driven by the thread that built the port.
 struct InlineEngine {
@@ -173,7 +173,7 @@ impl SysPort for Port {
         };
         match h.engine.send(Cmd::Start(req)) {
             Ok(()) => Ok(OpId(id)),
-            Err(Cmd::Start(req)) => Err(SubmitError::new(error::port_closed(), req.data)),
+            Err(Cmd::Start(req)) => Err(req.data.refuse(error::port_closed())),
             Err(_) => Err(SubmitError::with_bufs(
                 error::port_closed(),
                 None,

@@ -9,7 +9,7 @@
 //! concurrency limit and the "a thread blocked elsewhere does not count"
 //! rule by itself. What the library adds is the translation between kernel
 //! packets and [`crate::Completion`]s (`engine`); `port` implements the
-//! backend contract ([`super::SysPort`], [`super::SysHandle`]) on it.
+//! backend contract (`SysPort`, `SysHandle` in `sys/contract.rs`) on it.
 //!
 //! # Packets on the port
 //!

@@ -33,7 +33,7 @@ use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
-use crate::sys::{SysHandle, SysPort};
+use crate::sys::contract::{SysHandle, SysPort};
 
 pub(crate) struct Port {
     shared: Arc<Shared>,

@@ -1,0 +1,131 @@
+//! The backend contract: what the platform-free front (`port.rs`,
+//! `handle.rs`, `ops.rs`) calls, and every backend implements —
+//! `sys::Port: SysPort`, `sys::Handle: SysHandle`. A module of its own, so
+//! a backend that implements it and `sys` that names the backend's types do
+//! not use each other.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::config::{BackendInfo, Config, Request};
+use crate::error::{GetError, SubmitError};
+use crate::op::{Completion, OpData, OpId, OpOptions};
+use crate::running::StepOut;
+use crate::stats::{EngineStats, PoolStats, PortStats};
+
+/// What a backend's port provides. Every method may be called from any
+/// thread, concurrently, also after `close` (then it fails or does nothing
+/// as documented, and never blocks).
+pub(crate) trait SysPort: Sized + Send + Sync + 'static {
+    /// The backend's handle type.
+    type Handle: SysHandle;
+
+    /// Builds a port with these settings (`cfg` already resolved: its
+    /// concurrency is at least 1) on the backend `req` asks for. `Auto`
+    /// picks what the platform has; a backend this platform lacks is an
+    /// `Unsupported` error naming it and the backends the build has. A
+    /// failed start leaves nothing behind (no thread, ring, port or
+    /// descriptor). Returns the port and which backend it runs, and why.
+    fn start(cfg: Config, req: Request) -> io::Result<(Self, BackendInfo)>;
+
+    /// The port's id in the running record (unique among ports); a handle
+    /// reports it in [`SysHandle::port_id`].
+    fn id(&self) -> u64;
+
+    /// The concurrency limit.
+    fn concurrency(&self) -> usize;
+
+    /// Associates `socket` (already non-blocking) under `key`: the port owns
+    /// it from now on and closes it after the handle's last completion and
+    /// its last `with_socket`. Called only while the port is open (a close
+    /// racing it still closes the new handle with the port).
+    fn associate(&self, socket: socket2::Socket, key: u64) -> io::Result<Self::Handle>;
+
+    /// Starts one operation on `h`, which belongs to this port and was open
+    /// (as was the port) when the front checked. Its completion comes out
+    /// of `get` exactly once; or it fails to start and every buffer comes
+    /// back in the error.
+    fn start_op(
+        &self,
+        h: &Self::Handle,
+        data: OpData,
+        opts: OpOptions,
+    ) -> Result<OpId, SubmitError>;
+
+    /// Queues an application packet (`OpKind::Post`) and wakes one waiter;
+    /// fails once the port is closed.
+    fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()>;
+
+    /// Queues a timer packet (`OpKind::Timer`, 0 bytes) at `at`; fails once
+    /// the port is closed.
+    fn post_after(&self, at: Instant, key: u64, token: u64) -> io::Result<OpId>;
+
+    /// Waits up to `timeout` (`None`: forever, `Some(ZERO)`: poll) for one
+    /// packet, with the port's wake order and concurrency limit: the calling
+    /// thread stops running on the port when it calls, and runs again when
+    /// it gets a packet.
+    fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError>;
+
+    /// As `get`, appending up to `max` packets to `batch` (a batch counts as
+    /// one running thread); returns how many.
+    fn get_many(
+        &self,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError>;
+
+    /// Steps the calling thread out of the port's running count until the
+    /// returned step-out drops; `None` if the thread does not run here.
+    fn step_out(&self) -> Option<StepOut>;
+
+    /// The port's counters.
+    fn stats(&self) -> PortStats;
+
+    /// The engines' counters (summed).
+    fn engine_stats(&self) -> EngineStats;
+
+    /// The receive pools' counters (summed).
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Closes the port: every waiter returns `Abandoned`, queued packets are
+    /// dropped, every handle is closed, operations in flight are cancelled
+    /// and their memory released once the kernel lets go. Idempotent; also
+    /// called when the front's last clone drops.
+    fn close(&self);
+
+    /// Whether `close` was called.
+    fn is_closed(&self) -> bool;
+}
+
+/// What a backend's handle provides.
+pub(crate) trait SysHandle: Send + Sync + 'static {
+    /// A number naming the handle within its port (for `Debug`).
+    fn id(&self) -> u64;
+
+    /// The completion key given at association.
+    fn key(&self) -> u64;
+
+    /// The id of the port the handle belongs to ([`SysPort::id`]).
+    fn port_id(&self) -> u64;
+
+    /// Asks operation `op` to end early (it still completes once). Fails
+    /// with "the handle is closed" after `close`, with "the completion port
+    /// is closed" after the port's close.
+    fn cancel(&self, op: OpId) -> io::Result<()>;
+
+    /// Aborts every pending operation and closes the socket after the last
+    /// of them. Idempotent; also called when the front's last clone drops.
+    fn close(&self);
+
+    /// Whether `close` was called or the port was closed.
+    fn is_closed(&self) -> bool;
+
+    /// Runs `f` on the socket, which stays open while `f` runs whatever
+    /// another thread closes meanwhile; fails once the handle or its port
+    /// is closed (naming which).
+    fn with_socket<R>(
+        &self,
+        f: impl FnOnce(&socket2::SockRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R>;
+}
