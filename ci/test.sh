@@ -14,13 +14,15 @@
 #      IOCP_ALLOW_SKIP_WINDOWS=1, which CI never sets);
 #   6. the scale-out test: three servers behind HAProxy, two benches, one
 #      server drained mid-run (ci/scaleout.sh; installs HAProxy and promtool,
-#      and fails, never skips, if they cannot be had).
+#      and fails, never skips, if they cannot be had);
+#   7. no module cycles in the library (ci/modules.sh, with cargo-modules,
+#      installed on first use).
 # Set IOCP_TEST_STAGES to a subset ("workspace features-off loom asan windows
-# scaleout").
+# scaleout modules").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-stages=${IOCP_TEST_STAGES:-"workspace features-off loom asan windows scaleout"}
+stages=${IOCP_TEST_STAGES:-"workspace features-off loom asan windows scaleout modules"}
 failed=()
 declare -A took
 
@@ -73,6 +75,8 @@ loom() {
 
 asan() { bash ci/asan.sh; }
 
+modules() { bash ci/modules.sh; }
+
 windows() {
   bash ci/windows/run.sh
   local rc=$?
@@ -94,10 +98,11 @@ stage loom loom
 stage asan asan
 stage windows windows
 stage scaleout bash ci/scaleout.sh
+stage modules modules
 
 echo
 echo "== stage times"
-for k in packages workspace features-off loom asan windows scaleout; do
+for k in packages workspace features-off loom asan windows scaleout modules; do
   [ -n "${took[$k]:-}" ] && printf '   %-13s %s\n' "$k" "${took[$k]}"
 done
 if [ ${#failed[@]} -gt 0 ]; then
