@@ -311,9 +311,21 @@ fn readyz_503_while_out_of_descriptors() {
     let m = s.metrics();
     wait_ready(m, 200, Duration::from_secs(5));
     // HTTP connections made while descriptors are still free; their
-    // requests are sent once the echo side is out of them.
-    let mut probes: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(m).unwrap()).collect();
+    // requests are sent once the echo side is out of them. The HTTP side
+    // must have accepted them first (its accepts fail too once the echo
+    // side has every descriptor): the process holds eight more descriptors
+    // (seven or more probes, should a scrape's connection linger).
+    let fds0 = Scrape::take(m).get("process_open_fds");
     let t0 = Instant::now();
+    let mut probes: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(m).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Scrape::take(m).get("process_open_fds") < fds0 + 8.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP side did not accept 8 connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let clients: Vec<TcpStream> = (0..100).map(|_| connect(s.tcp)).collect();
     assert!(
         s.wait_log("pausing accepts", Duration::from_secs(3)),

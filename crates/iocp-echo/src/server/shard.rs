@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use socket2::Socket;
 
 use super::listen::Proto;
 use super::stats::Global;
-use super::table::{self, lock, Table};
+use super::table::{self, lock, Refused, Table};
 
 const TAG_MASK: u64 = 3 << 62;
 const TAG_CONN: u64 = 0;
@@ -62,6 +62,9 @@ const MAX_IOV: usize = 64;
 /// While draining, a connection with nothing to echo and no traffic for
 /// this long is closed gracefully.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// The sweep period while draining; the first drain sweep comes this long
+/// after the drain begins (not at once: the drain packet may be handled
+/// late, after a stall whose packets the port still holds).
 const DRAIN_SWEEP: Duration = Duration::from_millis(50);
 /// UDP receives kept outstanding per socket.
 const UDP_RECVS: usize = 4;
@@ -140,7 +143,18 @@ pub(crate) struct Shard {
     pooled: bool,
     draining: AtomicBool,
     quit_posted: AtomicBool,
-    sweep_epoch: AtomicU64,
+    sweep: Mutex<Sweep>,
+}
+
+/// The sweep timer chain: a sweep packet whose epoch is not the current one
+/// belongs to a superseded chain and is dropped. `due` is when the current
+/// chain's next sweep should run: a sweep judges quiet at that instant, not
+/// when it finally runs, so a server that was too busy (or descheduled) to
+/// run it on time does not count its own delay as the connections' silence;
+/// their packets of that time may still wait in the port.
+struct Sweep {
+    epoch: u64,
+    due: Instant,
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -218,7 +232,10 @@ impl Shard {
             pooled,
             draining: AtomicBool::new(false),
             quit_posted: AtomicBool::new(false),
-            sweep_epoch: AtomicU64::new(0),
+            sweep: Mutex::new(Sweep {
+                epoch: 0,
+                due: Instant::now(),
+            }),
         })
     }
 
@@ -244,7 +261,9 @@ impl Shard {
                 self.udp_recv(u, i);
             }
         }
-        self.schedule_sweep(self.sweep_period(), 0);
+        let mut sw = lock(&self.sweep);
+        self.schedule_sweep(&mut sw, self.sweep_period());
+        drop(sw);
         tracing::debug!(shard = self.id, pooled_recv = self.pooled, "shard started");
     }
 
@@ -288,17 +307,17 @@ impl Shard {
 
     fn on_ctrl(&self, c: Completion, now: Instant) -> bool {
         match c.token & 0xff {
-            C_SHUTDOWN => self.begin_drain(now),
+            C_SHUTDOWN => self.begin_drain(),
             C_CUT => {
-                self.begin_drain(now);
-                self.cut();
+                self.begin_drain();
+                self.cut("cut requested");
             }
-            C_DEADLINE => self.cut(),
+            C_DEADLINE => self.cut("drain timeout"),
             C_SWEEP => {
-                let epoch = c.token >> 8;
-                if epoch == self.sweep_epoch.load(Ordering::Acquire) {
-                    self.sweep(now);
-                    self.schedule_sweep(self.sweep_period(), epoch);
+                let mut sw = lock(&self.sweep);
+                if c.token >> 8 == sw.epoch {
+                    self.sweep(sw.due.min(now));
+                    self.schedule_sweep(&mut sw, self.sweep_period());
                 }
             }
             C_QUIT => {
@@ -336,13 +355,17 @@ impl Shard {
         }
     }
 
-    fn schedule_sweep(&self, after: Duration, epoch: u64) {
-        let _ = self.port.post_after(after, CTRL_KEY, C_SWEEP | epoch << 8);
+    /// Schedules the next sweep of the current chain.
+    fn schedule_sweep(&self, sw: &mut Sweep, after: Duration) {
+        sw.due = Instant::now() + after;
+        let _ = self
+            .port
+            .post_after(after, CTRL_KEY, C_SWEEP | sw.epoch << 8);
     }
 
     /// First SIGINT/SIGTERM: stop accepting, close UDP, let connections
     /// finish, cut them at the deadline.
-    fn begin_drain(&self, now: Instant) {
+    fn begin_drain(&self) {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -355,7 +378,9 @@ impl Shard {
             u.closed.store(true, Ordering::Release);
             u.h.close();
         }
-        let open = self.table.len();
+        // From here on no connection is admitted: the count is exactly
+        // the connections this drain finishes (drained) or cuts.
+        let open = self.table.seal();
         Global::add(&self.g.c.drain_open, open as u64);
         tracing::info!(
             shard = self.id,
@@ -365,16 +390,18 @@ impl Shard {
         let _ = self
             .port
             .post_after(self.g.cfg.drain_timeout, CTRL_KEY, C_DEADLINE);
-        let epoch = self.sweep_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.sweep(now);
-        self.schedule_sweep(DRAIN_SWEEP, epoch);
-        if self.table.len() == 0 {
+        let mut sw = lock(&self.sweep);
+        sw.epoch += 1;
+        self.schedule_sweep(&mut sw, DRAIN_SWEEP);
+        drop(sw);
+        if open == 0 {
             self.quit();
         }
     }
 
-    /// The drain deadline: close whatever is still open, and say so.
-    fn cut(&self) {
+    /// The drain deadline (or a second signal, `why`): close whatever is
+    /// still open, and say so.
+    fn cut(&self, why: &str) {
         let mut cut = 0u64;
         let mut bytes = 0u64;
         for idx in 0..self.table.allocated() as u32 {
@@ -395,7 +422,7 @@ impl Shard {
                         pending = conn.pending,
                         rx = conn.rx,
                         tx = conn.tx,
-                        "drain timeout: cutting connection"
+                        "{why}: cutting connection"
                     );
                 }
                 self.close(conn, Why::Cut);
@@ -407,7 +434,7 @@ impl Shard {
         if cut > 16 {
             tracing::warn!(
                 shard = self.id,
-                "drain timeout: … and {} more connection(s) cut",
+                "{why}: … and {} more connection(s) cut",
                 cut - 16
             );
         }
@@ -422,7 +449,8 @@ impl Shard {
         }
     }
 
-    /// Idle timeout, and while draining, closing quiet connections.
+    /// Idle timeout, and while draining, closing quiet connections; `now`
+    /// is the instant quiet is judged at.
     fn sweep(&self, now: Instant) {
         let idle = self.g.cfg.idle_timeout;
         let draining = self.draining.load(Ordering::Acquire);
@@ -597,17 +625,31 @@ impl Shard {
             return;
         }
         let _ = sock.set_tcp_nodelay(true);
-        let Some((idx, mut e)) = self.table.alloc() else {
-            self.g.release();
-            Global::add(&self.g.c.rejected, 1);
-            return;
+        let (idx, mut e) = match self.table.alloc() {
+            Ok(slot) => slot,
+            Err(why) => {
+                self.g.release();
+                // Sealed: the drain began meanwhile; the socket closes
+                // unserved, like one accepted after the drain.
+                if why == Refused::Full {
+                    Global::add(&self.g.c.rejected, 1);
+                }
+                return;
+            }
         };
         let h = match self.port.associate(sock, table::key(idx, e.gen)) {
             Ok(h) => h,
             Err(err) => {
                 tracing::warn!(peer = %fmt_peer(peer), "cannot associate a new connection: {err}");
-                self.table.abandon(idx, e);
+                let left = self.table.abandon(idx, e);
                 self.g.release();
+                if left.sealed {
+                    // Counted open by the drain; closed with nothing read.
+                    Global::add(&self.g.c.drained, 1);
+                    if left.live == 0 {
+                        self.quit();
+                    }
+                }
                 return;
             }
         };
@@ -638,7 +680,6 @@ impl Shard {
         tracing::trace!(peer = %fmt_peer(peer), slot = idx, "connection");
         let done = conn.closing && conn.ops == 0;
         e.item = Some(conn);
-        self.table.commit();
         if done {
             self.free(idx, e);
         }
@@ -678,11 +719,13 @@ impl Shard {
         self.g.release();
         if let Some(conn) = conn {
             tracing::debug!(peer = %fmt_peer(conn.peer), rx = conn.rx, tx = conn.tx, why = ?conn.why, "connection closed");
-            if self.draining.load(Ordering::Acquire) && conn.why != Why::Cut {
+            // Every connection the drain counted ends here as drained, or
+            // was counted as cut when the deadline closed it.
+            if left.sealed && conn.why != Why::Cut {
                 Global::add(&self.g.c.drained, 1);
             }
         }
-        if left == 0 && self.draining.load(Ordering::Acquire) {
+        if left.live == 0 && left.sealed {
             self.quit();
         }
     }

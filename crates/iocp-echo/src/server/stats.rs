@@ -26,10 +26,12 @@ pub(crate) struct Counters {
     pub udp_in: AtomicU64,
     pub udp_out: AtomicU64,
     pub udp_dropped: AtomicU64,
-    /// Connections open when draining began (summed over shards).
+    /// Connections open when draining began (summed over shards). Each of
+    /// them ends as drained or cut, unless it is still closing when the
+    /// server gives up waiting 2 s after the cut.
     pub drain_open: AtomicU64,
     /// Connections that finished during the drain (peer closed, or closed
-    /// quiet with nothing left to echo).
+    /// quiet with nothing left to echo, or failed).
     pub drained: AtomicU64,
     /// Bytes echoed while draining.
     pub drain_bytes: AtomicU64,
@@ -210,15 +212,11 @@ impl Global {
             cut,
             n(&c.cut_bytes)
         );
+        let (open, drained) = (n(&c.drain_open), n(&c.drained));
         if cut > 0 {
-            tracing::warn!(
-                drained = n(&c.drained),
-                cut,
-                cut_bytes = n(&c.cut_bytes),
-                "{msg}"
-            );
+            tracing::warn!(open, drained, cut, cut_bytes = n(&c.cut_bytes), "{msg}");
         } else {
-            tracing::info!(drained = n(&c.drained), cut, cut_bytes = 0u64, "{msg}");
+            tracing::info!(open, drained, cut, cut_bytes = 0u64, "{msg}");
         }
     }
 }

@@ -12,6 +12,14 @@
 //! Each slot has its own mutex, so in the pool model two workers touch the
 //! same lock only when they handle packets of the same connection. Slots are
 //! allocated lazily in chunks.
+//!
+//! The live count and a *sealed* bit share one atomic word. [`Table::seal`]
+//! (the drain) sets the bit and reads the count in one step, and every
+//! allocation reserves its place in the count only while the bit is clear,
+//! so the count sealed is exactly the set of connections served during the
+//! drain: an admission racing the seal on another worker is either counted
+//! or refused, never served uncounted. Every free says whether it happened
+//! after the seal.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -20,6 +28,26 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 pub(crate) const MAX_SLOTS: usize = (1 << 24) - 1;
 const CHUNK: usize = 256;
 const IDX_MASK: u64 = (1 << 24) - 1;
+/// The top bit of the live count: sealed, no more allocations.
+const SEALED: usize = 1 << (usize::BITS - 1);
+
+/// Why [`Table::alloc`] gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Every slot is in use.
+    Full,
+    /// The table is sealed (draining).
+    Sealed,
+}
+
+/// What freeing a slot left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Left {
+    /// Live entries left.
+    pub live: usize,
+    /// The table was sealed when the slot was freed.
+    pub sealed: bool,
+}
 
 /// One slot: the connection (if any) and the generation its key carries.
 pub(crate) struct Entry<T> {
@@ -34,7 +62,8 @@ pub(crate) struct Table<T> {
     free: Mutex<Vec<u32>>,
     fresh: AtomicUsize,
     cap: usize,
-    len: AtomicUsize,
+    /// Live (reserved) entries, plus [`SEALED`].
+    live: AtomicUsize,
 }
 
 pub(crate) fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
@@ -60,13 +89,28 @@ impl<T> Table<T> {
             free: Mutex::new(Vec::new()),
             fresh: AtomicUsize::new(0),
             cap,
-            len: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
         }
     }
 
-    /// Live entries.
+    /// Live entries (allocated and not yet freed or abandoned).
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.live.load(Ordering::Acquire) & !SEALED
+    }
+
+    /// Refuses every later allocation; returns the live entries at that
+    /// moment. Idempotent.
+    pub(crate) fn seal(&self) -> usize {
+        self.live.fetch_or(SEALED, Ordering::AcqRel) & !SEALED
+    }
+
+    /// Counts one entry fewer; says what is left.
+    fn release(&self) -> Left {
+        let before = self.live.fetch_sub(1, Ordering::AcqRel);
+        Left {
+            live: (before & !SEALED) - 1,
+            sealed: before & SEALED != 0,
+        }
     }
 
     /// The slot at `idx`, if it was ever allocated.
@@ -85,51 +129,50 @@ impl<T> Table<T> {
         &chunk[idx % CHUNK]
     }
 
-    /// Takes a free slot and returns it locked (empty). `None` when every
-    /// slot is in use.
-    pub(crate) fn alloc(&self) -> Option<(u32, MutexGuard<'_, Entry<T>>)> {
+    /// Takes a free slot, counts it live and returns it locked (empty).
+    /// Refused when every slot is in use, or once the table is sealed.
+    pub(crate) fn alloc(&self) -> Result<(u32, MutexGuard<'_, Entry<T>>), Refused> {
         let idx = match lock(&self.free).pop() {
             Some(i) => i as usize,
             None => {
                 let i = self.fresh.fetch_add(1, Ordering::Relaxed);
                 if i >= self.cap {
                     self.fresh.fetch_sub(1, Ordering::Relaxed);
-                    return None;
+                    return Err(Refused::Full);
                 }
                 i
             }
         };
+        let reserved = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n & SEALED == 0).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            lock(&self.free).push(idx as u32);
+            return Err(Refused::Sealed);
+        }
         let g = lock(self.slot_or_init(idx));
         debug_assert!(g.item.is_none());
-        Some((idx as u32, g))
+        Ok((idx as u32, g))
     }
 
-    /// Marks a slot taken by [`Table::alloc`] as live (call after storing
-    /// the item).
-    pub(crate) fn commit(&self) {
-        self.len.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Gives back a slot taken by `alloc` that was never committed.
-    pub(crate) fn abandon(&self, idx: u32, mut g: MutexGuard<'_, Entry<T>>) {
+    /// Gives back a slot taken by `alloc` whose item never went live.
+    pub(crate) fn abandon(&self, idx: u32, mut g: MutexGuard<'_, Entry<T>>) -> Left {
         g.item = None;
         drop(g);
         lock(&self.free).push(idx);
+        self.release()
     }
 
     /// Frees a live slot: takes its item, bumps its generation, returns the
-    /// index to the free list. Returns the item and the live count left.
-    pub(crate) fn free(
-        &self,
-        idx: u32,
-        mut g: MutexGuard<'_, Entry<T>>,
-    ) -> (Option<Box<T>>, usize) {
+    /// index to the free list. Returns the item and what is left.
+    pub(crate) fn free(&self, idx: u32, mut g: MutexGuard<'_, Entry<T>>) -> (Option<Box<T>>, Left) {
         let item = g.item.take();
         g.gen = g.gen.wrapping_add(1).max(1);
         drop(g);
         lock(&self.free).push(idx);
-        let left = self.len.fetch_sub(1, Ordering::AcqRel) - 1;
-        (item, left)
+        (item, self.release())
     }
 
     /// Every slot index ever allocated (for sweeps).
@@ -149,17 +192,23 @@ mod tests {
         let k = key(i, g.gen);
         g.item = Some(Box::new(7));
         drop(g);
-        t.commit();
         assert_eq!(t.len(), 1);
         let (j, g2) = t.alloc().unwrap();
-        t.abandon(j, g2);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.abandon(j, g2),
+            Left {
+                live: 1,
+                sealed: false
+            }
+        );
         let (i2, gen) = split(k);
         assert_eq!(i2, i);
         let g = lock(t.slot(i).unwrap());
         assert_eq!(g.gen, gen);
         let (item, left) = t.free(i, g);
         assert_eq!(item.as_deref(), Some(&7));
-        assert_eq!(left, 0);
+        assert_eq!(left.live, 0);
         // The slot is reused under a new generation: the old key is stale.
         let (i3, g3) = t.alloc().unwrap();
         assert!(i3 == i || i3 == j);
@@ -168,6 +217,46 @@ mod tests {
         }
         drop(g3);
         let _ = t.alloc();
-        assert!(t.alloc().is_none(), "capacity 2");
+        assert_eq!(t.alloc().err(), Some(Refused::Full), "capacity 2");
+    }
+
+    /// The seal counts every slot allocated before it (even one whose item
+    /// is not stored yet) and refuses every allocation after it; frees and
+    /// abandons after it say so.
+    #[test]
+    fn seal_counts_what_it_serves() {
+        let t: Table<u32> = Table::new(8);
+        let (a, mut ga) = t.alloc().unwrap();
+        ga.item = Some(Box::new(1));
+        drop(ga);
+        // Allocated, item not stored yet (another worker mid-admission).
+        let (b, gb) = t.alloc().unwrap();
+        let (c, mut gc) = t.alloc().unwrap();
+        gc.item = Some(Box::new(3));
+        drop(gc);
+        let (_, left) = t.free(c, lock(t.slot(c).unwrap()));
+        assert!(!left.sealed);
+        assert_eq!(t.seal(), 2);
+        assert_eq!(t.seal(), 2, "idempotent");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.alloc().err(), Some(Refused::Sealed));
+        assert_eq!(t.len(), 2, "a refused allocation is not counted");
+        assert_eq!(
+            t.abandon(b, gb),
+            Left {
+                live: 1,
+                sealed: true
+            }
+        );
+        let (item, left) = t.free(a, lock(t.slot(a).unwrap()));
+        assert_eq!(item.as_deref(), Some(&1));
+        assert_eq!(
+            left,
+            Left {
+                live: 0,
+                sealed: true
+            }
+        );
+        assert_eq!(t.alloc().err(), Some(Refused::Sealed));
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,19 +98,46 @@ pub struct Server {
     lines: Arc<Mutex<Vec<String>>>,
     out_rx: mpsc::Receiver<String>,
     out_seen: Vec<String>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Log,
     pub label: String,
 }
 
-fn spawn_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
+/// The server's stderr, line by line, as a thread reads it.
+#[derive(Clone)]
+struct Log {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// The reader saw the end of stderr: every line is in.
+    closed: Arc<AtomicBool>,
+}
+
+impl Log {
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (at most `d`) until the reader has taken every line the
+    /// process wrote: after its exit, stderr ends once the reader is done.
+    fn wait_closed(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while !self.closed.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn spawn_stderr(child: &mut Child) -> Log {
+    let log = Log {
+        lines: Arc::new(Mutex::new(Vec::new())),
+        closed: Arc::new(AtomicBool::new(false)),
+    };
     let err = child.stderr.take().expect("stderr piped");
     let l2 = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines() {
             let Ok(line) = line else { break };
-            l2.lock().unwrap().push(line);
+            l2.lines.lock().unwrap().push(line);
         }
+        l2.closed.store(true, Ordering::Release);
     });
     log
 }
@@ -206,8 +234,8 @@ pub fn start(label: &str, spec: Spec) -> Started {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // stdout closed: the server exited.
                 let status = wait_exit(&mut child, Duration::from_secs(5));
-                std::thread::sleep(Duration::from_millis(50));
-                let text = log.lock().unwrap().join("\n");
+                log.wait_closed(Duration::from_secs(5));
+                let text = log.text();
                 if text.contains("not written yet") {
                     let why = text
                         .lines()
@@ -225,7 +253,7 @@ pub fn start(label: &str, spec: Spec) -> Started {
             let _ = child.wait();
             panic!(
                 "{label}: no listening line within 15 s; stderr:\n{}",
-                log.lock().unwrap().join("\n")
+                log.text()
             );
         }
     }
@@ -292,14 +320,29 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.text()
+    }
+
+    /// Waits for the server to exit (at most `d`, then kills it) and for
+    /// the last line of its log; returns the exit status.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<ExitStatus> {
+        let st = wait_exit(&mut self.child, d);
+        self.log.wait_closed(Duration::from_secs(5));
+        st
     }
 
     /// Waits up to `d` for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         loop {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            if self
+                .log
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
                 return true;
             }
             if Instant::now() > deadline {
@@ -312,6 +355,7 @@ impl Server {
     /// Counts log lines containing `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log
+            .lines
             .lock()
             .unwrap()
             .iter()
@@ -328,9 +372,7 @@ impl Server {
     /// the whole log.
     pub fn terminate(mut self, d: Duration) -> (Option<ExitStatus>, String) {
         self.signal(libc::SIGTERM);
-        let st = wait_exit(&mut self.child, d);
-        // Let the stderr reader take the last lines.
-        std::thread::sleep(Duration::from_millis(50));
+        let st = self.wait_exit(d);
         (st, self.log())
     }
 
