@@ -9,9 +9,10 @@
 //!
 //! Module map: [`config`] (flags and the validated configuration), [`listen`] (binding,
 //! systemd socket activation), [`shard`] (everything that happens on a port:
-//! connections, listeners, UDP, timers, drain), [`table`] (the connection
-//! table keyed by completion key), [`stats`] (counters), [`udp`] (the
-//! per-source rate limiter), [`signals`] (SIGINT/SIGTERM), [`metrics`]
+//! control and timers, listeners, connections, UDP; a file each), [`route`]
+//! (what a completion key or a control token names), [`table`] (the
+//! connection table), [`stats`] (counters), [`rate_limit`] (the per-source
+//! UDP rate limiter), [`signals`] (SIGINT/SIGTERM), [`metrics`]
 //! (`--metrics`: /metrics, /healthz, /readyz) served by [`http`] on a port
 //! and thread of its own.
 
@@ -26,6 +27,8 @@ mod config;
 mod http;
 mod listen;
 mod metrics;
+mod rate_limit;
+mod route;
 mod shard;
 #[cfg(unix)]
 mod signals;
@@ -34,7 +37,6 @@ mod signals;
 mod signals;
 mod stats;
 mod table;
-mod udp;
 
 pub use config::Args;
 
@@ -43,7 +45,6 @@ pub use config::Args;
 /// packet posted to every port wakes a worker there to act on it.
 #[cfg(any(unix, windows))]
 fn stop_requested(nth: usize, name: &str, ports: &[Port], g: &Global) {
-    use shard::{CTRL_KEY, C_CUT, C_SHUTDOWN};
     if nth == 1 {
         let _ = g.signalled.set(std::time::Instant::now());
         g.draining.store(true, std::sync::atomic::Ordering::Release);
@@ -54,7 +55,7 @@ fn stop_requested(nth: usize, name: &str, ports: &[Port], g: &Global) {
                 "{name}: stopping accepts, draining in-flight echoes (up to {up_to}); repeat it to cut now"
             );
             for p in ports {
-                let _ = p.post(CTRL_KEY, 0, C_SHUTDOWN);
+                let _ = Ctrl::Shutdown.post(p);
             }
         } else {
             // Still accepting, but /readyz says 503: a balancer's health
@@ -64,18 +65,19 @@ fn stop_requested(nth: usize, name: &str, ports: &[Port], g: &Global) {
                 humantime::format_duration(delay)
             );
             for p in ports {
-                let _ = p.post_after(delay, CTRL_KEY, C_SHUTDOWN);
+                let _ = Ctrl::Shutdown.post_after(p, delay);
             }
         }
     } else {
         tracing::warn!("{name} again: cutting the remaining connections now");
         for p in ports {
-            let _ = p.post(CTRL_KEY, 0, C_CUT);
+            let _ = Ctrl::Cut.post(p);
         }
     }
 }
 use config::{Config, Model};
 use listen::{Bound, Proto};
+use route::Ctrl;
 use shard::Shard;
 use stats::Global;
 
@@ -133,7 +135,7 @@ fn serve(cfg: Config) -> Result<(), String> {
                 Ok(h) => Some(h),
                 Err(e) => {
                     for p in &running.ports {
-                        let _ = p.post(shard::CTRL_KEY, 0, shard::C_CUT);
+                        let _ = Ctrl::Cut.post(p);
                     }
                     for t in running.threads {
                         let _ = t.join();

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use iocp::{Backend, Buf, Completion, GetError, Handle, OpId, OpKind, OpOptions, Port};
 use socket2::Socket;
 
+use super::route::{Ctrl, Route};
+
 /// Connections served at once; one more is closed as soon as it is accepted.
 pub(crate) const MAX_CONNS: usize = 16;
 /// The longest request head (request line and headers) accepted.
@@ -28,14 +30,13 @@ pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// From accept to close, whatever the connection does.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
-const LISTENER_KEY: u64 = 1 << 63;
-const CTRL_KEY: u64 = 1 << 62;
+/// The completion key of the listener (the port has one).
+const LISTENER: Route = Route::Listener(0);
 const T_ACCEPT: u64 = 1;
 const T_RESUME: u64 = 2;
 const T_RECV: u64 = 3;
 const T_SEND: u64 = 4;
 const T_LINGER: u64 = 5;
-const C_QUIT: u64 = 6;
 /// After an accept error (out of descriptors), accepting resumes after this.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -106,7 +107,7 @@ impl HttpServer {
                         return;
                     }
                 };
-                let lh = match port.associate(listener, LISTENER_KEY) {
+                let lh = match port.associate(listener, LISTENER.to_key()) {
                     Ok(h) => h,
                     Err(e) => {
                         let _ = tx.send(Err(format!("cannot use the listener: {e}")));
@@ -121,7 +122,9 @@ impl HttpServer {
                     accept_op: None,
                     backoff: false,
                     quitting: false,
-                    slots: (0..MAX_CONNS).map(|_| Slot::default()).collect(),
+                    slots: (0..MAX_CONNS)
+                        .map(|_| Slot { gen: 1, conn: None })
+                        .collect(),
                 };
                 srv.start_accept();
                 let _ = tx.send(Ok(port.clone()));
@@ -149,7 +152,7 @@ impl HttpServer {
 
     /// Stops serving: open connections are closed, the thread is joined.
     pub(crate) fn stop(mut self) {
-        let _ = self.port.post(CTRL_KEY, 0, C_QUIT);
+        let _ = Ctrl::Quit.post(&self.port);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -175,9 +178,9 @@ struct Conn {
     closing: bool,
 }
 
-#[derive(Default)]
 struct Slot {
-    gen: u64,
+    /// The generation its connection's key carries (never 0).
+    gen: u32,
     conn: Option<Conn>,
 }
 
@@ -192,10 +195,6 @@ struct Server<S> {
     slots: Vec<Slot>,
 }
 
-fn key(idx: usize, gen: u64) -> u64 {
-    (gen << 8) | idx as u64
-}
-
 impl<S: Service> Server<S> {
     fn run(&mut self) {
         let mut batch = Vec::with_capacity(64);
@@ -206,10 +205,11 @@ impl<S: Service> Server<S> {
                 Err(GetError::Abandoned) => break,
             }
             for c in batch.drain(..) {
-                match c.key {
-                    CTRL_KEY => self.quitting = true,
-                    LISTENER_KEY => self.on_listener(c),
-                    _ => self.on_conn(c),
+                match Route::from_key(c.key) {
+                    Some(Route::Control) => self.quitting = true,
+                    Some(Route::Listener(_)) => self.on_listener(c),
+                    Some(Route::Conn { idx, gen }) => self.on_conn(idx as usize, gen, c),
+                    _ => {}
                 }
             }
         }
@@ -239,7 +239,9 @@ impl<S: Service> Server<S> {
             if let Some(op) = self.accept_op {
                 let _ = self.lh.cancel(op);
             } else {
-                let _ = self.port.post_after(ACCEPT_BACKOFF, LISTENER_KEY, T_RESUME);
+                let _ = self
+                    .port
+                    .post_after(ACCEPT_BACKOFF, LISTENER.to_key(), T_RESUME);
             }
         }
     }
@@ -264,7 +266,9 @@ impl<S: Service> Server<S> {
         if !c.more {
             self.accept_op = None;
             if self.backoff {
-                let _ = self.port.post_after(ACCEPT_BACKOFF, LISTENER_KEY, T_RESUME);
+                let _ = self
+                    .port
+                    .post_after(ACCEPT_BACKOFF, LISTENER.to_key(), T_RESUME);
             } else {
                 self.start_accept();
             }
@@ -277,7 +281,12 @@ impl<S: Service> Server<S> {
             return; // dropping the socket closes it
         };
         let gen = self.slots[idx].gen;
-        let h = match self.port.associate(sock, key(idx, gen)) {
+        let key = Route::Conn {
+            idx: idx as u32,
+            gen,
+        }
+        .to_key();
+        let h = match self.port.associate(sock, key) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!("metrics: cannot associate a connection: {e}");
@@ -310,9 +319,7 @@ impl<S: Service> Server<S> {
         }
     }
 
-    fn on_conn(&mut self, mut c: Completion) {
-        let idx = (c.key & 0xff) as usize;
-        let gen = c.key >> 8;
+    fn on_conn(&mut self, idx: usize, gen: u32, mut c: Completion) {
         let Some(slot) = self.slots.get_mut(idx) else {
             return;
         };
@@ -359,7 +366,7 @@ impl<S: Service> Server<S> {
         let s = &mut self.slots[idx];
         if s.conn.as_ref().is_some_and(|c| c.closing && c.ops == 0) {
             s.conn = None;
-            s.gen = s.gen.wrapping_add(1) & ((1 << 54) - 1);
+            s.gen = s.gen.wrapping_add(1).max(1);
         }
     }
 

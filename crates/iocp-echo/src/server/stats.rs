@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use iocp::Port;
 
 use super::config::Config;
-use super::udp::RateLimiter;
+use super::rate_limit::RateLimiter;
 
 /// Counters, all monotonic except where noted.
 #[derive(Default)]

@@ -1,13 +1,13 @@
 //! The connection table: slots found by completion key, never by descriptor.
 //!
-//! A connection's completion key is `generation << 24 | slot index`. A slot's
+//! A connection's completion key names its slot index and the slot's
+//! generation ([`Route::Conn`](super::route::Route::Conn)). A slot's
 //! generation changes every time it is freed, so a packet that names a
 //! connection that is gone (and whose slot may hold a new one) is recognised
 //! and dropped instead of being applied to the wrong connection. In practice
 //! such packets do not arrive: a slot is freed only after every operation
 //! started on it has delivered its final completion (the connection counts
-//! its pending operations), which is the close protocol of the classic IOCP
-//! bug list (B.9 #5).
+//! its pending operations), so no completion can name a freed slot.
 //!
 //! Each slot has its own mutex, so in the pool model two workers touch the
 //! same lock only when they handle packets of the same connection. Slots are
@@ -24,10 +24,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-/// Slot indices have 24 bits.
-pub(crate) const MAX_SLOTS: usize = (1 << 24) - 1;
+/// Slot indices fit the bits a completion key gives them.
+pub(crate) const MAX_SLOTS: usize = (1 << super::route::IDX_BITS) - 1;
 const CHUNK: usize = 256;
-const IDX_MASK: u64 = (1 << 24) - 1;
 /// The top bit of the live count: sealed, no more allocations.
 const SEALED: usize = 1 << (usize::BITS - 1);
 
@@ -49,7 +48,8 @@ pub(crate) struct Left {
     pub sealed: bool,
 }
 
-/// One slot: the connection (if any) and the generation its key carries.
+/// One slot: the connection (if any) and the generation its key carries
+/// (never 0).
 pub(crate) struct Entry<T> {
     pub gen: u32,
     pub item: Option<Box<T>>,
@@ -68,16 +68,6 @@ pub(crate) struct Table<T> {
 
 pub(crate) fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Builds a key from a slot index and its generation.
-pub(crate) fn key(idx: u32, gen: u32) -> u64 {
-    (gen as u64) << 24 | idx as u64
-}
-
-/// Splits a key into slot index and generation.
-pub(crate) fn split(key: u64) -> (u32, u32) {
-    ((key & IDX_MASK) as u32, (key >> 24) as u32)
 }
 
 impl<T> Table<T> {
@@ -189,7 +179,8 @@ mod tests {
     fn keys_and_generations() {
         let t: Table<u32> = Table::new(2);
         let (i, mut g) = t.alloc().unwrap();
-        let k = key(i, g.gen);
+        let gen = g.gen;
+        assert_ne!(gen, 0);
         g.item = Some(Box::new(7));
         drop(g);
         assert_eq!(t.len(), 1);
@@ -202,8 +193,6 @@ mod tests {
                 sealed: false
             }
         );
-        let (i2, gen) = split(k);
-        assert_eq!(i2, i);
         let g = lock(t.slot(i).unwrap());
         assert_eq!(g.gen, gen);
         let (item, left) = t.free(i, g);

@@ -1,0 +1,159 @@
+//! One port and everything that happens on it, a file a job:
+//!
+//! - [`control`]: control packets (shutdown, cut, quit) and timers (idle
+//!   sweep, drain and its deadline);
+//! - [`listener`]: listeners (standing accept with EMFILE back-off) and the
+//!   admission of new connections;
+//! - [`conn`]: connections (echo with a pending-bytes cap and half-close);
+//! - [`udp`]: UDP sockets (rate-limited echo).
+//!
+//! In the pool model one `Shard` is shared by every worker thread; in the
+//! per-core model each shard thread owns one. Every packet is routed by its
+//! completion key, a [`Route`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use iocp::{Completion, GetError, Port};
+use socket2::Socket;
+
+use super::listen::Proto;
+use super::route::Route;
+use super::stats::Global;
+use super::table::{lock, Table};
+
+mod conn;
+mod control;
+mod listener;
+mod udp;
+
+use conn::Conn;
+use control::Sweep;
+use listener::Listener;
+use udp::Udp;
+
+pub(crate) struct Shard {
+    id: usize,
+    port: Port,
+    g: Arc<Global>,
+    table: Table<Conn>,
+    listeners: Vec<Mutex<Listener>>,
+    udps: Vec<Udp>,
+    /// Standing pooled receives (safe when one thread handles the port).
+    pooled: bool,
+    draining: AtomicBool,
+    quit_posted: AtomicBool,
+    sweep: Mutex<Sweep>,
+}
+
+impl Shard {
+    /// Associates this shard's sockets with its port.
+    pub(crate) fn new(
+        id: usize,
+        port: Port,
+        g: Arc<Global>,
+        socks: Vec<(Proto, SocketAddr, Socket)>,
+        pooled: bool,
+    ) -> io::Result<Shard> {
+        let mut listeners = Vec::new();
+        let mut udps = Vec::new();
+        for (proto, addr, s) in socks {
+            match proto {
+                Proto::Tcp => {
+                    let i = u32::try_from(listeners.len()).expect("listeners fit 32 bits");
+                    let h = port.associate(s, Route::Listener(i).to_key())?;
+                    listeners.push(Mutex::new(Listener::new(h, addr)));
+                }
+                Proto::Udp => {
+                    let i = u32::try_from(udps.len()).expect("UDP sockets fit 32 bits");
+                    let h = port.associate(s, Route::Udp(i).to_key())?;
+                    udps.push(Udp::new(h, addr));
+                }
+            }
+        }
+        let cap = g.cfg.max_conns;
+        Ok(Shard {
+            id,
+            port,
+            g,
+            table: Table::new(cap),
+            listeners,
+            udps,
+            pooled,
+            draining: AtomicBool::new(false),
+            quit_posted: AtomicBool::new(false),
+            sweep: Mutex::new(Sweep::new()),
+        })
+    }
+
+    /// `listening on` lines: `tcp://…` and `udp://…`, in binding order.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| format!("tcp://{}", lock(l).addr))
+            .collect();
+        v.extend(self.udps.iter().map(|u| format!("udp://{}", u.addr)));
+        v
+    }
+
+    /// Starts the standing accepts, the UDP receives and the sweep timer.
+    pub(crate) fn start(&self) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            let mut l = lock(l);
+            self.start_accept(&mut l, i);
+        }
+        for u in &self.udps {
+            self.udp_start(u);
+        }
+        self.start_sweeps();
+        tracing::debug!(shard = self.id, pooled_recv = self.pooled, "shard started");
+    }
+
+    /// A worker: ⑤ wait for completions, handle them, ④ issue the next I/O.
+    pub(crate) fn worker_loop(&self, wid: usize) {
+        let mut batch = Vec::with_capacity(64);
+        let max = if self.pooled { 256 } else { 16 };
+        loop {
+            match self.port.get_many(&mut batch, max, None) {
+                Ok(_) => {}
+                Err(GetError::TimedOut) => continue,
+                Err(GetError::Abandoned) => break,
+            }
+            let now = Instant::now();
+            if let Some(c) = self.g.completions.get(wid) {
+                c.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            let mut quit = false;
+            for c in batch.drain(..) {
+                quit |= self.handle(c, now);
+            }
+            if quit {
+                break;
+            }
+        }
+        tracing::debug!(shard = self.id, worker = wid, "worker done");
+    }
+
+    /// Routes one packet. Returns `true` when this worker should stop.
+    fn handle(&self, c: Completion, now: Instant) -> bool {
+        match Route::from_key(c.key) {
+            Some(Route::Conn { idx, gen }) => self.on_conn(idx, gen, c, now),
+            Some(Route::Listener(i)) => self.on_listener(i as usize, c, now),
+            Some(Route::Udp(i)) => self.on_udp(i as usize, c, now),
+            Some(Route::Control) => return self.on_ctrl(c, now),
+            // Nothing here makes such a key: its buffer goes back with `c`.
+            None => {
+                tracing::debug!(key = c.key, kind = ?c.kind, "packet with an unknown key dropped")
+            }
+        }
+        false
+    }
+}
+
+fn fmt_peer(p: Option<SocketAddr>) -> String {
+    p.map_or_else(|| "?".to_string(), |a| a.to_string())
+}
