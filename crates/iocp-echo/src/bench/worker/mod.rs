@@ -15,6 +15,10 @@
 //! bytes), and the new connection starts a fresh stream at offset 0, so
 //! verification restarts cleanly. Completions of the old connection are
 //! told apart by a generation in the completion key and dropped.
+//!
+//! Here: the plan, the shared state, the thread's load loop and its
+//! message schedule; [`conns`]: opening, reopening and failing connections;
+//! [`echo`]: the completions, and the verification of every echoed byte.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -24,11 +28,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use iocp::{Backend, Buf, Completion, Handle, OpKind, OpOptions, Port};
-use socket2::{Domain, Protocol, Socket, Type};
+use iocp::{Backend, Completion, Handle, Port};
 
 use super::payload::{self, Rng};
 use super::report::new_hist;
+
+mod conns;
+mod echo;
 
 /// What every thread runs (read-only).
 #[derive(Debug, Clone)]
@@ -115,6 +121,28 @@ pub struct Outcome {
     pub fatal: Option<String>,
 }
 
+impl Outcome {
+    /// Nothing yet (ended now).
+    fn new() -> Outcome {
+        Outcome {
+            hist: new_hist(),
+            messages: 0,
+            bytes: 0,
+            errors: BTreeMap::new(),
+            connections: 0,
+            connect_failures: 0,
+            last_done: None,
+            ended: Instant::now(),
+            reconnects: 0,
+            lost_messages: 0,
+            lost_bytes: 0,
+            series: Vec::new(),
+            reconnect_series: Vec::new(),
+            fatal: None,
+        }
+    }
+}
+
 /// The error kinds the report counts, in snake case.
 pub fn kind_name(e: &io::Error) -> String {
     let dbg = format!("{:?}", e.kind());
@@ -190,13 +218,8 @@ struct Worker<'a> {
     port: Port,
     conns: Vec<Conn>,
     dirty: Vec<usize>,
-    hist: Histogram<u64>,
-    messages: u64,
-    bytes: u64,
-    errors: BTreeMap<String, u64>,
-    connect_failures: u64,
-    connections: u64,
-    last_done: Option<Instant>,
+    /// What the thread hands back, as it accrues.
+    out: Outcome,
     /// Echoes (all) and bytes not yet published to `Shared`.
     prog_msgs: u64,
     prog_bytes: u64,
@@ -214,11 +237,6 @@ struct Worker<'a> {
     /// The load started (closed loop: a reopened connection starts its
     /// `--depth` messages).
     t0: Option<Instant>,
-    reconnects: u64,
-    lost_messages: u64,
-    lost_bytes: u64,
-    series: Vec<u64>,
-    reconnect_series: Vec<u64>,
 }
 
 /// Adds `n` to the slice of `series` that `now` falls in.
@@ -230,9 +248,35 @@ fn count_in_slice(series: &mut Vec<u64>, t0: Instant, now: Instant, n: u64) {
     series[slice] += n;
 }
 
-/// The completion key of connection `i` in generation `gen`.
-fn conn_key(i: usize, gen: u64) -> u64 {
-    (gen << 32) | i as u64
+/// What a connection's completion key names: its index among this
+/// thread's connections (the key's low 32 bits) and how many times it was
+/// reopened (the high 32 bits, modulo 2^32), so the completions of a socket
+/// since replaced are told apart and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnKey {
+    i: u32,
+    gen: u32,
+}
+
+impl ConnKey {
+    /// Connection `i` in generation `gen`.
+    fn new(i: usize, gen: u64) -> ConnKey {
+        ConnKey {
+            i: u32::try_from(i).expect("a thread's connections fit 32 bits"),
+            gen: gen as u32,
+        }
+    }
+
+    fn to_key(self) -> u64 {
+        u64::from(self.gen) << 32 | u64::from(self.i)
+    }
+
+    fn from_key(key: u64) -> ConnKey {
+        ConnKey {
+            i: key as u32,
+            gen: (key >> 32) as u32,
+        }
+    }
 }
 
 /// Runs thread `t` of the plan.
@@ -251,20 +295,8 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         Err(e) => {
             sh.abort.store(true, Ordering::SeqCst);
             return Outcome {
-                hist: new_hist(),
-                messages: 0,
-                bytes: 0,
-                errors: BTreeMap::new(),
-                connections: 0,
-                connect_failures: 0,
-                last_done: None,
-                ended: Instant::now(),
-                reconnects: 0,
-                lost_messages: 0,
-                lost_bytes: 0,
-                series: Vec::new(),
-                reconnect_series: Vec::new(),
                 fatal: Some(format!("cannot create a completion port: {e}")),
+                ..Outcome::new()
             };
         }
     };
@@ -304,13 +336,7 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         port,
         conns,
         dirty: Vec::new(),
-        hist: new_hist(),
-        messages: 0,
-        bytes: 0,
-        errors: BTreeMap::new(),
-        connect_failures: 0,
-        connections: 0,
-        last_done: None,
+        out: Outcome::new(),
         prog_msgs: 0,
         prog_bytes: 0,
         busy: 0,
@@ -322,11 +348,6 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
         end: None,
         closed_loop: plan.rate.is_none(),
         t0: None,
-        reconnects: 0,
-        lost_messages: 0,
-        lost_bytes: 0,
-        series: Vec::new(),
-        reconnect_series: Vec::new(),
     };
     w.connect_all();
     sh.ready.fetch_add(1, Ordering::SeqCst);
@@ -338,22 +359,9 @@ pub fn run(t: usize, plan: &Plan, sh: &Shared) -> Outcome {
             h.close();
         }
     }
-    Outcome {
-        hist: std::mem::replace(&mut w.hist, new_hist()),
-        messages: w.messages,
-        bytes: w.bytes,
-        errors: std::mem::take(&mut w.errors),
-        connections: w.connections,
-        connect_failures: w.connect_failures,
-        last_done: w.last_done,
-        ended: Instant::now(),
-        reconnects: w.reconnects,
-        lost_messages: w.lost_messages,
-        lost_bytes: w.lost_bytes,
-        series: std::mem::take(&mut w.series),
-        reconnect_series: std::mem::take(&mut w.reconnect_series),
-        fatal: None,
-    }
+    let mut out = std::mem::replace(&mut w.out, Outcome::new());
+    out.ended = Instant::now();
+    out
     // The port drops here, on its own thread: it aborts what is left and
     // waits for the kernel to let go of every buffer.
 }
@@ -375,167 +383,6 @@ impl Worker<'_> {
         }
         self.flush();
         self.publish();
-    }
-
-    /// Opens this thread's connections, paced at its share of `--ramp`,
-    /// with a bounded number of connects in flight.
-    fn connect_all(&mut self) {
-        let n = self.conns.len();
-        let rate = self.plan.ramp / self.plan.threads as f64;
-        let max_pending = 32;
-        let begin = Instant::now();
-        let mut next = 0;
-        let mut batch = Vec::with_capacity(256);
-        while self.resolved < n {
-            if self.aborted() || self.stopped() {
-                return;
-            }
-            let now = Instant::now();
-            let allowed = if rate > 0.0 {
-                ((now - begin).as_secs_f64() * rate) as usize + 1
-            } else {
-                n
-            };
-            while next < n.min(allowed) && self.pending_connects < max_pending {
-                self.start_connect(next);
-                next += 1;
-            }
-            let mut wait = Duration::from_millis(50);
-            if next < n && self.pending_connects < max_pending && rate > 0.0 {
-                let at = begin + Duration::from_secs_f64(next as f64 / rate);
-                wait = wait.min(at.saturating_duration_since(now));
-            }
-            if self.resolved < n {
-                self.poll(&mut batch, wait);
-            }
-        }
-    }
-
-    fn start_connect(&mut self, i: usize) {
-        match self.open(i) {
-            Ok(h) => {
-                self.conns[i].h = Some(h);
-                self.conns[i].st = St::Connecting;
-                self.pending_connects += 1;
-            }
-            Err(e) => self.connect_failed(i, &e),
-        }
-    }
-
-    /// A new socket for connection `i`, associated and connecting.
-    fn open(&self, i: usize) -> io::Result<Handle> {
-        let addr = self.plan.addr;
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_tcp_nodelay(true)?;
-        let h = self.port.associate(s, conn_key(i, self.conns[i].gen))?;
-        self.port.connect(
-            &h,
-            addr,
-            OpOptions::with_timeout(T_CONNECT, self.plan.connect_timeout),
-        )?;
-        Ok(h)
-    }
-
-    /// The peer cut connection `i` (EOF, reset, a failed send): reopen it
-    /// with `--reconnect`, else it fails as `kind`.
-    fn cut(&mut self, i: usize, kind: &str, msg: String) {
-        let plan = self.plan;
-        if !plan.reconnect || self.conns[i].st != St::Up || self.aborted() {
-            return self.fail(i, kind, msg);
-        }
-        let c = &mut self.conns[i];
-        c.fruitless += 1;
-        if c.fruitless > MAX_FRUITLESS_RECONNECTS {
-            let msg = format!(
-                "{msg}; cut {MAX_FRUITLESS_RECONNECTS} times in a row right after reconnecting"
-            );
-            return self.fail(i, kind, msg);
-        }
-        self.reconnects += 1;
-        if let Some(t0) = self.t0 {
-            count_in_slice(&mut self.reconnect_series, t0, Instant::now(), 1);
-        }
-        self.lost_bytes += c.sent - c.recvd;
-        self.lost_messages += c.inflight.len() as u64;
-        if let Some(h) = c.h.take() {
-            h.close();
-        }
-        if !c.inflight.is_empty() {
-            self.busy -= 1;
-        }
-        // Closed loop with --requests: the measured messages lost in flight
-        // are owed again. (Open loop: their slots in the schedule are gone.)
-        let closed_loop = self.closed_loop;
-        for m in c.inflight.drain(..) {
-            if closed_loop && m.measured && c.quota != u64::MAX {
-                if c.quota == 0 && self.t0.is_some() {
-                    self.unfinished += 1;
-                }
-                c.quota += 1;
-            }
-        }
-        c.out.clear();
-        c.sending = false;
-        c.sent = 0;
-        c.recvd = 0;
-        c.gen += 1;
-        c.key = payload::reopened_key(payload::stream_key(plan.seed, c.idx), c.gen);
-        c.st = St::Reconnecting;
-        match self.open(i) {
-            Ok(h) => self.conns[i].h = Some(h),
-            Err(e) => self.fail(i, &kind_name(&e), format!("cannot reconnect: {e}")),
-        }
-    }
-
-    /// A reopened connection is up: start reading, and (closed loop) its
-    /// `--depth` messages; open-loop messages that came due meanwhile go
-    /// out now.
-    fn reconnected(&mut self, i: usize, now: Instant) {
-        let c = &mut self.conns[i];
-        let h =
-            c.h.as_ref()
-                .expect("a reconnecting connection has a handle");
-        if let Err(e) = self.port.recv_pooled(h, T_RECV) {
-            let e = e.error;
-            return self.fail(i, &kind_name(&e), format!("cannot reconnect: {e}"));
-        }
-        c.st = St::Up;
-        c.last_progress = now;
-        if self.closed_loop && self.t0.is_some() {
-            for _ in 0..self.plan.depth {
-                if !self.try_create(i, now, now) {
-                    break;
-                }
-            }
-        }
-        let c = &mut self.conns[i];
-        if !c.out.is_empty() && !c.dirty {
-            c.dirty = true;
-            self.dirty.push(i);
-        }
-    }
-
-    fn connect_failed(&mut self, i: usize, e: &io::Error) {
-        let c = &mut self.conns[i];
-        c.st = St::Dead;
-        if let Some(h) = c.h.take() {
-            h.close();
-        }
-        self.connect_failures += 1;
-        self.resolved += 1;
-        self.sh.connect_failed.fetch_add(1, Ordering::Relaxed);
-        let why = if e.kind() == io::ErrorKind::TimedOut {
-            format!(
-                "timed out after {}",
-                humantime::format_duration(self.plan.connect_timeout)
-            )
-        } else {
-            e.to_string()
-        };
-        self.sh.note_error(
-            "connect",
-            format!("cannot connect to {}: {why}", self.plan.addr),
-        );
     }
 
     /// Polls (keeping connections served) until the main thread gives the
@@ -727,219 +574,25 @@ impl Worker<'_> {
             self.prog_bytes = 0;
         }
     }
+}
 
-    fn check_idle(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
-            let c = &self.conns[i];
-            if c.st == St::Up && !c.inflight.is_empty() && now - c.last_progress > self.plan.timeout
-            {
-                let msg = format!(
-                    "no echo for {} ({} bytes outstanding)",
-                    humantime::format_duration(self.plan.timeout),
-                    c.sent - c.recvd
-                );
-                self.fail(i, "timed_out", msg);
-            }
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::ConnKey;
 
-    fn fail_busy(&mut self, kind: &str, what: &str) {
-        for i in 0..self.conns.len() {
-            let c = &self.conns[i];
-            if c.st.live() && !c.inflight.is_empty() {
-                let msg = format!(
-                    "{what} within {} of the end",
-                    humantime::format_duration(self.plan.timeout)
-                );
-                self.fail(i, kind, msg);
-            }
+    #[test]
+    fn conn_keys_round_trip() {
+        for (i, gen) in [
+            (0, 0),
+            (1, 1),
+            (7, 3),
+            (u32::MAX as usize, u64::from(u32::MAX)),
+        ] {
+            let k = ConnKey::new(i, gen);
+            assert_eq!(ConnKey::from_key(k.to_key()), k);
+            assert_eq!(k.i as usize, i);
         }
-    }
-
-    /// Connection `i` failed: count it under `kind`, close it, drop its
-    /// messages in flight.
-    fn fail(&mut self, i: usize, kind: &str, msg: String) {
-        let c = &mut self.conns[i];
-        if c.st == St::Dead {
-            return;
-        }
-        let was_up = c.st.live();
-        if was_up {
-            self.up -= 1;
-        }
-        c.st = St::Dead;
-        if let Some(h) = c.h.take() {
-            h.close();
-        }
-        if !c.inflight.is_empty() {
-            self.busy -= 1;
-            c.inflight.clear();
-        }
-        if was_up && c.quota != u64::MAX && c.quota > 0 && self.plan.requests.is_some() {
-            // Counted in `unfinished` only once the load started.
-            if self.unfinished > 0 {
-                self.unfinished -= 1;
-            }
-            c.quota = 0;
-        }
-        *self.errors.entry(kind.to_string()).or_default() += 1;
-        self.sh
-            .note_error(kind, format!("connection {}: {msg}", c.idx));
-    }
-
-    fn on_completion(&mut self, mut c: Completion, now: Instant) {
-        let i = (c.key & 0xffff_ffff) as usize;
-        if i >= self.conns.len() || c.key >> 32 != self.conns[i].gen {
-            // A connection that is gone (out of range, or cut and reopened
-            // since): its buffer goes back with `c`.
-            return;
-        }
-        match c.kind {
-            OpKind::Connect if self.conns[i].st == St::Reconnecting => {
-                match std::mem::replace(&mut c.result, Ok(0)) {
-                    Ok(_) => self.reconnected(i, now),
-                    Err(e) => {
-                        let msg = format!("cannot reconnect to {}: {e}", self.plan.addr);
-                        self.fail(i, &kind_name(&e), msg);
-                    }
-                }
-            }
-            OpKind::Connect => {
-                if self.conns[i].st != St::Connecting {
-                    return;
-                }
-                self.pending_connects -= 1;
-                if let Err(e) = std::mem::replace(&mut c.result, Ok(0)) {
-                    self.connect_failed(i, &e);
-                    return;
-                }
-                self.resolved += 1;
-                let conn = &mut self.conns[i];
-                let h = conn
-                    .h
-                    .as_ref()
-                    .expect("a connecting connection has a handle");
-                if let Err(e) = self.port.recv_pooled(h, T_RECV) {
-                    self.connect_failed(i, &e.error);
-                    return;
-                }
-                conn.st = St::Up;
-                self.up += 1;
-                self.connections += 1;
-                self.sh.connected.fetch_add(1, Ordering::Relaxed);
-            }
-            OpKind::RecvPooled => {
-                if self.conns[i].st != St::Up {
-                    return;
-                }
-                match &c.result {
-                    Ok(_) if c.more => {
-                        if let Some(b) = c.buf() {
-                            self.on_data(i, b.as_slice(), now);
-                        }
-                    }
-                    Ok(_) => {
-                        let conn = &self.conns[i];
-                        let msg = format!(
-                            "connection closed by the server ({} of {} bytes echoed)",
-                            conn.recvd, conn.sent
-                        );
-                        self.cut(i, "closed_by_peer", msg);
-                    }
-                    Err(e) => {
-                        let msg = format!("receive failed: {e}");
-                        let kind = kind_name(e);
-                        self.cut(i, &kind, msg);
-                    }
-                }
-            }
-            OpKind::Send => {
-                let conn = &mut self.conns[i];
-                conn.sending = false;
-                if conn.st != St::Up {
-                    return;
-                }
-                match &c.result {
-                    Ok(_) => {
-                        if let Some(Buf::Vec(mut v)) = c.take_buf() {
-                            if conn.spare.is_none() && v.capacity() <= 1 << 20 {
-                                v.clear();
-                                conn.spare = Some(v);
-                            }
-                        }
-                        if !conn.out.is_empty() && !conn.dirty {
-                            conn.dirty = true;
-                            self.dirty.push(i);
-                        }
-                    }
-                    Err(e) => {
-                        let msg = format!("send failed: {e}");
-                        let kind = kind_name(e);
-                        self.cut(i, &kind, msg);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Verifies echoed bytes and completes the messages they finish.
-    fn on_data(&mut self, i: usize, data: &[u8], now: Instant) {
-        let c = &mut self.conns[i];
-        let outstanding = (c.sent - c.recvd) as usize;
-        let n_ok = data.len().min(outstanding);
-        if let Some((j, want)) = payload::verify(c.key, c.recvd, &data[..n_ok]) {
-            let msg = format!(
-                "verification failed: byte offset {} of the connection's stream: sent 0x{:02x}, received 0x{:02x}",
-                c.recvd + j as u64,
-                want,
-                data[j]
-            );
-            self.fail(i, "verify_mismatch", msg);
-            self.sh.abort.store(true, Ordering::SeqCst);
-            return;
-        }
-        if data.len() > n_ok {
-            let msg = format!(
-                "verification failed: byte offset {} of the connection's stream: received bytes beyond the {} sent",
-                c.sent, c.sent
-            );
-            self.fail(i, "unexpected_data", msg);
-            self.sh.abort.store(true, Ordering::SeqCst);
-            return;
-        }
-        c.recvd += data.len() as u64;
-        c.last_progress = now;
-        c.fruitless = 0;
-        self.prog_bytes += data.len() as u64;
-        let mut completed = 0;
-        while let Some(m) = c.inflight.front() {
-            if m.end > c.recvd {
-                break;
-            }
-            let m = c.inflight.pop_front().expect("front exists");
-            completed += 1;
-            if m.measured {
-                let us = now.saturating_duration_since(m.start).as_micros() as u64;
-                self.hist.saturating_record(us.max(1));
-                self.messages += 1;
-                self.bytes += u64::from(m.len);
-                self.last_done = Some(now);
-            }
-        }
-        self.prog_msgs += completed;
-        if completed > 0 && c.inflight.is_empty() {
-            self.busy -= 1;
-        }
-        if let (Some(t0), true) = (self.t0, completed > 0) {
-            count_in_slice(&mut self.series, t0, now, completed);
-        }
-        if self.closed_loop {
-            for _ in 0..completed {
-                if !self.try_create(i, now, now) {
-                    break;
-                }
-            }
-        }
+        // Reopening changes the key.
+        assert_ne!(ConnKey::new(5, 1).to_key(), ConnKey::new(5, 2).to_key());
     }
 }
