@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{run_with, start, Out, Spec, Started};
@@ -437,24 +436,11 @@ fn iocp_backend_variable() {
 fn server_via_sh(listen_fds: &str) -> Out {
     let script =
         format!("LISTEN_PID=$$ LISTEN_FDS='{listen_fds}' exec \"$0\" server --listen 127.0.0.1:0");
-    let mut child = Command::new("sh")
-        .args(["-c", &script, common::bin()])
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script, common::bin()])
         .env("IOCP_BACKEND", "")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
-    let st = common::wait_exit(&mut child, LIMIT).expect("the server exits");
-    let (mut out, mut err) = (String::new(), String::new());
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    Out {
-        code: st.code().unwrap_or(-1),
-        stdout: out,
-        stderr: err,
-    }
+        .env("NO_COLOR", "1");
+    common::run_cmd(cmd, None, LIMIT)
 }
 
 #[test]

@@ -23,6 +23,25 @@ fn run(args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Out {
     common::run_with(args, stdin, &[], limit)
 }
 
+/// Runs the binary with `args` (and `stdin`) and insists on exit code 1
+/// with each of `said` in its stderr.
+fn run_fails(args: &[&str], stdin: Option<&[u8]>, said: &[&str]) -> Out {
+    let o = run(args, stdin, Duration::from_secs(20));
+    assert_eq!(
+        o.code, 1,
+        "iocp-echo {args:?}:\nstdout: {}\nstderr: {}",
+        o.stdout, o.stderr
+    );
+    for want in said {
+        assert!(
+            o.stderr.contains(want),
+            "{want:?} not in the stderr of iocp-echo {args:?}: {}",
+            o.stderr
+        );
+    }
+    o
+}
+
 fn run_ok(args: &[&str]) -> Out {
     let o = run(args, None, Duration::from_secs(30));
     assert_eq!(
@@ -277,33 +296,20 @@ fn client_detects_a_flipped_byte() {
         flip_at: Some(10),
         ..Misbehave::default()
     });
-    let o = run(
+    run_fails(
         &["client", &addr, "-m", "hello world, hello world", "-n", "2"],
         None,
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
-    assert!(
-        o.stderr
-            .contains("echo differs from what was sent at byte offset 10:"),
-        "stderr: {}",
-        o.stderr
+        &["echo differs from what was sent at byte offset 10:"],
     );
     // Interactive, offset past the first line.
     let addr = test_server(Misbehave {
         flip_at: Some(7),
         ..Misbehave::default()
     });
-    let o = run(
+    run_fails(
         &["client", &addr],
         Some(b"abcde\nfghij\n"),
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains("at byte offset 7:"),
-        "stderr: {}",
-        o.stderr
+        &["at byte offset 7:"],
     );
 }
 
@@ -313,18 +319,10 @@ fn bench_detects_a_flipped_byte() {
         flip_at: Some(1000),
         ..Misbehave::default()
     });
-    let o = run(
+    run_fails(
         &["bench", &addr, "-c", "1", "-n", "100", "--size", "64"],
         None,
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
-    assert!(
-        o.stderr.contains(
-            "connection 0: verification failed: byte offset 1000 of the connection's stream"
-        ),
-        "stderr: {}",
-        o.stderr
+        &["connection 0: verification failed: byte offset 1000 of the connection's stream"],
     );
     // Several connections and threads: every stream is flipped at 5000;
     // whichever is seen first is named, with the right offset.
@@ -332,7 +330,7 @@ fn bench_detects_a_flipped_byte() {
         flip_at: Some(5000),
         ..Misbehave::default()
     });
-    let o = run(
+    let o = run_fails(
         &[
             "bench",
             &addr,
@@ -347,19 +345,10 @@ fn bench_detects_a_flipped_byte() {
             "--json",
         ],
         None,
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1, "stderr: {}", o.stderr);
-    assert!(
-        o.stderr
-            .contains("verification failed: byte offset 5000 of"),
-        "stderr: {}",
-        o.stderr
-    );
-    assert!(
-        o.stderr.contains("iocp-echo bench: connection "),
-        "stderr: {}",
-        o.stderr
+        &[
+            "verification failed: byte offset 5000 of",
+            "iocp-echo bench: connection ",
+        ],
     );
     assert!(json(&o)["errors"]["verify_mismatch"].as_u64().unwrap() >= 1);
 }
@@ -484,7 +473,7 @@ fn errors_are_counted_by_kind() {
         close_after: Some(3000),
         ..Misbehave::default()
     });
-    let o = run(
+    let o = run_fails(
         &[
             "bench",
             &addr,
@@ -497,17 +486,10 @@ fn errors_are_counted_by_kind() {
             "--json",
         ],
         None,
-        Duration::from_secs(20),
+        &["connection closed by the server (3000 of 3"],
     );
-    assert_eq!(o.code, 1, "stderr: {}", o.stderr);
     let j = json(&o);
     assert_eq!(j["errors"]["closed_by_peer"], 3, "{j}");
-    assert!(
-        o.stderr
-            .contains("connection closed by the server (3000 of 3"),
-        "{}",
-        o.stderr
-    );
     // The server never echoes: every connection times out.
     let addr = test_server(Misbehave {
         stall_after: Some(Duration::ZERO),
@@ -515,7 +497,7 @@ fn errors_are_counted_by_kind() {
         ..Misbehave::default()
     });
     let t = Instant::now();
-    let o = run(
+    let o = run_fails(
         &[
             "bench",
             &addr,
@@ -528,23 +510,14 @@ fn errors_are_counted_by_kind() {
             "--json",
         ],
         None,
-        Duration::from_secs(20),
+        &["no echo for 300ms"],
     );
-    assert_eq!(o.code, 1, "stderr: {}", o.stderr);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(json(&o)["errors"]["timed_out"], 2);
-    assert!(o.stderr.contains("no echo for 300ms"), "{}", o.stderr);
-    let o = run(
+    run_fails(
         &["client", &addr, "-m", "x", "--timeout", "300ms"],
         None,
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("no echo from"), "{}", o.stderr);
-    assert!(
-        o.stderr.contains("within 300ms (0 of 2 bytes echoed)"),
-        "{}",
-        o.stderr
+        &["no echo from", "within 300ms (0 of 2 bytes echoed)"],
     );
 }
 
@@ -752,25 +725,10 @@ fn plots_of_a_run_and_of_merged_runs() {
 #[test]
 fn connect_failure_is_exit_1_with_the_reason() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let o = run(&["client", &addr, "-m", "x"], None, Duration::from_secs(20));
-    assert_eq!(o.code, 1);
-    assert_eq!(
-        o.stderr.trim(),
-        format!("iocp-echo client: cannot connect to {addr}: Connection refused (os error 111)")
-    );
-    let o = run(
-        &["bench", &addr, "-c", "3", "-n", "10"],
-        None,
-        Duration::from_secs(20),
-    );
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains(&format!(
-            "cannot connect to {addr}: Connection refused (os error 111)"
-        )),
-        "{}",
-        o.stderr
-    );
+    let refused = format!("cannot connect to {addr}: Connection refused (os error 111)");
+    let o = run_fails(&["client", &addr, "-m", "x"], None, &[]);
+    assert_eq!(o.stderr.trim(), format!("iocp-echo client: {refused}"));
+    run_fails(&["bench", &addr, "-c", "3", "-n", "10"], None, &[&refused]);
 }
 
 /// The project's own server (`iocp-echo server`), if it is written yet.

@@ -834,30 +834,19 @@ fn socket_activation(cx: &Ctx) {
 
 /// `iocp-echo server ARGS` that must fail: returns (exit code, stderr).
 fn run_failing(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(common::bin())
-        .arg("server")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let st = common::wait_exit(&mut child, Duration::from_secs(10));
-    let mut out = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    assert!(
-        !out.contains("listening on"),
-        "{args:?} printed a listening line: {out}"
+    let args = [&["server"], args].concat();
+    let o = common::run_with(
+        &args,
+        None,
+        &[("NO_COLOR", "1"), ("RUST_LOG", "info")],
+        Duration::from_secs(10),
     );
-    (st.and_then(|s| s.code()), t.join().unwrap())
+    assert!(
+        !o.stdout.contains("listening on"),
+        "{args:?} printed a listening line: {}",
+        o.stdout
+    );
+    (Some(o.code), o.stderr)
 }
 
 #[test]

@@ -511,9 +511,15 @@ pub struct Out {
 /// Runs `iocp-echo ARGS` with `env` added to the environment (and `stdin`
 /// fed to it), killing it and failing the test after `limit`.
 pub fn run_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)], limit: Duration) -> Out {
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(bin());
+    cmd.args(args).envs(env.iter().copied());
+    run_cmd(cmd, stdin, limit)
+}
+
+/// Runs `cmd` (`stdin` fed to it), reading its output as it comes, killing
+/// it and failing the test after `limit`.
+pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Out {
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -522,7 +528,7 @@ pub fn run_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)], limit
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn iocp-echo");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if let Some(input) = stdin {
         let mut w = child.stdin.take().unwrap();
         let input = input.to_vec();
@@ -543,7 +549,7 @@ pub fn run_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)], limit
         s
     });
     let Some(status) = wait_exit(&mut child, limit) else {
-        panic!("iocp-echo {args:?} did not finish within {limit:?}");
+        panic!("{cmd:?} did not finish within {limit:?}");
     };
     Out {
         code: status.code().unwrap_or(-1),
