@@ -592,8 +592,11 @@ impl tracing::Subscriber for Warnings {
 /// An inline port closed or dropped by a thread other than its owner stops
 /// at once and never enters the owner's engine from that thread (an
 /// io_uring ring made `SINGLE_ISSUER` refuses any other thread with
-/// `EEXIST`): no warning but one saying what was left to the kernel, and
-/// its handles report closed.
+/// `EEXIST`; without `SINGLE_ISSUER` an entry would show in
+/// `engine_stats().enters`): no warning but one saying what was left to the
+/// kernel; its handles report closed and its timers are gone. A socket
+/// associated after the owner's last turn (its registration still queued)
+/// is closed too: its peer sees EOF at once, not when the last handle goes.
 pub fn inline_port_closed_off_thread(t: &Target) {
     for close_first in [true, false] {
         let port = t.port();
@@ -601,9 +604,18 @@ pub fn inline_port_closed_off_thread(t: &Target) {
         port.recv(&h, Vec::with_capacity(64), 1).unwrap();
         let (h2, _peer2) = tcp_pair(&port, 131);
         port.recv_pooled(&h2, 2).unwrap();
+        port.post_after(Duration::from_secs(60), 133, 4).unwrap();
         // Turn the engine once, so the kernel holds the operations.
         no_packet(&port, Duration::ZERO);
+        assert_eq!(port.engine_stats().timers, 1, "the post_after is pending");
+        // Associated and given a receive, never seen by the engine.
+        let (h3, mut peer3) = tcp_pair(&port, 132);
+        port.recv(&h3, Vec::with_capacity(64), 3).unwrap();
         let how = if close_first { "close" } else { "drop" };
+        // A clone to read the counters after a close (not after a drop:
+        // the other thread's drop must be the last).
+        let watch = close_first.then(|| port.clone());
+        let enters = port.engine_stats().enters;
         let (took, warnings) = std::thread::spawn(move || {
             let w = Arc::new(Warnings::default());
             let took = tracing::subscriber::with_default(w.clone(), || {
@@ -640,7 +652,37 @@ pub fn inline_port_closed_off_thread(t: &Target) {
             took < Duration::from_millis(500),
             "{how} off the owner thread took {took:?}"
         );
+        if let Some(watch) = watch {
+            assert_eq!(
+                watch.engine_stats().enters,
+                enters,
+                "{how} off the owner thread entered the kernel from there"
+            );
+            assert_eq!(
+                watch.engine_stats().timers,
+                0,
+                "a port closed off its owner thread has no timers"
+            );
+        }
         assert!(h.is_closed(), "the port's {how} closes its handles");
+        assert!(h3.is_closed(), "the port's {how} closes its handles");
+        // Bounded by the peer's read timeout (a ring closed under the owner
+        // thread may interrupt its read once: the kernel's task work).
+        let t0 = Instant::now();
+        let eof = loop {
+            match peer3.read(&mut [0u8; 8]) {
+                Err(e) if e.kind() == ErrorKind::Interrupted && t0.elapsed() < T => {}
+                r => break r,
+            }
+        };
+        assert!(
+            matches!(eof, Ok(0)),
+            "after the port's {how} off the owner thread, the peer of a socket associated \
+             just before should see EOF; got {eof:?} after {:?} (the socket stays open while \
+             its handle lives)",
+            t0.elapsed()
+        );
+        drop((h, h2, h3));
     }
 }
 

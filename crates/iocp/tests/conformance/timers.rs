@@ -183,5 +183,7 @@ pub fn timers_bounded(t: &Target) {
         assert!(get(&port).is_aborted());
     }
     timers_settle(t, &port, 3, "the closed handle's deadlines are gone");
+    // Closed: the pending post_after timers go with the port.
     port.close();
+    assert_eq!(port.engine_stats().timers, 0, "a closed port has no timers");
 }

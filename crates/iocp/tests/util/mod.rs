@@ -118,44 +118,19 @@ impl Target {
                 Err(e) => format!("{}: building a port failed: {e}", self.name()),
             }
         };
-        if missing_backend_allowed(self.backend) {
-            say(format!(
-                "{test} SKIPPED: {why} ({ALLOW_MISSING_BACKEND} allows the skip)"
-            ));
-            false
-        } else {
-            panic!(
-                "{test}: {why}. Set {ALLOW_MISSING_BACKEND}={} to skip its tests on this \
-                 machine (CI never does)",
-                self.backend
-            )
-        }
+        iocp_test_support::backend_missing(test, self.backend.name(), &why);
+        false
     }
 }
 
 /// The environment variable that lets tests skip a backend this machine
-/// cannot run: backend names (`uring`, `epoll`, `iocp`) separated by commas
-/// or spaces, or `all`. Unset (as in CI), a missing backend fails its tests.
-pub const ALLOW_MISSING_BACKEND: &str = "IOCP_ALLOW_MISSING_BACKEND";
+/// cannot run (see [`iocp_test_support::ALLOW_MISSING_BACKEND`]).
+pub const ALLOW_MISSING_BACKEND: &str = iocp_test_support::ALLOW_MISSING_BACKEND;
 
 /// Whether [`ALLOW_MISSING_BACKEND`] names `b` (or says `all`). A name that
 /// is not a backend fails the test, naming it.
 pub fn missing_backend_allowed(b: Backend) -> bool {
-    let Ok(v) = std::env::var(ALLOW_MISSING_BACKEND) else {
-        return false;
-    };
-    let mut allowed = false;
-    for name in v.split([',', ' ', '\t']).filter(|s| !s.is_empty()) {
-        allowed |= match name.parse::<Backend>() {
-            _ if name == "all" => true,
-            Ok(Backend::Auto) | Err(_) => panic!(
-                "invalid value '{v}' for {ALLOW_MISSING_BACKEND}: '{name}' is not a backend \
-                 (expected uring, epoll, iocp or all, separated by commas)"
-            ),
-            Ok(named) => named == b,
-        };
-    }
-    allowed
+    iocp_test_support::missing_backend_allowed(b.name())
 }
 
 /// Takes one packet, failing the test after [`T`].

@@ -39,8 +39,8 @@ use crate::kit::run::{Drive, TimerItem};
 use crate::op::Completion;
 use crate::queue::Queue;
 use crate::sys::common::{
-    is_stream, take_commands, Core, EngineFd, EngineShared, HandleMap, LinuxEngine, OpMeta, OpReq,
-    Slab,
+    is_stream, take_commands, Core, EngineCounters, EngineFd, EngineShared, HandleMap, LinuxEngine,
+    OpMeta, OpReq, Slab,
 };
 
 pub(crate) use crate::config::UringFeatures;
@@ -66,8 +66,9 @@ impl HState {
     }
 }
 
-/// The engine. Lives on one thread for its whole life (the ring is created
-/// with `SINGLE_ISSUER` when the kernel has it).
+/// The engine. Only the thread that built it enters its ring (the ring is
+/// created with `SINGLE_ISSUER` when the kernel has it); any other thread
+/// that stops or drops it [`abandon`](Self::abandon)s it instead.
 pub(crate) struct UringEngine {
     // `shutdown` reaps every request the kernel holds (operations and the
     // eventfd read) before anything is freed, or leaks what it could not
@@ -87,6 +88,9 @@ pub(crate) struct UringEngine {
     free_bufs: Vec<u16>,
     feats: UringFeatures,
     draining: bool,
+    /// How long `shutdown` waits for the kernel to give back what it holds
+    /// before it leaks it (10 s; tests shorten it).
+    drain_limit: Duration,
     /// The thread that created the ring: the only one that may enter it
     /// (a `SINGLE_ISSUER` ring refuses every other with `EEXIST`).
     owner: std::thread::ThreadId,
@@ -129,6 +133,7 @@ impl UringEngine {
             free_bufs,
             feats,
             draining: false,
+            drain_limit: Duration::from_secs(10),
             owner: std::thread::current().id(),
         })
     }
@@ -162,7 +167,7 @@ impl UringEngine {
         }
         self.core.timers.clear();
         self.draining = true;
-        let give_up = Instant::now() + Duration::from_secs(10);
+        let give_up = Instant::now() + self.drain_limit;
         while !self.ops.is_empty() && Instant::now() < give_up {
             self.core.out.clear();
             self.turn(Some(Duration::from_millis(50)), true);
@@ -182,21 +187,28 @@ impl UringEngine {
         }
         if !self.ops.is_empty() || self.wake_armed {
             tracing::error!(
-                "io_uring engine: {} operations still held by the kernel after 10 s; leaking their buffers",
-                self.ops.len()
+                "io_uring engine: {} operations still held by the kernel after {:?}; leaking their buffers",
+                self.ops.len(),
+                self.drain_limit
             );
             self.leak_kernel_memory();
         }
         self.handles.clear();
+        EngineCounters::set(&self.core.shared.counters.timers, 0);
     }
 
     /// Gives up on memory the kernel may still write (operation slots, the
     /// buffer ring and its pool, the wake-up buffer): leaked, never freed
-    /// under it.
+    /// under it. The engine never enters the ring again: nothing is left to
+    /// wait for, so `Drop` does not stop it a second time, and SQEs still
+    /// waiting in the SQ (a last re-issue, a cancel) are never submitted —
+    /// they may name descriptors closed right after this, whose numbers
+    /// another socket may already have. Dropping the ring discards them.
     fn leak_kernel_memory(&mut self) {
         std::mem::forget(std::mem::replace(&mut self.ops, Slab::new()));
         std::mem::forget(self.bufring.take());
         std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        self.wake_armed = false;
     }
 
     /// Gives up from a thread that does not own the ring. Nothing may be
@@ -207,6 +219,9 @@ impl UringEngine {
     /// its own reference to the socket, so the number may be reused safely),
     /// and dropping the ring afterwards closes it: the kernel then cancels
     /// what is left on its own and writes only into the leaked memory.
+    /// Commands still queued (none reached the kernel) are dropped: a
+    /// handle registered since the last turn closes its socket now, and a
+    /// queued start frees its buffers.
     pub(crate) fn abandon(&mut self) {
         if self.ops.is_empty() {
             tracing::debug!("io_uring engine stopped off its thread; leaking its buffer pool");
@@ -217,10 +232,9 @@ impl UringEngine {
             );
         }
         self.leak_kernel_memory();
-        // The eventfd read's buffer went with the rest: nothing is left to
-        // wait for, so `Drop` does not try to.
-        self.wake_armed = false;
+        self.core.discard_commands();
         self.core.timers.clear();
+        EngineCounters::set(&self.core.shared.counters.timers, 0);
         self.core.out.clear();
         self.handles.clear();
     }

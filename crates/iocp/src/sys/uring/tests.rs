@@ -10,7 +10,7 @@
 //! up with A's `user_data`, or a real `AsyncCancel` of A's `user_data` —
 //! and B must stay pending until its own data comes.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -39,13 +39,18 @@ fn pair() -> (OwnedFd, TcpStream) {
     (s.into(), c)
 }
 
+/// An engine with two connected handles; `None` when io_uring does not
+/// work on this machine and `IOCP_ALLOW_MISSING_BACKEND` allows the skip
+/// (otherwise the test fails, as the conformance suite's do).
 fn rig() -> Option<Rig> {
     let cfg = test_config();
     let shared = EngineShared::new(PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size)).unwrap();
     let engine = match UringEngine::new(shared, Queue::new(1), &cfg) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("skipping: io_uring unavailable: {e}");
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let why = format!("io_uring does not work here: {e}");
+            iocp_test_support::backend_missing(&test, "uring", &why);
             return None;
         }
     };
@@ -250,4 +255,44 @@ fn standing_accept_follows_the_policy() {
         assert_eq!(r.engine.core.timers.len(), 0, "its timer left with it");
         verdict
     });
+}
+
+/// Once the drain gives up (after its time limit: what the kernel still
+/// holds is leaked, the descriptors are released), the engine never enters
+/// its ring again, not even when dropped. An SQE left in the SQ — here a
+/// send that was never submitted — names a descriptor number that another
+/// socket may have by then: a borrow keeps the number on the same socket
+/// here, so a late submission would show as bytes at its peer.
+#[test]
+fn no_ring_entry_after_the_drain_gives_up() {
+    let Some(mut r) = rig() else { return };
+    let (fd, mut peer) = pair();
+    let (sock, fd) = SocketFd::new(fd);
+    r.engine.register(3, fd, 3);
+    // A turn arms the eventfd read (what `Drop` would wait for).
+    r.turn_for(Duration::from_millis(5));
+    assert!(
+        r.engine.wake_armed,
+        "the scenario needs the wake-up read armed"
+    );
+    // Queued in the SQ, not submitted: the engine does not turn again.
+    r.start(3, 1, OpData::Send(Buf::from(b"stale".to_vec())));
+    r.engine.drain_limit = Duration::ZERO;
+    let mut engine = r.engine;
+    sock.borrow(|_| {
+        engine.shutdown();
+        assert!(engine.handles.is_empty(), "the drain gave up and released");
+        drop(engine);
+    })
+    .expect("the descriptor was open");
+    // The borrow ended: the socket is closed now.
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).expect("EOF");
+    assert!(
+        got.is_empty(),
+        "the engine entered its ring after giving up: the stale send went out ({:?})",
+        String::from_utf8_lossy(&got)
+    );
 }
