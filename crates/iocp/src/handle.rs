@@ -22,6 +22,8 @@ pub struct Handle {
 
 struct HandleInner {
     imp: sys::Handle,
+    /// The socket is a stream (TCP; what its type cannot say counts as one).
+    stream: bool,
 }
 
 impl Drop for HandleInner {
@@ -41,10 +43,15 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(imp: sys::Handle) -> Handle {
+    pub(crate) fn new(imp: sys::Handle, stream: bool) -> Handle {
         Handle {
-            inner: Arc::new(HandleInner { imp }),
+            inner: Arc::new(HandleInner { imp, stream }),
         }
+    }
+
+    /// Whether the socket is a stream (read once, at association).
+    pub(crate) fn is_stream(&self) -> bool {
+        self.inner.stream
     }
 
     /// The backend's handle.

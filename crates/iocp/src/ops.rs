@@ -3,6 +3,7 @@
 //! `OpData` that owns its memory and hands it to [`Port`]'s `start_op`,
 //! which checks the handle and passes it to the backend.
 
+use std::io;
 use std::net::SocketAddr;
 
 use crate::buf::{Buf, IoBuf};
@@ -99,7 +100,10 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
     }
-    /// `WSASendTo` (UDP): one datagram to `addr`.
+    /// `WSASendTo` (UDP): one datagram to `addr`. Refused on a stream
+    /// socket (TCP), which sends only to its peer (use [`Port::send`]: it
+    /// sends the whole buffer or fails), with an `InvalidInput` error and
+    /// the buffer handed back.
     pub fn send_to(
         &self,
         h: &Handle,
@@ -107,10 +111,17 @@ impl Port {
         addr: SocketAddr,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        self.start_op(
-            h,
-            OpData::SendTo(buf.into(), Box::new(addr.into())),
-            opts.into(),
-        )
+        let data = OpData::SendTo(buf.into(), Box::new(addr.into()));
+        if h.is_stream() {
+            return Err(data.refuse(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "send_to on a stream socket (handle key {}, to {addr}): a stream sends \
+                     only to its peer; use send",
+                    h.key()
+                ),
+            )));
+        }
+        self.start_op(h, data, opts.into())
     }
 }

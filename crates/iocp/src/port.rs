@@ -118,7 +118,8 @@ impl Port {
             return Err(error::port_closed());
         }
         socket.set_nonblocking(true)?;
-        Ok(Handle::new(self.inner.imp.associate(socket, key)?))
+        let stream = socket.r#type().map_or(true, |t| t == socket2::Type::STREAM);
+        Ok(Handle::new(self.inner.imp.associate(socket, key)?, stream))
     }
 
     /// Starts an operation (every operation in `ops.rs` comes here): the

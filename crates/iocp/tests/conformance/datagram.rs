@@ -1,6 +1,8 @@
-//! UDP: round trips, truncated datagrams, vectored datagrams.
+//! UDP: round trips, truncated datagrams, vectored datagrams; `send_to`
+//! refused on a stream.
 
 use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -168,4 +170,28 @@ pub fn udp_send_to_recv_from(t: &Target) {
     }
     assert_eq!(seen, 2);
     port.close();
+}
+
+/// `send_to` on a stream socket (TCP) is refused at once, on every backend,
+/// with `InvalidInput` and its buffer back: a stream sends only to its peer,
+/// and a short `send_to` could not say which part of the message went. The
+/// handle stays usable; the peer gets nothing.
+pub fn send_to_stream_refused(t: &Target) {
+    let port = t.port();
+    let (h, mut peer) = tcp_pair(&port, 97);
+    let to = peer.local_addr().unwrap();
+    let mut e = port
+        .send_to(&h, b"datagram?".to_vec(), to, 1)
+        .expect_err("send_to on TCP must be refused");
+    assert_eq!(e.error.kind(), ErrorKind::InvalidInput, "{e:?}");
+    assert!(e.error.to_string().contains("stream"), "{e:?}");
+    let back = e.take_buf().expect("the buffer comes back");
+    assert_eq!(back.as_slice(), b"datagram?");
+    port.send(&h, b"ok".to_vec(), 2).unwrap();
+    let c = get(&port);
+    assert_eq!((c.token, c.result.as_ref().ok().copied()), (2, Some(2)));
+    let mut got = [0u8; 2];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ok", "the peer gets only what send sent");
+    no_packet(&port, Duration::from_millis(20));
 }

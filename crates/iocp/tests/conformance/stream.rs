@@ -528,3 +528,66 @@ pub fn inline_echo(t: &Target) {
     assert_eq!(port.stats().handoffs, 0);
     port.close();
 }
+
+/// A send cut part-way breaks the write side of a stream, not its read
+/// side: later sends complete aborted, but a receive still gets what the
+/// peer sends, and a connect (not a write) is not aborted either — it
+/// fails on its own, the socket being connected already.
+pub fn recv_after_broken_write(t: &Target) {
+    const BIG: usize = 8 << 20;
+    let port = t.port();
+    let (h, mut c) = tcp_pair(&port, 96);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let first = port.send(&h, pattern(0, BIG), 1).unwrap();
+    c.set_nonblocking(true).unwrap();
+    drive_until(&port, "the first bytes arrive", || {
+        c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+    });
+    c.set_nonblocking(false).unwrap();
+    h.cancel(first).unwrap();
+    let comp = get(&port);
+    assert_eq!(comp.token, 1, "{}", brief(&comp));
+    let sent = comp.transferred();
+    assert!(
+        comp.is_aborted() && sent > 0 && sent < BIG,
+        "the send should be cut part-way: {} after {sent} bytes",
+        brief(&comp)
+    );
+    port.send(&h, vec![0xFD; 10], 2).unwrap();
+    let comp = get(&port);
+    assert!(
+        comp.token == 2 && comp.is_aborted(),
+        "a send after the break completes aborted: {}",
+        brief(&comp)
+    );
+
+    port.recv(&h, Vec::with_capacity(64), 3).unwrap();
+    c.write_all(b"still reading").unwrap();
+    let mut comp = get(&port);
+    assert_eq!(
+        (comp.token, comp.result.as_ref().ok().copied()),
+        (3, Some(13)),
+        "a receive after the break gets the peer's bytes: {}",
+        brief(&comp)
+    );
+    assert_eq!(comp.take_buf().unwrap().as_slice(), b"still reading");
+
+    match port.connect(&h, closed_tcp_addr(), 4) {
+        Ok(_) => {
+            let comp = get(&port);
+            assert!(
+                comp.token == 4 && !comp.is_aborted(),
+                "a connect is not a write: the break does not abort it: {}",
+                brief(&comp)
+            );
+        }
+        Err(e) => assert!(
+            !is_aborted(&e.error),
+            "a connect is not a write: the break does not refuse it: {e:?}"
+        ),
+    }
+    h.close();
+    no_packet(&port, Duration::from_millis(20));
+}

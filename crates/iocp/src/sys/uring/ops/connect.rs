@@ -1,5 +1,7 @@
-//! Connects: `CONNECT` to an address the operation owns. Sends queue
-//! behind a connect in the write lane, as they would behind a send.
+//! Connects: `CONNECT` to an address the operation owns. A connect has a
+//! lane of its own, as on the other backends: a broken write side does not
+//! abort it, and a send started behind it waits in the kernel (`EAGAIN`,
+//! then poll) until the socket is connected.
 
 use io_uring::{opcode, squeue};
 
@@ -9,7 +11,7 @@ use crate::kit::phase::Step;
 pub(in crate::sys) use crate::sys::common::ops::Connect;
 
 impl UringOp for Connect {
-    const LANE: Option<Lane> = Some(Lane::Write);
+    const LANE: Option<Lane> = Some(Lane::Connect);
 
     fn sqe(&mut self, cx: &Issue) -> squeue::Entry {
         opcode::Connect::new(cx.fd, self.addr.as_ptr() as *const _, self.addr.len()).build()
