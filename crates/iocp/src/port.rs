@@ -299,3 +299,6 @@ impl PortBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -74,6 +74,7 @@ macro_rules! for_each_clause {
             any lifecycle::close_port_then_calls_fail,
             any lifecycle::port_close_closes_handles,
             any lifecycle::with_socket_holds_descriptor,
+            any lifecycle::with_socket_holds_descriptor_port_close,
             any lifecycle::with_socket_races_close,
             inline lifecycle::inline_port_closed_off_thread,
             any lifecycle::closed_handle_completion_keeps_key,
