@@ -66,6 +66,15 @@ impl fmt::Debug for Port {
 /// * a thread that exits with a guard alive (dropped during the exit,
 ///   parked in a thread-local, or forgotten) leaves nothing counted.
 ///
+/// A guard that is forgotten (`mem::forget`, an `Rc` cycle) is never
+/// dropped, so the thread stays out of the count until its next `get` or
+/// `get_many` on the port, which ends every step-out. A guard taken before
+/// that joins the forgotten one, as a nested guard joins a live outer guard
+/// (the library cannot tell the two apart), so its drop puts nothing back
+/// either. Until that `get`, the port may run one thread more than its
+/// limit; nothing else is affected (no count goes below zero, no other
+/// thread's state changes), and from the `get` on the count is exact again.
+///
 /// The guard is **not `Send`**: being out of the count is a state of the
 /// thread that took the guard (as a worker blocked elsewhere is, on
 /// Windows), and only that thread knows whether it has called `get` since.
@@ -214,6 +223,14 @@ impl Port {
     /// flight are cancelled and their buffers released once the kernel lets
     /// go; engine threads are joined. To get buffers back, close handles and
     /// drain with `get` before closing the port.
+    ///
+    /// An inline io_uring port closed (or dropped) on a thread other than
+    /// its owner cannot enter its ring from there: the buffers of its
+    /// operations in flight, its pool buffers and its ring's memory are
+    /// leaked for good, never freed under the kernel. Its descriptors are
+    /// still closed, and what its engine had not taken yet (new handles,
+    /// started operations) is dropped at once. Close an inline port on its
+    /// owner thread to get everything back.
     ///
     /// On Windows the port posts one sentinel packet per waiting thread
     /// (Wine never wakes waiters on `CloseHandle`), then drains the port

@@ -61,6 +61,7 @@ macro_rules! for_each_clause {
             scheduling queue::limit_blocking_guard,
             any queue::blocking_guard_get_inside,
             any queue::blocking_guard_nested,
+            any queue::blocking_guard_forgotten,
             threaded queue::blocking_guard_thread_exit,
             any queue::timed_out_get_consumes_nothing,
             any queue::post_wakes_getter,

@@ -331,6 +331,36 @@ pub fn blocking_guard_get_inside(t: &Target) {
     assert_eq!(run_wait(&port), (0, 0));
 }
 
+/// A forgotten guard (`mem::forget`) is never dropped: the thread stays out
+/// of the count until its next `get`, and a guard taken before that joins
+/// the forgotten one (nothing tells it from a live outer guard), so its drop
+/// puts nothing back. The next `get` ends it: the count is exact again, and
+/// guards work as before.
+pub fn blocking_guard_forgotten(t: &Target) {
+    let port = t.build(t.builder().concurrency(1));
+    for i in 1..=2 {
+        port.post(0, 0, i).unwrap();
+    }
+    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    assert_eq!(run_wait(&port), (1, 0));
+    std::mem::forget(port.blocking());
+    assert_eq!(run_wait(&port), (0, 0), "a forgotten guard");
+    drop(port.blocking());
+    assert_eq!(
+        run_wait(&port),
+        (0, 0),
+        "a guard that joined a forgotten one puts nothing back"
+    );
+    assert_eq!(token_of(port.get(ZERO)), Ok(2));
+    assert_eq!(run_wait(&port), (1, 0), "the next get counts the thread");
+    let g = port.blocking();
+    assert_eq!(run_wait(&port), (0, 0));
+    drop(g);
+    assert_eq!(run_wait(&port), (1, 0), "a guard after the get");
+    no_packet(&port, Duration::ZERO);
+    assert_eq!(run_wait(&port), (0, 0));
+}
+
 /// Nested guards: the thread stays out of the count until its last guard
 /// drops, in whichever order they drop; a guard left over from an earlier
 /// running period (a `get` came in between) restores nothing.
