@@ -1,13 +1,12 @@
 //! What both engines' operations share: whose an operation is, what every
-//! operation type says about itself, the one list of operations each
-//! engine implements, and the operations whose memory is the same on both.
+//! operation type says about itself, and [`op_sum`], the one list of
+//! operations each engine implements, which also declares the operation
+//! types whose memory is the same on both.
 
 use std::io;
 
-use socket2::SockAddr;
-
 use crate::buf::Buf;
-use crate::op::{Completion, Extra, OpId, OpKind};
+use crate::op::{Completion, OpId, OpKind};
 
 /// Whose an operation is and what names it: all of an operation in flight
 /// but its phase and its memory.
@@ -66,82 +65,95 @@ pub(crate) trait OpBase {
     }
 }
 
-/// A connect to `addr`.
-pub(crate) struct Connect {
-    pub addr: Box<SockAddr>,
-}
-
-impl OpBase for Connect {
-    const KIND: OpKind = OpKind::Connect;
-
-    fn complete(self, _c: &mut Completion) {}
-}
-
-/// A send of `buf`, `sent` bytes of it so far.
-pub(crate) struct Send {
-    pub buf: Buf,
-    pub sent: usize,
-}
-
-impl OpBase for Send {
-    const KIND: OpKind = OpKind::Send;
-
-    fn complete(self, c: &mut Completion) {
-        c.buf = Some(self.buf);
-    }
-
-    fn sent(&self) -> usize {
-        self.sent
-    }
-}
-
-/// A vectored send of `bufs`, `sent` bytes of them so far, with what the
-/// engine keeps besides (`msg`: io_uring's iovecs and header).
-pub(crate) struct SendV<M> {
-    pub bufs: Vec<Buf>,
-    pub sent: usize,
-    pub msg: M,
-}
-
-impl<M> OpBase for SendV<M> {
-    const KIND: OpKind = OpKind::Send;
-
-    fn complete(self, c: &mut Completion) {
-        c.extra = Extra::Vectored(self.bufs);
-    }
-
-    fn sent(&self) -> usize {
-        self.sent
-    }
-}
-
-/// A standing accept: one `more` completion per connection.
-pub(crate) struct AcceptStream;
-
-impl OpBase for AcceptStream {
-    const KIND: OpKind = OpKind::Accept;
-
-    fn complete(self, _c: &mut Completion) {}
-}
-
-/// A standing receive into pool buffers.
-pub(crate) struct RecvPooled;
-
-impl OpBase for RecvPooled {
-    const KIND: OpKind = OpKind::RecvPooled;
-
-    fn complete(self, _c: &mut Completion) {}
-}
-
-/// Declares an engine's operation in flight: `$sum`, one variant per
-/// operation type of the engine's `ops` module (each an [`OpBase`]), the
-/// same list on both engines — so every operation the application may
-/// start exists on each — built from the request's [`OpData`].
-/// `dispatch!(self, o => expr)` inside the engine forwards to the variant.
+/// Declares an engine's operations, in its `ops` module:
+/// * the operation types whose memory is the same on both engines
+///   (`Connect`, `Send`, `SendV` — whose `msg` is `$msg`, what the engine
+///   keeps besides the buffers —, `AcceptStream`, `RecvPooled`), each an
+///   [`OpBase`]; the engine's family files implement its own trait for them;
+/// * `$sum`, the operation in flight: one variant per operation type, the
+///   same list on both engines — so every operation the application may
+///   start exists on each — built from the request's [`OpData`]
+///   (the engine defines the other types: `Accept`, `Recv`, `RecvFrom`,
+///   `SendTo`);
+/// * `dispatch!(self, o => expr)`, which forwards to the variant.
+///
+/// The shared types are declared in each engine rather than here so that
+/// each engine's trait is implemented on a type of its own module: an impl
+/// belongs to its type's module, and engine impls on types defined here
+/// made this module use every engine's `ops`, which use it back.
 ///
 /// [`OpData`]: crate::op::OpData
 macro_rules! op_sum {
-    ($(#[$doc:meta])* $sum:ident) => {
+    ($(#[$doc:meta])* $sum:ident, vectored msg: $msg:ty) => {
+        /// A connect to `addr`.
+        pub(in crate::sys) struct Connect {
+            pub addr: Box<socket2::SockAddr>,
+        }
+
+        impl $crate::sys::common::OpBase for Connect {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Connect;
+
+            fn complete(self, _c: &mut $crate::op::Completion) {}
+        }
+
+        /// A send of `buf`, `sent` bytes of it so far.
+        pub(in crate::sys) struct Send {
+            pub buf: $crate::buf::Buf,
+            pub sent: usize,
+        }
+
+        impl $crate::sys::common::OpBase for Send {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Send;
+
+            fn complete(self, c: &mut $crate::op::Completion) {
+                c.buf = Some(self.buf);
+            }
+
+            fn sent(&self) -> usize {
+                self.sent
+            }
+        }
+
+        /// A vectored send of `bufs`, `sent` bytes of them so far, with what
+        /// the engine keeps besides (`msg`).
+        pub(in crate::sys) struct SendV {
+            pub bufs: Vec<$crate::buf::Buf>,
+            pub sent: usize,
+            // (epoll keeps nothing besides: `()`, never read.)
+            #[allow(dead_code)]
+            pub msg: $msg,
+        }
+
+        impl $crate::sys::common::OpBase for SendV {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Send;
+
+            fn complete(self, c: &mut $crate::op::Completion) {
+                c.extra = $crate::op::Extra::Vectored(self.bufs);
+            }
+
+            fn sent(&self) -> usize {
+                self.sent
+            }
+        }
+
+        /// A standing accept: one `more` completion per connection.
+        pub(in crate::sys) struct AcceptStream;
+
+        impl $crate::sys::common::OpBase for AcceptStream {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Accept;
+
+            fn complete(self, _c: &mut $crate::op::Completion) {}
+        }
+
+        /// A standing receive into pool buffers.
+        pub(in crate::sys) struct RecvPooled;
+
+        impl $crate::sys::common::OpBase for RecvPooled {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::RecvPooled;
+
+            fn complete(self, _c: &mut $crate::op::Completion) {}
+        }
+
         $(#[$doc])*
         pub(super) enum $sum {
             Accept(Accept),

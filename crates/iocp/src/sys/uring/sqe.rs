@@ -1,5 +1,5 @@
-//! The submission side: building and pushing SQEs, and the memory they
-//! point to.
+//! The submission side: building and pushing SQEs, what each is built from
+//! besides its operation ([`Issue`]), and the memory they point to.
 //!
 //! Every pointer placed in an SQE points into memory an operation slot owns
 //! (its buffer, or one of the types below, boxed so it never moves) or into
@@ -12,12 +12,38 @@ use std::net::SocketAddr;
 use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
 
-use super::ops::Issue;
 use super::slot::{CANCEL_UD, POLL_BIT, WAKE_UD};
-use super::UringEngine;
+use super::{UringEngine, UringFeatures};
 use crate::buf::Buf;
 use crate::kit::phase::Phase;
 use crate::sys::common::{sockaddr_from_storage, unsent, IOV_MAX};
+
+/// What an SQE is built from besides the operation itself.
+pub(super) struct Issue {
+    pub fd: types::Fd,
+    /// The socket is a stream (a vectored send may be split; see
+    /// [`crate::kit::lanes`]).
+    pub stream: bool,
+    pub feats: UringFeatures,
+    /// The buffer ring's group, when pooled receives use it.
+    pub bgid: Option<u16>,
+    /// The last attempt ended with `EAGAIN`: poll before trying
+    /// (`IORING_RECVSEND_POLL_FIRST`).
+    pub poll_first: bool,
+}
+
+impl Issue {
+    /// The `ioprio` of a send or receive SQE.
+    pub fn prio(&self) -> u16 {
+        /// `IORING_RECVSEND_POLL_FIRST` (5.19): arm the poll before the first try.
+        const POLL_FIRST: u16 = 1;
+        if self.poll_first {
+            POLL_FIRST
+        } else {
+            0
+        }
+    }
+}
 
 impl UringEngine {
     /// Queues an SQE, handing the SQ to the kernel first if it is full.

@@ -7,12 +7,11 @@
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
-use super::{failed, Attempt, ReadyOp};
+use super::{failed, AcceptStream, Attempt, ReadyOp};
 use crate::kit::accept;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, Extra, OpKind};
-pub(in crate::sys) use crate::sys::common::ops::AcceptStream;
 use crate::sys::common::OpBase;
 use crate::sys::epoll::poller;
 

@@ -5,10 +5,9 @@ use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
 
-use super::{Attempt, ReadyOp};
+use super::{Attempt, Connect, ReadyOp};
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-pub(in crate::sys) use crate::sys::common::ops::Connect;
 
 impl ReadyOp for Connect {
     const LANE: Lane = Lane::Connect;

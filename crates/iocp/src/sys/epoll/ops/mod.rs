@@ -24,11 +24,9 @@ use crate::op::Completion;
 use crate::pool::PoolShared;
 use crate::sys::common::{op_sum, OpBase, OpMeta};
 
-pub(super) use accept::{Accept, AcceptStream};
-pub(super) use connect::Connect;
+pub(super) use accept::Accept;
 pub(super) use datagram::{RecvFrom, SendTo};
-pub(super) use pooled::RecvPooled;
-pub(super) use stream::{Recv, Send, SendV};
+pub(super) use stream::Recv;
 
 const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
@@ -76,7 +74,8 @@ pub(super) trait ReadyOp: OpBase {
 
 op_sum!(
     /// An epoll operation in flight.
-    EOp
+    EOp,
+    vectored msg: ()
 );
 
 impl EOp {

@@ -6,10 +6,9 @@
 
 use std::os::fd::BorrowedFd;
 
-use super::{failed, Attempt, ReadyOp};
+use super::{failed, Attempt, ReadyOp, RecvPooled};
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-pub(in crate::sys) use crate::sys::common::ops::RecvPooled;
 use crate::sys::common::read_pooled;
 
 impl ReadyOp for RecvPooled {

@@ -8,12 +8,11 @@ use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
 
-use super::{failed, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
+use super::{failed, Attempt, ReadyOp, Send, SendV, RECV_FLAGS, SEND_FLAGS};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, OpKind};
-pub(in crate::sys) use crate::sys::common::ops::Send;
 use crate::sys::common::OpBase;
 use crate::sys::common::{recv_into, unsent, IOV_MAX};
 
@@ -72,8 +71,6 @@ impl ReadyOp for Send {
         })
     }
 }
-
-pub(in crate::sys::epoll) type SendV = crate::sys::common::ops::SendV<()>;
 
 impl SendV {
     pub fn new(bufs: Vec<Buf>) -> SendV {

@@ -6,12 +6,11 @@ use std::os::fd::FromRawFd;
 
 use io_uring::{cqueue, opcode, squeue};
 
-use super::{Issue, Reap, UringOp};
+use super::{AcceptStream, Issue, Reap, UringOp};
 use crate::kit::accept;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, Extra, OpKind};
-pub(in crate::sys) use crate::sys::common::ops::AcceptStream;
 use crate::sys::common::OpBase;
 use crate::sys::uring::sqe::AddrBuf;
 

@@ -5,10 +5,9 @@
 
 use io_uring::{opcode, squeue};
 
-use super::{Issue, Reap, UringOp};
+use super::{Connect, Issue, Reap, UringOp};
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-pub(in crate::sys) use crate::sys::common::ops::Connect;
 
 impl UringOp for Connect {
     const LANE: Option<Lane> = Some(Lane::Connect);

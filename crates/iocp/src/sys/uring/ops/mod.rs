@@ -14,47 +14,18 @@ mod stream;
 
 use std::io;
 
-use io_uring::{squeue, types};
+use io_uring::squeue;
 
 use super::bufring::BufRing;
-use super::UringFeatures;
+use super::sqe::{Issue, VecMsg};
 use crate::kit::lanes::Lane;
 use crate::kit::phase::{Phase, Step};
 use crate::op::Completion;
 use crate::sys::common::{op_sum, OpBase, OpMeta};
 
-pub(super) use accept::{Accept, AcceptStream};
-pub(super) use connect::Connect;
+pub(super) use accept::Accept;
 pub(super) use datagram::{RecvFrom, SendTo};
-pub(super) use pooled::RecvPooled;
-pub(super) use stream::{Recv, Send, SendV};
-
-/// What an SQE is built from besides the operation itself.
-pub(super) struct Issue {
-    pub fd: types::Fd,
-    /// The socket is a stream (a vectored send may be split; see
-    /// [`crate::kit::lanes`]).
-    pub stream: bool,
-    pub feats: UringFeatures,
-    /// The buffer ring's group, when pooled receives use it.
-    pub bgid: Option<u16>,
-    /// The last attempt ended with `EAGAIN`: poll before trying
-    /// (`IORING_RECVSEND_POLL_FIRST`).
-    pub poll_first: bool,
-}
-
-impl Issue {
-    /// The `ioprio` of a send or receive SQE.
-    pub fn prio(&self) -> u16 {
-        /// `IORING_RECVSEND_POLL_FIRST` (5.19): arm the poll before the first try.
-        const POLL_FIRST: u16 = 1;
-        if self.poll_first {
-            POLL_FIRST
-        } else {
-            0
-        }
-    }
-}
+pub(super) use stream::Recv;
 
 /// The result a CQE that ends an operation in `phase` gives it: the bytes
 /// transferred, or the error — the phase's abort error when the operation
@@ -115,7 +86,8 @@ pub(super) trait UringOp: OpBase {
 
 op_sum!(
     /// An io_uring operation in flight.
-    UOp
+    UOp,
+    vectored msg: VecMsg
 );
 
 impl UOp {

@@ -9,12 +9,11 @@ use std::sync::atomic::Ordering;
 
 use io_uring::{cqueue, opcode, squeue};
 
-use super::{Issue, Reap, UringOp};
+use super::{Issue, Reap, RecvPooled, UringOp};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::OpKind;
-pub(in crate::sys) use crate::sys::common::ops::RecvPooled;
 
 impl UringOp for RecvPooled {
     const LANE: Option<Lane> = Some(Lane::Read);

@@ -6,12 +6,11 @@
 
 use io_uring::{opcode, squeue};
 
-use super::{Issue, Reap, UringOp};
+use super::{Issue, Reap, Send, SendV, UringOp};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, OpKind};
-pub(in crate::sys) use crate::sys::common::ops::Send;
 use crate::sys::common::OpBase;
 use crate::sys::uring::sqe::VecMsg;
 
@@ -70,8 +69,6 @@ impl UringOp for Send {
         Step::after_send(&mut self.sent, res as usize, self.buf.len())
     }
 }
-
-pub(in crate::sys::uring) type SendV = crate::sys::common::ops::SendV<VecMsg>;
 
 impl SendV {
     pub fn new(bufs: Vec<Buf>) -> SendV {
