@@ -66,10 +66,7 @@ pub fn send_ordering(t: &Target) {
 pub fn large_send_slow_peer(t: &Target) {
     const BIG: usize = 8 << 20;
     let port = t.port();
-    let (h, mut c) = tcp_pair(&port, 71);
-    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
-        .unwrap();
-    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let (h, mut c) = tight_pair(&port, 71);
     let reader = std::thread::spawn(move || {
         let mut got = Vec::with_capacity(BIG + 1000);
         let mut buf = vec![0u8; 16 * 1024];
@@ -251,6 +248,27 @@ fn drive_until(port: &Port, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A TCP pair (as [`tcp_pair`]) with 16 KiB socket buffers on both sides,
+/// so a large send goes out in many short writes, or stalls.
+fn tight_pair(port: &Port, key: u64) -> (iocp::Handle, TcpStream) {
+    let (h, c) = tcp_pair(port, key);
+    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
+        .unwrap();
+    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    (h, c)
+}
+
+/// Cancels the large send `op` once part of it is out: once the peer `c`
+/// could read a byte (the rest cannot fit in the socket buffers).
+fn cancel_once_out(port: &Port, h: &iocp::Handle, c: &TcpStream, op: iocp::OpId) {
+    c.set_nonblocking(true).unwrap();
+    drive_until(port, "the first bytes arrive", || {
+        c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+    });
+    c.set_nonblocking(false).unwrap();
+    h.cancel(op).unwrap();
+}
+
 pub fn send_cancel_part_way(t: &Target) {
     send_cut_part_way(t, false);
 }
@@ -268,10 +286,7 @@ pub fn send_deadline_part_way(t: &Target) {
 fn send_cut_part_way(t: &Target, deadline: bool) {
     const BIG: usize = 8 << 20;
     let port = t.port();
-    let (h, c) = tcp_pair(&port, 95);
-    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
-        .unwrap();
-    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let (h, c) = tight_pair(&port, 95);
     let first = if deadline {
         let chunks = pattern(0, BIG)
             .chunks(64 * 1024)
@@ -284,14 +299,7 @@ fn send_cut_part_way(t: &Target, deadline: bool) {
     };
     let second = port.send(&h, vec![0xFE; 1000], 2).unwrap();
     if !deadline {
-        // Part of it is out once the peer could read a byte; the rest cannot
-        // fit in the socket buffers.
-        c.set_nonblocking(true).unwrap();
-        drive_until(&port, "the first bytes arrive", || {
-            c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
-        });
-        c.set_nonblocking(false).unwrap();
-        h.cancel(first).unwrap();
+        cancel_once_out(&port, &h, &c, first);
     }
     let mut problems = Vec::new();
     let mut comp = get(&port);
@@ -536,17 +544,9 @@ pub fn inline_echo(t: &Target) {
 pub fn recv_after_broken_write(t: &Target) {
     const BIG: usize = 8 << 20;
     let port = t.port();
-    let (h, mut c) = tcp_pair(&port, 96);
-    h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
-        .unwrap();
-    SockRef::from(&c).set_recv_buffer_size(16 * 1024).unwrap();
+    let (h, mut c) = tight_pair(&port, 96);
     let first = port.send(&h, pattern(0, BIG), 1).unwrap();
-    c.set_nonblocking(true).unwrap();
-    drive_until(&port, "the first bytes arrive", || {
-        c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
-    });
-    c.set_nonblocking(false).unwrap();
-    h.cancel(first).unwrap();
+    cancel_once_out(&port, &h, &c, first);
     let comp = get(&port);
     assert_eq!(comp.token, 1, "{}", brief(&comp));
     let sent = comp.transferred();
