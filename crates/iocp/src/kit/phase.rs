@@ -67,7 +67,8 @@ pub(crate) enum Step {
     /// operation's next arm (unless it is being stopped).
     Again,
     /// Nothing to do until the kernel reports more (a multishot operation
-    /// still armed).
+    /// still armed; Windows has none).
+    #[cfg_attr(windows, allow(dead_code))]
     Wait,
     /// The socket was not ready (`EAGAIN`): try again once it is.
     WouldBlock,

@@ -59,6 +59,7 @@
 //! Note: Rust's std maps raw 995 to `ErrorKind::TimedOut`; test cancels with
 //! [`crate::error::is_aborted`] / `Completion::is_aborted`, not with `kind()`.
 
+mod cport;
 pub(crate) mod engine;
 pub(crate) mod net;
 pub(crate) mod port;

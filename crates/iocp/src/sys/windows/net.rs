@@ -7,12 +7,15 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::OnceLock;
 
 use windows_sys::core::GUID;
+use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Networking::WinSock::{
     getsockname, setsockopt, WSAIoctl, AF_INET, AF_INET6, SIO_GET_EXTENSION_FUNCTION_POINTER,
     SIO_UDP_CONNRESET, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR,
     SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, WSAEINVAL, WSAID_ACCEPTEX,
     WSAID_CONNECTEX, WSAID_GETACCEPTEXSOCKADDRS,
 };
+
+use windows_sys::Win32::System::IO::CancelIoEx;
 
 use super::wsa_error;
 
@@ -265,4 +268,12 @@ pub(crate) fn disable_udp_connreset(s: SOCKET) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// `CancelIoEx(s, NULL)`: cancels every overlapped request this process
+/// issued on `s` (their packets still come, with 995).
+pub(crate) fn cancel_all(s: SOCKET) {
+    // SAFETY: `s` is open (the caller's handle owns it); NULL means all of
+    // its requests; no memory is passed.
+    unsafe { CancelIoEx(s as HANDLE, std::ptr::null()) };
 }

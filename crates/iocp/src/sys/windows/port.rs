@@ -17,17 +17,16 @@
 //!   `pool_buffers`/`pool_buffer_size` size the port's one receive pool.
 
 use std::io;
-use std::os::windows::io::{AsRawSocket, IntoRawSocket};
+use std::os::windows::io::AsRawSocket;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Networking::WinSock::SOCKET;
-use windows_sys::Win32::System::IO::{CreateIoCompletionPort, OVERLAPPED_ENTRY};
+use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
 
-use super::engine::{Got, HandleShared, Shared, Step, KEY_IO};
-use super::timer::TimerItem;
+use super::cport::{Got, Packet};
+use super::engine::{Delivery, HandleShared, Shared, TimerItem, KEY_IO};
 use crate::config::{Backend, BackendInfo, Config, Request};
 use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
@@ -43,16 +42,46 @@ pub(crate) struct Handle {
     h: Arc<HandleShared>,
 }
 
-/// Milliseconds for GQCS until `deadline` (`INFINITE` for none).
-fn ms_until(deadline: Option<Instant>) -> u32 {
-    match deadline {
-        None => u32::MAX, // INFINITE
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            // Round up so a wait never ends before the deadline.
-            let ms = left.as_nanos().div_ceil(1_000_000);
-            ms.min(u32::MAX as u128 - 1) as u32
+/// How long a `get` may wait.
+struct Wait {
+    /// `None`: forever.
+    deadline: Option<Instant>,
+}
+
+impl Wait {
+    fn new(timeout: Option<Duration>) -> Wait {
+        Wait {
+            // A timeout too long for an `Instant` is forever.
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
         }
+    }
+
+    /// Milliseconds for GQCS until the deadline (`INFINITE` for none),
+    /// rounded up so a wait never ends before it.
+    fn ms(&self) -> u32 {
+        match self.deadline {
+            None => u32::MAX, // INFINITE
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                ms.min(u32::MAX as u128 - 1) as u32
+            }
+        }
+    }
+
+    /// Runs `wait` (a GQCS call, given the milliseconds left) counted in
+    /// `waiting`, or fails with `Abandoned` if the port is closed. The
+    /// thread counts itself before it checks `closed` (see `Shared::close`).
+    fn counted<R>(&self, s: &Shared, wait: impl FnOnce(u32) -> R) -> Result<R, GetError> {
+        let ms = self.ms();
+        s.waiting.fetch_add(1, Ordering::SeqCst);
+        if s.closed.load(Ordering::SeqCst) {
+            s.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(GetError::Abandoned);
+        }
+        let r = wait(ms);
+        s.waiting.fetch_sub(1, Ordering::SeqCst);
+        Ok(r)
     }
 }
 
@@ -116,16 +145,11 @@ impl SysPort for Port {
                 tracing::debug!("iocp: SIO_UDP_CONNRESET off failed: {e}");
             }
         }
-        // SAFETY: `raw` is an open overlapped socket we own; the port handle
-        // is open. The kernel key is KEY_IO; the application's key lives in
-        // the handle.
-        let r = unsafe { CreateIoCompletionPort(raw as HANDLE, s.iocp.0, KEY_IO, 0) };
-        if r.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = socket.into_raw_socket() as SOCKET;
+        // The kernel key is KEY_IO; the application's key lives in the
+        // handle.
+        s.cport.associate(raw, KEY_IO)?;
         let hid = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let h = HandleShared::new(hid, key, raw, s.clone());
+        let h = HandleShared::new(hid, key, socket, s.clone());
         s.register(&h)?;
         Ok(Handle { h })
     }
@@ -143,8 +167,7 @@ impl SysPort for Port {
     fn post_after(&self, at: Instant, key: u64, token: u64) -> io::Result<OpId> {
         let s = &self.shared;
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        if s.closed.load(Ordering::Acquire)
-            || !s.timers.add(s, at, TimerItem::Post { key, token, id })
+        if s.closed.load(Ordering::Acquire) || !s.timers.add(at, TimerItem::Post { key, token, id })
         {
             return Err(error::port_closed());
         }
@@ -154,29 +177,15 @@ impl SysPort for Port {
     fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError> {
         let s = &self.shared;
         s.leave_running();
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let forever = timeout.is_none() || deadline.is_none();
+        let wait = Wait::new(timeout);
         loop {
-            let ms = if forever {
-                u32::MAX
-            } else {
-                ms_until(deadline)
-            };
-            // Count in `waiting` before checking `closed` (see Shared::close).
-            s.waiting.fetch_add(1, Ordering::SeqCst);
-            if s.closed.load(Ordering::SeqCst) {
-                s.waiting.fetch_sub(1, Ordering::SeqCst);
-                return Err(GetError::Abandoned);
-            }
-            let got = s.wait_one(ms);
-            s.waiting.fetch_sub(1, Ordering::SeqCst);
-            let raw = match got {
-                Got::Packet(raw) => raw,
+            let pkt = match wait.counted(s, |ms| s.wait_one(ms))? {
+                Got::Packet(pkt) => pkt,
                 Got::TimedOut => return Err(GetError::TimedOut),
                 Got::Abandoned => return Err(GetError::Abandoned),
             };
-            match s.process(raw) {
-                Step::Deliver(c, from) => {
+            match s.process(pkt) {
+                Delivery::Deliver(c, from) => {
                     if s.closed.load(Ordering::SeqCst) {
                         drop(c);
                         return Err(GetError::Abandoned);
@@ -185,12 +194,12 @@ impl SysPort for Port {
                     s.enter_running();
                     return Ok(c);
                 }
-                Step::Nothing => {
+                Delivery::Nothing => {
                     if s.closed.load(Ordering::SeqCst) {
                         return Err(GetError::Abandoned);
                     }
                 }
-                Step::Abandon => return Err(GetError::Abandoned),
+                Delivery::Abandon => return Err(GetError::Abandoned),
             }
         }
     }
@@ -204,39 +213,26 @@ impl SysPort for Port {
         let s = &self.shared;
         s.leave_running();
         let max = max.clamp(1, 1024);
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let forever = timeout.is_none() || deadline.is_none();
+        let wait = Wait::new(timeout);
         let mut entries = ENTRIES.with(|e| std::mem::take(&mut *e.borrow_mut()));
         entries.resize(max, OVERLAPPED_ENTRY::default());
         let start = batch.len();
         let r = loop {
-            let ms = if forever {
-                u32::MAX
-            } else {
-                ms_until(deadline)
-            };
-            s.waiting.fetch_add(1, Ordering::SeqCst);
-            if s.closed.load(Ordering::SeqCst) {
-                s.waiting.fetch_sub(1, Ordering::SeqCst);
-                break Err(GetError::Abandoned);
-            }
-            let got = s.wait_many(&mut entries[..max], ms);
-            s.waiting.fetch_sub(1, Ordering::SeqCst);
-            let n = match got {
-                Ok(n) => n,
-                Err(Got::TimedOut) => break Err(GetError::TimedOut),
-                Err(_) => break Err(GetError::Abandoned),
+            let n = match wait.counted(s, |ms| s.wait_many(&mut entries[..max], ms)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(Got::TimedOut)) => break Err(GetError::TimedOut),
+                Ok(Err(_)) | Err(_) => break Err(GetError::Abandoned),
             };
             // Every dequeued entry is ours to process, even after a sentinel.
             let mut sentinels = 0usize;
             for e in &entries[..n] {
-                match s.process(Shared::raw_from_entry(e)) {
-                    Step::Deliver(c, from) => {
+                match s.process(Packet::from_entry(e)) {
+                    Delivery::Deliver(c, from) => {
                         self.count(from);
                         batch.push(c);
                     }
-                    Step::Nothing => {}
-                    Step::Abandon => sentinels += 1,
+                    Delivery::Nothing => {}
+                    Delivery::Abandon => sentinels += 1,
                 }
             }
             // `close` posts one sentinel per waiting thread, but one GQCSEx
@@ -268,7 +264,7 @@ impl SysPort for Port {
         PortStats {
             waiting: s.waiting.load(Ordering::SeqCst),
             running: s.running.load(Ordering::SeqCst),
-            queued: super::queue_depth(s.iocp.0).unwrap_or(0),
+            queued: super::queue_depth(s.cport.raw()).unwrap_or(0),
             handoffs: s.handoffs.load(Ordering::Relaxed),
             delivered: s.delivered.load(Ordering::Relaxed),
         }
@@ -302,10 +298,10 @@ impl SysPort for Port {
 impl Port {
     /// Counts a delivered packet, and a hand-off if another thread (or the
     /// kernel) queued it.
-    fn count(&self, from: Option<u64>) {
+    fn count(&self, from: u64) {
         let s = &self.shared;
         s.delivered.fetch_add(1, Ordering::Relaxed);
-        if from.is_some_and(|t| t != thread_tag()) {
+        if from != thread_tag() {
             s.handoffs.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -9,61 +9,53 @@
 //! timer-made packet an ordinary `PostQueuedCompletionStatus`, so it goes
 //! through the kernel's wake-up and concurrency rules like any other.
 //!
-//! A fired item does one of three things: post a timer packet
-//! (`post_after`), cancel an operation whose deadline passed (`CancelIoEx`,
-//! its completion then reports `TimedOut`), or resume a parked standing
-//! accept (after a transient failure to create the accept socket). An
-//! operation's deadline and resume leave the set when the operation
-//! completes (`op_done`), so the set holds the live operations' timers and
-//! the pending `post_after` packets, not every deadline ever set.
+//! The items are the engine's (`engine::TimerItem`: post a timer packet,
+//! cancel an operation whose deadline passed, resume a standing accept
+//! after its back-off); the thread hands each fired one to the port
+//! ([`Fire`]). The set is [`crate::timers::TimerSet`]: an operation's
+//! deadline and resume leave it when the operation completes (`op_done`),
+//! so it holds the live operations' timers and the pending `post_after`
+//! packets, not every deadline ever set.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::engine::{HandleShared, Shared};
-use crate::timers::{OpTimer, Role, TimerSet};
+use crate::kit::lock;
+use crate::timers::{OpTimer, TimerSet};
 
-pub(crate) enum TimerItem {
-    /// `post_after`: queue a timer packet.
-    Post { key: u64, token: u64, id: u64 },
-    /// Operation `op`'s deadline passed.
-    Deadline { h: Weak<HandleShared>, op: u64 },
-    /// Try a parked standing operation again.
-    Resume { h: Weak<HandleShared>, op: u64 },
+/// What a fired item does: the port's part (`engine::Shared`).
+pub(crate) trait Fire<T>: Send + Sync {
+    /// Carries out `item`, whose time came.
+    fn fire(&self, item: T);
 }
 
-impl OpTimer for TimerItem {
-    fn owner(&self) -> Option<(u64, Role)> {
-        match *self {
-            TimerItem::Post { .. } => None,
-            TimerItem::Deadline { op, .. } => Some((op, Role::Deadline)),
-            TimerItem::Resume { op, .. } => Some((op, Role::Retry)),
-        }
-    }
-}
-
-struct State {
-    set: TimerSet<TimerItem>,
+struct State<T> {
+    set: TimerSet<T>,
     shutdown: bool,
 }
 
-struct TimersInner {
-    st: Mutex<State>,
+struct TimersInner<T> {
+    st: Mutex<State<T>>,
     cv: Condvar,
     /// Timers that belong to an operation, so a completion with nothing to
     /// remove skips the lock (written under it).
     owned: AtomicUsize,
 }
 
-pub(crate) struct Timers {
-    inner: Arc<TimersInner>,
+/// A port's timers: the set, and the thread that fires them.
+pub(crate) struct Timers<T> {
+    inner: Arc<TimersInner<T>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Whom fired items go to (held weakly: the port owns its timers).
+    target: Weak<dyn Fire<T>>,
 }
 
-impl Default for Timers {
-    fn default() -> Self {
+impl<T: OpTimer + Send + 'static> Timers<T> {
+    /// Timers whose items `target` carries out; the thread starts with the
+    /// first item.
+    pub(crate) fn new(target: Weak<dyn Fire<T>>) -> Self {
         Timers {
             inner: Arc::new(TimersInner {
                 st: Mutex::new(State {
@@ -74,17 +66,12 @@ impl Default for Timers {
                 owned: AtomicUsize::new(0),
             }),
             thread: Mutex::new(None),
+            target,
         }
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Timers {
     /// Schedules `item` at `at`; `false` if the timers were shut down.
-    pub(crate) fn add(&self, port: &Arc<Shared>, at: Instant, item: TimerItem) -> bool {
+    pub(crate) fn add(&self, at: Instant, item: T) -> bool {
         {
             let mut st = lock(&self.inner.st);
             if st.shutdown {
@@ -97,10 +84,10 @@ impl Timers {
         let mut t = lock(&self.thread);
         if t.is_none() {
             let inner = self.inner.clone();
-            let weak = Arc::downgrade(port);
+            let target = self.target.clone();
             match std::thread::Builder::new()
                 .name("iocp-timer".into())
-                .spawn(move || run(inner, weak))
+                .spawn(move || run(inner, target))
             {
                 Ok(h) => *t = Some(h),
                 Err(e) => {
@@ -147,7 +134,7 @@ impl Timers {
     }
 }
 
-fn run(inner: Arc<TimersInner>, port: Weak<Shared>) {
+fn run<T: OpTimer>(inner: Arc<TimersInner<T>>, target: Weak<dyn Fire<T>>) {
     let mut due = Vec::new();
     let mut st = lock(&inner.st);
     loop {
@@ -157,9 +144,12 @@ fn run(inner: Arc<TimersInner>, port: Weak<Shared>) {
         st.set.expired(Instant::now(), &mut due);
         inner.owned.store(st.set.owned(), Ordering::Release);
         if !due.is_empty() {
+            // Fired without the lock: an item takes a handle's lock, and
+            // operations add their timers under theirs.
             drop(st);
-            for it in due.drain(..) {
-                fire(&port, it);
+            match target.upgrade() {
+                Some(t) => due.drain(..).for_each(|it| t.fire(it)),
+                None => due.clear(),
             }
             st = lock(&inner.st);
             continue;
@@ -175,25 +165,5 @@ fn run(inner: Arc<TimersInner>, port: Weak<Shared>) {
             }
             None => inner.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
         };
-    }
-}
-
-fn fire(port: &Weak<Shared>, it: TimerItem) {
-    match it {
-        TimerItem::Post { key, token, id } => {
-            if let Some(p) = port.upgrade() {
-                let _ = p.post_packet(crate::op::OpKind::Timer, key, token, id, 0);
-            }
-        }
-        TimerItem::Deadline { h, op } => {
-            if let Some(h) = h.upgrade() {
-                h.cancel_op(op, true);
-            }
-        }
-        TimerItem::Resume { h, op } => {
-            if let Some(h) = h.upgrade() {
-                h.resume_parked(op);
-            }
-        }
     }
 }
