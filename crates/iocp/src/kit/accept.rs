@@ -147,12 +147,22 @@ pub(crate) fn on_error(e: io::Error, report: impl FnOnce(io::Error)) -> Step {
 /// that is not listening, a socket that is no stream, a closed descriptor.
 #[cfg(all(test, unix))]
 pub(crate) const ENDING: &[i32] = &[libc::EINVAL, libc::EOPNOTSUPP, libc::EBADF, libc::ENOTSOCK];
+#[cfg(all(test, windows))]
+pub(crate) const ENDING: &[i32] = {
+    use windows_sys::Win32::Networking::WinSock as ws;
+    &[
+        ws::WSAEINVAL,
+        ws::WSAEOPNOTSUPP,
+        ws::WSAEBADF,
+        ws::WSAENOTSOCK,
+    ]
+};
 
 /// Checks that a backend applies the policy: `observe(code)` makes the
 /// backend's standing accept fail with OS error `code` and reports what the
 /// backend did. Every error of [`KEEP_ALIVE`] this platform has and every
 /// one of [`ENDING`] is tried.
-#[cfg(all(test, unix))]
+#[cfg(test)]
 pub(crate) fn check_backend(backend: &str, mut observe: impl FnMut(i32) -> Verdict) {
     let cases = KEEP_ALIVE
         .iter()
@@ -192,7 +202,6 @@ mod tests {
                 "{c} is listed twice"
             );
         }
-        #[cfg(unix)]
         for &c in ENDING {
             assert_eq!(verdict(c), Verdict::End, "{c}");
         }

@@ -55,6 +55,8 @@ mod complete;
 mod handle;
 mod opbox;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io;

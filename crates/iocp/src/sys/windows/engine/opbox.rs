@@ -153,12 +153,16 @@ impl Slot {
             (ov, &(*p).h, &mut *(*p).op.get())
         };
         self.kernel = true;
-        // SAFETY: `ov` is this operation's zeroed OVERLAPPED; box and
-        // operation stay in place, untouched by anyone but the kernel, until
-        // the packet is dequeued (the slot says the kernel holds them); the
-        // socket is open (the caller holds the handle's lock and the handle
-        // is not closing).
-        match unsafe { op.issue(h, ov) } {
+        let r = match fake_failure(ov) {
+            Some(e) => Err(e),
+            // SAFETY: `ov` is this operation's zeroed OVERLAPPED; box and
+            // operation stay in place, untouched by anyone but the kernel,
+            // until the packet is dequeued (the slot says the kernel holds
+            // them); the socket is open (the caller holds the handle's lock
+            // and the handle is not closing).
+            None => unsafe { op.issue(h, ov) },
+        };
+        match r {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(WSAEMSGSIZE) => Ok(()),
             Err(e) => {
@@ -222,6 +226,31 @@ impl Drop for Slot {
             drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
         }
     }
+}
+
+/// Not in tests: every call is made.
+#[cfg(not(test))]
+fn fake_failure(_ov: *mut OVERLAPPED) -> Option<io::Error> {
+    None
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes the next `Slot::issue` on this thread fail at once, without a
+    /// call, with the Winsock error `.0`, the "kernel" having written the
+    /// status `.1` into the `OVERLAPPED` (what a test cannot make Wine do).
+    pub(super) static FAIL_NEXT_ISSUE: std::cell::Cell<Option<(i32, i32)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// In tests: the failure [`FAIL_NEXT_ISSUE`] asks for, if it does.
+#[cfg(test)]
+fn fake_failure(ov: *mut OVERLAPPED) -> Option<io::Error> {
+    let (code, status) = FAIL_NEXT_ISSUE.with(|f| f.take())?;
+    // SAFETY: called by `Slot::issue` on the zeroed OVERLAPPED of a box it
+    // owns, before anything is handed to the kernel.
+    unsafe { (*ov).Internal = status as u32 as usize };
+    Some(io::Error::from_raw_os_error(code))
 }
 
 /// The box of a dequeued operation packet, before its handle's lock.
