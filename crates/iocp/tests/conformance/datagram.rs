@@ -92,6 +92,47 @@ pub fn udp_truncated_datagram(t: &Target) {
     no_packet(&port, Duration::from_millis(100));
 }
 
+/// "Message too long": `EMSGSIZE`, `WSAEMSGSIZE` on Windows.
+#[cfg(unix)]
+const EMSGSIZE: i32 = libc::EMSGSIZE;
+#[cfg(windows)]
+const EMSGSIZE: i32 = 10040;
+
+/// A datagram larger than UDP carries (70,000 bytes) fails whole with
+/// `EMSGSIZE`, exactly once, and stops nothing: the next `send_to` goes out.
+/// (Winsock reports it with `WSAEMSGSIZE`, which may or may not come with a
+/// packet of its own: either way there is one completion.)
+pub fn udp_oversized_send_to(t: &Target) {
+    let port = t.port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    b.set_read_timeout(Some(T)).unwrap();
+    let to = b.local_addr().unwrap();
+    let ha = port.associate(a, 83).unwrap();
+    let op = port.send_to(&ha, vec![7u8; 70_000], to, 1).unwrap();
+    let mut comp = get(&port);
+    assert_eq!((comp.kind, comp.token, comp.op), (OpKind::SendTo, 1, op));
+    let err = comp
+        .result
+        .as_ref()
+        .expect_err("no datagram carries 70,000 bytes");
+    assert_eq!(err.raw_os_error(), Some(EMSGSIZE), "{}", brief(&comp));
+    assert_eq!(comp.transferred(), 0, "{}", brief(&comp));
+    assert_eq!(
+        comp.take_buf().map(|b| b.len()),
+        Some(70_000),
+        "the buffer comes back"
+    );
+    port.send_to(&ha, b"next".to_vec(), to, 2).unwrap();
+    let next = get(&port);
+    assert!(next.result.is_ok(), "{}", brief(&next));
+    assert_eq!((next.token, next.bytes()), (2, 4));
+    let mut room = [0u8; 16];
+    let n = b.recv(&mut room).expect("the next datagram arrives");
+    assert_eq!(&room[..n], b"next");
+    no_packet(&port, Duration::from_millis(100));
+}
+
 /// On a datagram socket a vectored send is one datagram: 2000 buffers (more
 /// than `IOV_MAX`) go out as one datagram or fail whole (`EMSGSIZE` on
 /// Linux), never as two. A failed datagram send stops nothing: the next send

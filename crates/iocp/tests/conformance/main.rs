@@ -96,6 +96,7 @@ macro_rules! for_each_clause {
             inline stream::inline_echo,
             any datagram::udp_round_trip,
             any datagram::udp_truncated_datagram,
+            any datagram::udp_oversized_send_to,
             any datagram::udp_send_vectored_whole,
             any datagram::udp_send_to_recv_from,
             any datagram::send_to_stream_refused,

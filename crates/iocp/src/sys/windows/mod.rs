@@ -48,6 +48,7 @@
 //! | 1229 `ERROR_CONNECTION_INVALID` | not connected | raw 10057 `WSAENOTCONN` → `NotConnected` |
 //! | 1227 `ERROR_ADDRESS_ALREADY_ASSOCIATED` | address in use | raw 10048 `WSAEADDRINUSE` → `AddrInUse` |
 //! | 234 `ERROR_MORE_DATA` on a receive | datagram truncated | `Ok(bytes)`, as Linux's `recvmsg` truncates |
+//! | 234 `ERROR_MORE_DATA` on a send | datagram too large to send | raw 10040 `WSAEMSGSIZE` |
 //! | any WSA code (10000–11999) | from a synchronous failure | unchanged |
 //! | anything else | | unchanged raw Win32 code |
 //!
@@ -73,8 +74,8 @@ use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
 
 /// Maps a Win32 status from a completion packet to the error the
-/// application sees (the table in the module doc). `ERROR_MORE_DATA` is
-/// handled by the caller (it is data, not an error, for receives).
+/// application sees (the table in the module doc). A receive's
+/// `ERROR_MORE_DATA` is handled by the caller (it is data there).
 pub(crate) fn map_win32(code: u32) -> io::Error {
     let wsa = match code {
         995 | 676 => return crate::error::aborted(),
@@ -87,6 +88,7 @@ pub(crate) fn map_win32(code: u32) -> io::Error {
         1232 => 10065,
         1229 => 10057,
         1227 => 10048,
+        234 => 10040,
         other => other,
     };
     io::Error::from_raw_os_error(wsa as i32)

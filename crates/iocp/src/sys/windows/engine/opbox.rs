@@ -132,11 +132,18 @@ impl Slot {
     /// the kernel holds the box; `Err` means it queued nothing and the box
     /// is still held.
     ///
-    /// `WSAEMSGSIZE` stands for the warning status `STATUS_BUFFER_OVERFLOW`
-    /// (a datagram larger than the receive buffer, too many buffers for one
-    /// send under Wine): the call returns the error *and* queues a packet
-    /// with `ERROR_MORE_DATA`, so it counts as pending; posting a failure
-    /// of its own would complete the operation twice.
+    /// `WSAEMSGSIZE` is two things in Winsock. It stands for the warning
+    /// `STATUS_BUFFER_OVERFLOW` (a datagram larger than the receive buffer
+    /// was waiting), after which the request is complete and its packet
+    /// queued (with `ERROR_MORE_DATA`), and for the error
+    /// `STATUS_INVALID_BUFFER_SIZE` (a datagram too large to send), after
+    /// which nothing is queued. The `OVERLAPPED`'s `Internal` tells them
+    /// apart: it is zeroed before the call, and the I/O manager writes the
+    /// request's status there when it completes the request — for a warning,
+    /// never for a synchronous error (then it queues no packet either).
+    /// Wine 8 maps every `EMSGSIZE` to the warning, writes it there and
+    /// queues the packet: a receive cut short, a `sendmsg(2)` of more than
+    /// 1024 buffers, and an oversized datagram send alike.
     pub fn issue(&mut self) -> io::Result<()> {
         if self.kernel {
             return Err(io::Error::other(
@@ -164,7 +171,11 @@ impl Slot {
         };
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(WSAEMSGSIZE) => Ok(()),
+            // SAFETY: the kernel finished with `Internal` before the call
+            // returned (a warning completes the request at once); the box
+            // stays allocated (freeing it needs the handle's lock, which the
+            // caller holds), and the read goes through the UnsafeCell.
+            Err(e) if e.raw_os_error() == Some(WSAEMSGSIZE) && unsafe { is_warning(ov) } => Ok(()),
             Err(e) => {
                 self.kernel = false;
                 Err(e)
@@ -251,6 +262,17 @@ fn fake_failure(ov: *mut OVERLAPPED) -> Option<io::Error> {
     // owns, before anything is handed to the kernel.
     unsafe { (*ov).Internal = status as u32 as usize };
     Some(io::Error::from_raw_os_error(code))
+}
+
+/// Whether the status the kernel wrote into `ov` is an NT warning
+/// (`STATUS_BUFFER_OVERFLOW` and its kind: severity bits `10`).
+///
+/// # Safety
+/// `ov` points to a live OVERLAPPED that nothing writes meanwhile.
+unsafe fn is_warning(ov: *const OVERLAPPED) -> bool {
+    // SAFETY: per the caller; a volatile read, as the kernel wrote it.
+    let status = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*ov).Internal)) } as u32;
+    status >> 30 == 2
 }
 
 /// The box of a dequeued operation packet, before its handle's lock.

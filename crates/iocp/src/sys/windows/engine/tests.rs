@@ -2,18 +2,19 @@
 //! (or Wine) do: a call that fails at once is fed to the engine through
 //! `opbox::FAIL_NEXT_ISSUE`, a packet's status straight to an operation.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::windows::io::AsRawSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Networking::WinSock::{
-    SOCKET, WSAECONNABORTED, WSAECONNRESET, WSAENOBUFS, WSAETIMEDOUT,
+    SOCKET, WSAECONNABORTED, WSAECONNRESET, WSAEMSGSIZE, WSAENOBUFS, WSAETIMEDOUT,
 };
 
 use super::opbox::FAIL_NEXT_ISSUE;
 use super::ops::{Input, Local, Reap, WOp};
 use super::{Delivery, HandleShared, Shared, KEY_IO};
+use crate::buf::Buf;
 use crate::kit::accept::{self, Verdict};
 use crate::kit::lock;
 use crate::kit::phase::{Park, Phase, Step};
@@ -56,6 +57,36 @@ fn phase(h: &HandleShared, op: OpId) -> Option<(Phase, bool)> {
     let i = st.find(op.0)?;
     let resuming = matches!(st.ops[i].local, Some(Local::Resume));
     Some((st.ops[i].phase, resuming))
+}
+
+/// A `send_to` that Winsock fails with `WSAEMSGSIZE` as an error (the
+/// kernel wrote `STATUS_INVALID_BUFFER_SIZE`, and queued nothing) completes
+/// once, with that error: the engine posts it, as for any call that fails
+/// at once. Taking every `WSAEMSGSIZE` for the warning (a packet follows)
+/// would leave the send without a completion, and its handle open, forever.
+#[test]
+fn emsgsize_without_a_packet_completes_once() {
+    let (port, h) = rig(UdpSocket::bind("127.0.0.1:0").unwrap().into());
+    let to: SocketAddr = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    const STATUS_INVALID_BUFFER_SIZE: u32 = 0xC000_0206;
+    FAIL_NEXT_ISSUE.set(Some((WSAEMSGSIZE, STATUS_INVALID_BUFFER_SIZE as i32)));
+    let data = OpData::SendTo(Buf::from(vec![1u8; 10]), Box::new(to.into()));
+    let op = h.start(data, 5, None).unwrap();
+    let c = next(&port, 5000).expect("the send completes");
+    assert_eq!((c.op, c.token), (op, 5));
+    let err = c.result.as_ref().expect_err("it failed");
+    assert_eq!(err.raw_os_error(), Some(WSAEMSGSIZE), "{c:?}");
+    assert_eq!(
+        c.buf.as_ref().map(Buf::len),
+        Some(10),
+        "the buffer comes back"
+    );
+    assert!(next(&port, 200).is_none(), "exactly one completion");
+    assert!(phase(&h, op).is_none(), "the operation is gone");
+    port.close();
 }
 
 /// The standing accept applies the accept policy to a call that fails at
