@@ -7,9 +7,11 @@
 //! `WSASend` / `WSARecvFrom` / `WSASendTo`, and `get` / `get_many` are
 //! `GetQueuedCompletionStatus(Ex)`. The kernel does the LIFO wake-up, the
 //! concurrency limit and the "a thread blocked elsewhere does not count"
-//! rule by itself. What the library adds is the translation between kernel
-//! packets and [`crate::Completion`]s (`engine`); `port` implements the
-//! backend contract (`SysPort`, `SysHandle` in `sys/contract.rs`) on it.
+//! rule by itself. What the library adds is the state around the
+//! operations and the translation between kernel packets and
+//! [`crate::Completion`]s (`engine`, over the port's own calls in `cport`);
+//! `port` implements the backend contract (`SysPort`, `SysHandle` in
+//! `sys/contract.rs`) on it.
 //!
 //! # Packets on the port
 //!
@@ -19,7 +21,7 @@
 //! | kernel key | `lpOverlapped` | what |
 //! |---|---|---|
 //! | `KEY_IO` | an `OpBox` | an overlapped socket operation finished (or failed) |
-//! | `KEY_LOCAL` | an `OpBox` | the library finished an operation itself (it failed to start, was cancelled before it was issued) or resumes a standing one |
+//! | `KEY_LOCAL` | an `OpBox` | the library's own result for an operation (its call failed at once, it was stopped before it was issued, or a standing one ends after its last `more` completion) or a resume of a parked standing one |
 //! | `KEY_POST` | a boxed `PostPacket` | `post` / `post_after` (the application's key, token and byte count are in the box) |
 //! | `KEY_ABANDON` | NULL | a sentinel posted by `close` to wake one waiter |
 //!
