@@ -22,4 +22,4 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-"detect_leaks=1:halt_on_error=1:detect_stack
 export LSAN_OPTIONS=${LSAN_OPTIONS:-"report_objects=1"}
 
 echo "asan: target $host, target dir $CARGO_TARGET_DIR"
-cargo test -p iocp --target "$host" --test teardown --test smoke -- --nocapture
+cargo test -p completion-port --target "$host" --test teardown --test smoke -- --nocapture

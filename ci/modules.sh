@@ -12,8 +12,8 @@
 # Why not `cargo modules dependencies --acyclic`: in cargo-modules 0.27.0 (the last
 # release that builds with Rust 1.95; 0.28 needs 1.98) `--acyclic` checks the graph of
 # every item whatever the --no-fns/--no-types filters say, and there a type and its own
-# method form a loop ("circular dependency between `iocp::pool::PooledBuf` and
-# `iocp::pool::PooledBuf::id`"), so it fails on any crate. The module graph it prints
+# method form a loop ("circular dependency between `completion_port::pool::PooledBuf` and
+# `completion_port::pool::PooledBuf::id`"), so it fails on any crate. The module graph it prints
 # honours the filters. It sees `use` declarations and item signatures, not paths written
 # inside function bodies: import what a module uses.
 #
@@ -43,7 +43,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 for t in $targets; do
-  if ! cargo modules dependencies -p iocp --lib --target "$t" \
+  if ! cargo modules dependencies -p completion-port --lib --target "$t" \
       --no-externs --no-sysroot --no-fns --no-types --no-traits --no-owns \
       >"$tmp/graph.dot" 2>"$tmp/err"; then
     echo "[modules] $t: cargo modules failed:" >&2; cat "$tmp/err" >&2; failed=1; continue
@@ -54,7 +54,7 @@ for t in $targets; do
   # shared items: one unit). Loops between any other modules fail.
   grep -F 'label="uses"' "$tmp/graph.dot" \
     | sed -E 's/^[[:space:]]*"([^"]+)" -> "([^"]+)".*/\1 \2/' \
-    | awk '$1 != "iocp" && index($2, $1 "::") != 1 && index($1, $2 "::") != 1' >"$tmp/edges"
+    | awk '$1 != "completion_port" && index($2, $1 "::") != 1 && index($1, $2 "::") != 1' >"$tmp/edges"
   if [ ! -s "$tmp/edges" ]; then
     echo "[modules] $t: no edges found: the graph format changed?" >&2; failed=1; continue
   fi

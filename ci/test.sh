@@ -65,12 +65,12 @@ workspace() {
 
 features_off() {
   IOCP_NO_DEFER_TASKRUN=1 IOCP_NO_MULTISHOT_ACCEPT=1 IOCP_NO_MULTISHOT_RECV=1 \
-    cargo test -p iocp --test conformance --test smoke
+    cargo test -p completion-port --test conformance --test smoke
 }
 
 loom() {
   RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p iocp --test loom --release -- --nocapture
+    cargo test -p completion-port --test loom --release -- --nocapture
 }
 
 asan() { bash ci/asan.sh; }

@@ -3,7 +3,7 @@
 #
 #   bash ci/windows/run.sh [extra libtest args...]
 #
-#   env IOCP_WIN_PACKAGES    space-separated cargo packages to test (default: "iocp")
+#   env IOCP_WIN_PACKAGES    space-separated cargo packages to test (default: "completion-port")
 #   env IOCP_WIN_CARGO_ARGS  extra cargo args before `--` (default: empty), e.g. "--release"
 #   env IOCP_WIN_TEST_ARGS   libtest args after `--` (default: "--test-threads=1"); positional
 #                            arguments to this script are appended to them
@@ -49,7 +49,7 @@ trap '"$WINESERVER" -k 2>/dev/null || true' EXIT
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$here/wine-runner.sh"
 
 pkg_args=()
-for p in ${IOCP_WIN_PACKAGES:-iocp}; do pkg_args+=(-p "$p"); done
+for p in ${IOCP_WIN_PACKAGES:-completion-port}; do pkg_args+=(-p "$p"); done
 # shellcheck disable=SC2206
 cargo_extra=(${IOCP_WIN_CARGO_ARGS:-})
 # shellcheck disable=SC2206
@@ -66,8 +66,8 @@ echo "[windows/run] cargo test exit $rc after $((SECONDS - t1)) s (total $((SECO
 # client must talk to each other there.
 if [[ -z "${IOCP_REPO_ROOT:-}" ]]; then
   t2=$SECONDS
-  echo "[windows/run] cargo clippy --target x86_64-pc-windows-gnu -p iocp -p iocp-echo --all-targets -- -D warnings"
-  cargo clippy --target x86_64-pc-windows-gnu -p iocp -p iocp-echo --all-targets -- -D warnings || exit 1
+  echo "[windows/run] cargo clippy --target x86_64-pc-windows-gnu -p completion-port -p iocp-echo --all-targets -- -D warnings"
+  cargo clippy --target x86_64-pc-windows-gnu -p completion-port -p iocp-echo --all-targets -- -D warnings || exit 1
   echo "[windows/run] clippy took $((SECONDS - t2)) s"
   t3=$SECONDS
   bash "$here/echo-roundtrip.sh" || exit 1

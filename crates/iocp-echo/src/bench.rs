@@ -122,7 +122,7 @@ struct RunArgs {
     /// The completion-port backend (`auto`, `uring`, `epoll`, `iocp`)
     /// [default: $IOCP_BACKEND, else auto].
     #[arg(long, value_name = "BACKEND", value_parser = values::backend)]
-    backend: Option<iocp::Backend>,
+    backend: Option<completion_port::Backend>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,

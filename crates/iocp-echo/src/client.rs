@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Completion, GetError, Handle, OpKind, OpOptions, Port};
+use completion_port::{Backend, Completion, GetError, Handle, OpKind, OpOptions, Port};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::values;

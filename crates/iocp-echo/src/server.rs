@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use iocp::Port;
+use completion_port::Port;
 
 mod config;
 mod http;

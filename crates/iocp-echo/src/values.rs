@@ -22,7 +22,7 @@
 //!   [`size_range`] also takes `MIN..MAX` (inclusive; `MIN..=MAX` too).
 //! - **rate**: `N`, `N/s` or `N/sec`: events per second, a decimal number.
 //! - **count**: a whole number within the flag's bounds.
-//! - **backend**: the names `iocp::Backend` parses, limited to the
+//! - **backend**: the names `completion_port::Backend` parses, limited to the
 //!   backends this build has.
 //! - **address**: `IP:PORT` for what the server binds ([`socket_addr`]),
 //!   `HOST:PORT` for what a client connects to ([`host_port`]).
@@ -33,7 +33,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iocp::Backend;
+use completion_port::Backend;
 
 /// The longest duration any flag takes (100 years): far beyond any real
 /// timeout, and short enough that `Instant::now() + d` cannot overflow.
@@ -320,7 +320,7 @@ fn backend_examples() -> String {
     format!("auto, {}", names.join(", "))
 }
 
-/// `auto` or a backend this build has, by the names `iocp::Backend`
+/// `auto` or a backend this build has, by the names `completion_port::Backend`
 /// parses (`io_uring` and `io-uring` are `uring`).
 pub(crate) fn backend(s: &str) -> Result<Backend, String> {
     let b: Backend = s

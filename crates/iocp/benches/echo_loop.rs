@@ -14,8 +14,8 @@
 //! medians over repeats; every server variant runs once per repeat.
 //!
 //! ```text
-//! cargo bench -p iocp --bench echo_loop            # full
-//! cargo bench -p iocp --bench echo_loop -- --quick # shorter
+//! cargo bench -p completion-port --bench echo_loop            # full
+//! cargo bench -p completion-port --bench echo_loop -- --quick # shorter
 //! ```
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use iocp::{Buf, Completion, OpKind, Port};
+use completion_port::{Buf, Completion, OpKind, Port};
 
 const CONNS: usize = 16;
 const MSG: usize = 64;

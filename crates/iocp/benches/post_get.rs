@@ -12,15 +12,15 @@
 //! each repeat so machine noise hits all of them alike.
 //!
 //! ```text
-//! cargo bench -p iocp --bench post_get            # full
-//! cargo bench -p iocp --bench post_get -- --quick # shorter runs
+//! cargo bench -p completion-port --bench post_get            # full
+//! cargo bench -p completion-port --bench post_get -- --quick # shorter runs
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use iocp::Port;
+use completion_port::Port;
 
 trait Q: Clone + Send + 'static {
     fn new() -> Self;

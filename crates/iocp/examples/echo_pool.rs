@@ -2,7 +2,7 @@
 //! one marked with the Win32 call it stands for.
 //!
 //! ```text
-//! cargo run -p iocp --example echo_pool -- 127.0.0.1:7007
+//! cargo run -p completion-port --example echo_pool -- 127.0.0.1:7007
 //! ```
 //!
 //! Then `nc 127.0.0.1 7007` and type. Stop it with Ctrl-C.
@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use iocp::{Buf, Completion, Handle, OpKind, Port};
+use completion_port::{Buf, Completion, Handle, OpKind, Port};
 
 /// Completion key of the listening socket; connections get keys from 1 up.
 const LISTENER: u64 = 0;

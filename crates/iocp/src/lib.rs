@@ -1,4 +1,4 @@
-//! # iocp — the Windows I/O completion port model, in safe Rust
+//! # completion-port — the Windows I/O completion port model, in safe Rust
 //!
 //! A [`Port`] is a queue of completion packets. Sockets are associated with
 //! it under a *completion key*; operations started on them (accept, connect,
@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! use std::net::TcpListener;
-//! use iocp::{Port, OpKind};
+//! use completion_port::{Port, OpKind};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let port = Port::new(0)?;                                 // CreateIoCompletionPort

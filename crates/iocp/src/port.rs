@@ -86,7 +86,7 @@ impl fmt::Debug for Port {
 /// the thread out of the `running` statistic, with the same rules.
 ///
 /// ```compile_fail,E0277
-/// let port = iocp::Port::new(1).unwrap();
+/// let port = completion_port::Port::new(1).unwrap();
 /// let guard = port.blocking();
 /// std::thread::spawn(move || drop(guard)); // error: `BlockingGuard` is not `Send`
 /// ```

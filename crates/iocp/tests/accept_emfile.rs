@@ -13,7 +13,7 @@ mod util;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use iocp::Backend;
+use completion_port::Backend;
 use util::*;
 
 /// Set in the child's environment; its value is the test to run.

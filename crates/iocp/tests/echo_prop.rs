@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 
-use iocp::{Backend, OpKind, Port};
+use completion_port::{Backend, OpKind, Port};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use util::*;

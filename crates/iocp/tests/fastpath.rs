@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Completion, Handle, OpKind, Port, PortBuilder};
+use completion_port::{Backend, Completion, Handle, OpKind, Port, PortBuilder};
 
 /// Counts live heap bytes so the test can measure what the library keeps
 /// per connection.

@@ -1,9 +1,9 @@
-//! loom models of the user-space completion queue (`iocp::queue::Queue`).
+//! loom models of the user-space completion queue (`completion_port::queue::Queue`).
 //!
 //! Run with:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test -p iocp --test loom --release
+//! RUSTFLAGS="--cfg loom" cargo test -p completion-port --test loom --release
 //! ```
 //!
 //! Without `--cfg loom` this file compiles to one ignored test whose reason
@@ -20,7 +20,7 @@ fn loom_models_need_cfg_loom() {}
 mod models {
     use std::time::Duration;
 
-    use iocp::queue::{Empty, Queue};
+    use completion_port::queue::{Empty, Queue};
     use loom::sync::atomic::{AtomicUsize, Ordering};
     use loom::sync::Arc;
     use loom::thread;

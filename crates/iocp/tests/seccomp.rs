@@ -14,7 +14,7 @@ use std::io;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use iocp::{Backend, Completion, OpKind, Port};
+use completion_port::{Backend, Completion, OpKind, Port};
 
 /// Set in the child's environment; its value is the scenario to run.
 const CHILD: &str = "IOCP_SECCOMP_CHILD";

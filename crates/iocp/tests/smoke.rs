@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use iocp::{Backend, OpKind, Port};
+use completion_port::{Backend, OpKind, Port};
 
 /// The same round trip on every backend this build has.
 #[test]

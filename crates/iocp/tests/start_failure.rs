@@ -17,7 +17,7 @@ mod util;
 use std::io;
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Port};
+use completion_port::{Backend, Port};
 use util::{fds, threads};
 
 /// Set in the child's environment; its value is the test to run.

@@ -16,7 +16,7 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Handle, OpKind, Port};
+use completion_port::{Backend, Handle, OpKind, Port};
 use socket2::SockRef;
 use util::*;
 
@@ -170,7 +170,7 @@ fn close_with_ops_in_flight(t: &Target, fd0: usize, th0: usize) {
     );
     assert_eq!(
         s.port.get(Some(Duration::ZERO)).unwrap_err(),
-        iocp::GetError::Abandoned
+        completion_port::GetError::Abandoned
     );
     if !t.inline {
         wait_until("engine threads joined by close()", || threads() == th0);

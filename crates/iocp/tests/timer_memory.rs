@@ -15,7 +15,7 @@ use std::alloc::System;
 use std::io::Write;
 use std::time::Duration;
 
-use iocp::{Backend, OpOptions, Port};
+use completion_port::{Backend, OpOptions, Port};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use util::*;
 
@@ -27,7 +27,7 @@ const N: u64 = 10_000;
 const LIMIT: i64 = 64 * 1024;
 
 /// N one-byte receives with a 60 s deadline, all completed by N bytes.
-fn batch(port: &Port, h: &iocp::Handle, c: &mut std::net::TcpStream) {
+fn batch(port: &Port, h: &completion_port::Handle, c: &mut std::net::TcpStream) {
     for i in 0..N {
         port.recv(
             h,

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Completion, GetError, OpKind, OpOptions, Port};
+use completion_port::{Backend, Completion, GetError, OpKind, OpOptions, Port};
 
 const T: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -41,7 +41,7 @@ fn get(port: &Port) -> Completion {
 }
 
 /// A connected pair: (server side associated with `port` under `key`, client).
-fn pair(port: &Port, key: u64) -> (iocp::Handle, TcpStream) {
+fn pair(port: &Port, key: u64) -> (completion_port::Handle, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
@@ -235,7 +235,7 @@ fn cancel_pending_recv_aborts_once() {
     let mut c = get(&port);
     assert_eq!((c.kind, c.token), (OpKind::Recv, 80));
     assert!(c.is_aborted(), "{:?}", c.result);
-    assert!(iocp::is_aborted(c.result.as_ref().unwrap_err()));
+    assert!(completion_port::is_aborted(c.result.as_ref().unwrap_err()));
     assert!(c.take_buf().is_some(), "the buffer comes back");
     assert_none_left(&port);
     // Cancelling a finished operation does nothing.
@@ -554,7 +554,7 @@ fn multi_worker_echo() {
     let addr = l.local_addr().unwrap();
     let lh = port.associate(l, 0).unwrap();
     let accept_op = port.accept_stream(&lh, 0).unwrap();
-    let conns: Arc<Mutex<std::collections::HashMap<u64, iocp::Handle>>> = Arc::default();
+    let conns: Arc<Mutex<std::collections::HashMap<u64, completion_port::Handle>>> = Arc::default();
     let next_key = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let accept_final = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
@@ -856,7 +856,7 @@ fn divergence_closesocket_pending_recv_status() {
     // SAFETY: our port.
     unsafe { raw::CloseHandle(port) };
     assert!(
-        iocp::is_aborted(&std::io::Error::from_raw_os_error(err as i32)),
+        completion_port::is_aborted(&std::io::Error::from_raw_os_error(err as i32)),
         "{err}"
     );
     if skip_under_wine("closesocket with a WSARecv pending completes it with 676 ERROR_HANDLES_CLOSED (Windows: 995)") {
@@ -939,8 +939,8 @@ fn wine_detection() {
 fn aborted_error_shape() {
     // std maps raw 995 to ErrorKind::TimedOut (documented in WINDOWS.md):
     // test cancels with is_aborted(), deadlines with kind() == TimedOut.
-    let e = iocp::aborted();
+    let e = completion_port::aborted();
     assert_eq!(e.raw_os_error(), Some(995));
-    assert!(iocp::is_aborted(&e));
+    assert!(completion_port::is_aborted(&e));
     println!("aborted().kind() = {:?}", e.kind());
 }

@@ -29,7 +29,7 @@ pub fn wine() -> Option<String> {
 /// or spaces, or `all`. Unset (as in CI), a missing backend fails its tests.
 pub const ALLOW_MISSING_BACKEND: &str = "IOCP_ALLOW_MISSING_BACKEND";
 
-/// The backends [`ALLOW_MISSING_BACKEND`] may name (`iocp::Backend`'s names
+/// The backends [`ALLOW_MISSING_BACKEND`] may name (`completion_port::Backend`'s names
 /// but `auto`).
 const BACKENDS: [&str; 3] = ["uring", "epoll", "iocp"];
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iocp::Backend;
+use completion_port::Backend;
 
 use crate::values::{self, OptDuration};
 

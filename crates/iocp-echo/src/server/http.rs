@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, Buf, Completion, GetError, Handle, OpId, OpKind, OpOptions, Port};
+use completion_port::{Backend, Buf, Completion, GetError, Handle, OpId, OpKind, OpOptions, Port};
 use socket2::Socket;
 
 use super::route::{Ctrl, Route};
@@ -258,7 +258,7 @@ impl<S: Service> Server<S> {
             self.admit(sock);
         }
         if let Err(e) = &c.result {
-            if !iocp::is_aborted(e) {
+            if !completion_port::is_aborted(e) {
                 tracing::debug!("metrics: accept: {e}");
                 self.pause_accepts();
             }

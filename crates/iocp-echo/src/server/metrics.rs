@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use iocp::Port;
+use completion_port::Port;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -286,8 +286,10 @@ impl Collector for EchoCollector {
             who,
             &handled,
         )?;
-        let eng: Vec<iocp::EngineStats> = self.ports.iter().map(|p| p.engine_stats()).collect();
-        let pool: Vec<iocp::PoolStats> = self.ports.iter().map(|p| p.pool_stats()).collect();
+        let eng: Vec<completion_port::EngineStats> =
+            self.ports.iter().map(|p| p.engine_stats()).collect();
+        let pool: Vec<completion_port::PoolStats> =
+            self.ports.iter().map(|p| p.pool_stats()).collect();
         let per_port: [(&str, &str, MetricType, Vec<u64>); 8] = [
             (
                 "iocp_echo_queued_packets",

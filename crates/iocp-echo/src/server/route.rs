@@ -19,7 +19,7 @@
 use std::io;
 use std::time::Duration;
 
-use iocp::{OpId, Port};
+use completion_port::{OpId, Port};
 
 /// Connection slot indices have this many bits.
 pub(crate) const IDX_BITS: u32 = 24;

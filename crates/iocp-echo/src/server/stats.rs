@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use iocp::Port;
+use completion_port::Port;
 
 use super::config::Config;
 use super::rate_limit::RateLimiter;

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use iocp::{Buf, OpKind};
+use completion_port::{Buf, OpKind};
 
 use crate::util::*;
 

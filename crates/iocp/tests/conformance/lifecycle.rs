@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use iocp::{is_aborted, Completion, GetError, OpKind, OpOptions};
+use completion_port::{is_aborted, Completion, GetError, OpKind, OpOptions};
 use socket2::SockRef;
 
 use crate::util::*;
@@ -721,7 +721,7 @@ pub fn closed_handle_completion_keeps_key(t: &Target) {
     // direction holds and halves when it turns) keeps the two hovering
     // around the moment the send checks the handle.
     let gate = Arc::new(AtomicU64::new(0));
-    let (job_tx, job_rx) = mpsc::channel::<(u64, iocp::Handle, u64)>();
+    let (job_tx, job_rx) = mpsc::channel::<(u64, completion_port::Handle, u64)>();
     let (res_tx, res_rx) = mpsc::channel();
     let starter = {
         let (port, gate) = (port.clone(), gate.clone());

@@ -5,8 +5,8 @@
 //! and retries each one:
 //!
 //! ```text
-//! cargo nextest run -p iocp --test conformance -E 'test(/::lifo_wake$/)'
-//! cargo test -p iocp --test conformance -- conformance::epoll_inline::
+//! cargo nextest run -p completion-port --test conformance -E 'test(/::lifo_wake$/)'
+//! cargo test -p completion-port --test conformance -- conformance::epoll_inline::
 //! ```
 //!
 //! Targets: `uring`, `uring_inline`, `epoll`, `epoll_inline` (Linux), `iocp`
@@ -42,7 +42,7 @@ mod timers;
 
 use std::time::Duration;
 
-use iocp::Backend;
+use completion_port::Backend;
 use util::Target;
 
 /// A `get` timeout that polls.
@@ -126,7 +126,7 @@ macro_rules! targets {
             /// Every backend the build has is tested by one of the targets.
             #[test]
             fn every_available_backend_is_covered() {
-                for b in ::iocp::Backend::available() {
+                for b in ::completion_port::Backend::available() {
                     assert!(
                         crate::TARGETS.iter().any(|t| t.backend == *b),
                         "backend {b} has no conformance target"
@@ -142,7 +142,7 @@ macro_rules! target_module {
     (($target:ident, $backend:ident, $kind:ident) $($mode:ident $family:ident::$clause:ident,)*) => {
         pub mod $target {
             const TARGET: crate::Target = crate::Target {
-                backend: ::iocp::Backend::$backend,
+                backend: ::completion_port::Backend::$backend,
                 inline: clause_test!(@inline $kind),
             };
             $(clause_test!($target $kind $mode $family $clause);)*

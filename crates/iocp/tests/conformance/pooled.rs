@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use iocp::{Backend, Buf, OpKind};
+use completion_port::{Backend, Buf, OpKind};
 
 use crate::util::*;
 use crate::ZERO;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, GetError, OpKind, Port};
+use completion_port::{Backend, GetError, OpKind, Port};
 
 use crate::util::*;
 use crate::ZERO;
@@ -412,7 +412,7 @@ pub fn blocking_guard_nested(t: &Target) {
 
 std::thread_local! {
     /// A guard parked in a thread-local, dropped while the thread exits.
-    static PARKED_GUARD: std::cell::RefCell<Option<iocp::BlockingGuard>> =
+    static PARKED_GUARD: std::cell::RefCell<Option<completion_port::BlockingGuard>> =
         const { std::cell::RefCell::new(None) };
 }
 

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use iocp::{is_aborted, Buf, Completion, OpKind, OpOptions, Port};
+use completion_port::{is_aborted, Buf, Completion, OpKind, OpOptions, Port};
 use socket2::SockRef;
 
 use crate::util::*;
@@ -112,7 +112,7 @@ pub fn large_send_slow_peer(t: &Target) {
 }
 
 /// Every buffer a refused operation hands back, in order.
-fn refused_bufs(mut e: iocp::SubmitError) -> Vec<Buf> {
+fn refused_bufs(mut e: completion_port::SubmitError) -> Vec<Buf> {
     let mut v: Vec<Buf> = e.take_buf().into_iter().collect();
     v.extend(e.take_bufs());
     v
@@ -140,7 +140,7 @@ fn four_bufs() -> Vec<Buf> {
 pub fn send_vectored_refused(t: &Target) {
     let want: Vec<Vec<u8>> = vec![b"one".to_vec(), b"two".to_vec(), vec![], b"four".to_vec()];
     let mut problems = Vec::new();
-    let mut check = |what: &str, r: Result<iocp::OpId, iocp::SubmitError>| {
+    let mut check = |what: &str, r: Result<completion_port::OpId, completion_port::SubmitError>| {
         let e = r.expect_err(what);
         let got: Vec<Vec<u8>> = refused_bufs(e).into_iter().map(Buf::into_vec).collect();
         if got != want {
@@ -250,7 +250,7 @@ fn drive_until(port: &Port, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A TCP pair (as [`tcp_pair`]) with 16 KiB socket buffers on both sides,
 /// so a large send goes out in many short writes, or stalls.
-fn tight_pair(port: &Port, key: u64) -> (iocp::Handle, TcpStream) {
+fn tight_pair(port: &Port, key: u64) -> (completion_port::Handle, TcpStream) {
     let (h, c) = tcp_pair(port, key);
     h.with_socket(|s| s.set_send_buffer_size(16 * 1024))
         .unwrap();
@@ -260,7 +260,12 @@ fn tight_pair(port: &Port, key: u64) -> (iocp::Handle, TcpStream) {
 
 /// Cancels the large send `op` once part of it is out: once the peer `c`
 /// could read a byte (the rest cannot fit in the socket buffers).
-fn cancel_once_out(port: &Port, h: &iocp::Handle, c: &TcpStream, op: iocp::OpId) {
+fn cancel_once_out(
+    port: &Port,
+    h: &completion_port::Handle,
+    c: &TcpStream,
+    op: completion_port::OpId,
+) {
     c.set_nonblocking(true).unwrap();
     drive_until(port, "the first bytes arrive", || {
         c.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
@@ -307,7 +312,7 @@ fn send_cut_part_way(t: &Target, deadline: bool) {
     let want_err = if deadline {
         ErrorKind::TimedOut
     } else {
-        iocp::aborted().kind()
+        completion_port::aborted().kind()
     };
     match &comp.result {
         Err(e) if e.kind() == want_err && (deadline || is_aborted(e)) => {}

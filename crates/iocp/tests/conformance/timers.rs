@@ -4,7 +4,7 @@
 use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
 
-use iocp::{OpKind, OpOptions, Port};
+use completion_port::{OpKind, OpOptions, Port};
 
 use crate::util::*;
 

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iocp::{Backend, BlockingGuard, Completion, GetError, Handle, Port, PortBuilder};
+use completion_port::{Backend, BlockingGuard, Completion, GetError, Handle, Port, PortBuilder};
 
 /// The bound on every wait in the tests.
 pub const T: Duration = Duration::from_secs(10);

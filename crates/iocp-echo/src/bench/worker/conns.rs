@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use iocp::{Handle, OpOptions};
+use completion_port::{Handle, OpOptions};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::payload;

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use iocp::{Buf, Completion, OpKind};
+use completion_port::{Buf, Completion, OpKind};
 
 use super::super::payload;
 use super::{count_in_slice, kind_name, ConnKey, St, Worker, T_RECV};

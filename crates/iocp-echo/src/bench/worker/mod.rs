@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use completion_port::{Backend, Completion, Handle, Port};
 use hdrhistogram::Histogram;
-use iocp::{Backend, Completion, Handle, Port};
 
 use super::payload::{self, Rng};
 use super::report::new_hist;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Instant;
 
-use iocp::{is_aborted, Buf, Completion, Handle, OpId, OpKind};
+use completion_port::{is_aborted, Buf, Completion, Handle, OpId, OpKind};
 
 use super::super::stats::Global;
 use super::super::table::{lock, Entry};

@@ -6,7 +6,7 @@ use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use iocp::Completion;
+use completion_port::Completion;
 
 use super::super::route::Ctrl;
 use super::super::stats::Global;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use iocp::{is_aborted, Completion, Handle, OpId, OpKind};
+use completion_port::{is_aborted, Completion, Handle, OpId, OpKind};
 use socket2::Socket;
 
 use super::super::route::Route;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use iocp::{Completion, GetError, Port};
+use completion_port::{Completion, GetError, Port};
 use socket2::Socket;
 
 use super::listen::Proto;

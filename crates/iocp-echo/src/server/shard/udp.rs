@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use iocp::{is_aborted, Completion, Handle, OpKind};
+use completion_port::{is_aborted, Completion, Handle, OpKind};
 
 use super::super::stats::Global;
 use super::super::table::lock;
