@@ -15,8 +15,8 @@
 #   6. the scale-out test: three servers behind HAProxy, two benches, one
 #      server drained mid-run (ci/scaleout.sh; installs HAProxy and promtool,
 #      and fails, never skips, if they cannot be had);
-#   7. no module cycles in the library (ci/modules.sh, with cargo-modules,
-#      installed on first use).
+#   7. no module cycles in the library (ci/modules.py: the module graph read
+#      from the sources; Python's standard library only).
 # Set IOCP_TEST_STAGES to a subset ("workspace features-off loom asan windows
 # scaleout modules").
 set -uo pipefail
@@ -41,6 +41,7 @@ need_pkgs() {
   command -v socat >/dev/null || missing+=(socat)
   command -v nc >/dev/null || missing+=(netcat-openbsd)
   command -v prlimit >/dev/null || missing+=(util-linux)
+  command -v python3 >/dev/null || missing+=(python3)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "missing packages: ${missing[*]} (run as root or install them)"; return 1
@@ -75,7 +76,7 @@ loom() {
 
 asan() { bash ci/asan.sh; }
 
-modules() { bash ci/modules.sh; }
+modules() { python3 ci/modules.py; }
 
 windows() {
   bash ci/windows/run.sh

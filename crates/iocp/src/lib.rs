@@ -32,7 +32,7 @@
 #![warn(missing_docs)]
 
 // No module uses one that uses it back: ARCHITECTURE.md lists them in
-// dependency order, and `cargo modules dependencies --acyclic` checks it.
+// dependency order, and `ci/modules.py` checks it.
 mod buf;
 mod config;
 mod error;

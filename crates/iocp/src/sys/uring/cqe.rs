@@ -2,8 +2,8 @@
 //! handing each CQE to the operation its `user_data` names.
 
 use super::ops::Reap;
-use super::slot::{CANCEL_UD, POLL_BIT, WAKE_UD};
 use super::sqe::check_enter;
+use super::ud::{CANCEL_UD, POLL_BIT, WAKE_UD};
 use super::UringEngine;
 use crate::sys::common::EngineCounters;
 

@@ -24,6 +24,7 @@ mod slot;
 mod sqe;
 #[cfg(test)]
 mod tests;
+mod ud;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -47,8 +48,9 @@ pub(crate) use crate::config::UringFeatures;
 use bufring::BufRing;
 use ops::UOp;
 pub(crate) use probe::ENV_SWITCHES;
-use slot::{Slot, WAKE_UD};
+use slot::Slot;
 use sqe::check_enter;
+use ud::WAKE_UD;
 
 /// A socket the engine owns.
 struct HState {

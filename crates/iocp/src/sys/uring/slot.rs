@@ -1,32 +1,17 @@
-//! Operation slots: what the engine keeps of an operation in flight, how an
-//! SQE names it, and how its life goes on after each step.
-//!
-//! An operation's `user_data` names its slot and the slot's generation:
-//! bits 0..32 the slab index, bits 32..62 the generation (the slab bumps it
-//! each time the slot is freed), bit 62 the poll-mode flag. A CQE or an
-//! `AsyncCancel` carrying an earlier generation never matches the slot's
-//! next occupant. Bit 63 is never set in an operation's name, so the two
-//! engine-internal names below cannot collide with one.
+//! Operation slots: what the engine keeps of an operation in flight, and how
+//! its life goes on after each step. How an SQE names its slot (the
+//! `user_data` layout) is in `ud.rs`.
 
 use std::time::Instant;
 
 use super::ops::UOp;
+use super::ud::{GEN_MASK, GEN_SHIFT, INDEX_MASK, POLL_BIT};
 use super::UringEngine;
 use crate::kit::accept::ACCEPT_BACKOFF;
 use crate::kit::lanes::{Lane, Next};
 use crate::kit::phase::{Park, Phase, Step, Stop};
 use crate::kit::run::TimerItem;
 use crate::sys::common::{EngineCounters, OpMeta};
-
-/// The eventfd read's `user_data`.
-pub(super) const WAKE_UD: u64 = u64::MAX;
-/// The `user_data` of every `AsyncCancel` (its CQE is ignored).
-pub(super) const CANCEL_UD: u64 = u64::MAX - 1;
-/// Marks the `POLL_ADD` of a poll-mode pooled receive.
-pub(super) const POLL_BIT: u64 = 1 << 62;
-const INDEX_MASK: u64 = (1 << 32) - 1;
-const GEN_SHIFT: u32 = 32;
-const GEN_MASK: u64 = (1 << 30) - 1;
 
 /// An operation in flight.
 pub(super) struct Slot {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
 
-use super::slot::{CANCEL_UD, POLL_BIT, WAKE_UD};
+use super::ud::{CANCEL_UD, POLL_BIT, WAKE_UD};
 use super::{UringEngine, UringFeatures};
 use crate::buf::Buf;
 use crate::kit::phase::Phase;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use std::io;
 
-use super::slot::{CANCEL_UD, POLL_BIT};
+use super::ud::{CANCEL_UD, POLL_BIT};
 use super::*;
 use crate::buf::Buf;
 use crate::kit::accept::{self, Verdict};
