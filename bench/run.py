@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side echo benchmarks: `iocp-echo server` against the peers in bench/peers (issue 8).
+"""Side-by-side echo benchmarks: `iocp-echo server` against the peers in bench/peers.
 
 usage: python3 bench/run.py [--quick] [--out bench/results/latest.json] [--md bench/results/latest.md]
                             [--repeats N] [--duration S] [--warmup S] [--only NAME,...]

@@ -1,4 +1,4 @@
-//! A plain tokio echo load client, for comparing load generators (issue 5, item 4).
+//! A plain tokio echo load client, to check `iocp-echo bench` against a second load generator.
 //!
 //! `client-tokio ADDR [--connections N] [--size BYTES] [--warmup SECS] [--duration SECS]`
 //!
