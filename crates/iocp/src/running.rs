@@ -196,7 +196,7 @@ pub(crate) fn is_running_on(owner_id: u64) -> bool {
         .unwrap_or(false)
 }
 
-/// What [`BlockingGuard`]s of every port hold: one step of the calling
+/// What [`BlockingGuard`](crate::BlockingGuard)s of every port hold: one step of the calling
 /// thread out of its owner's running count. The guard is `!Send`: the count
 /// is the state of the thread that took the guard, and only that thread can
 /// tell whether it has called `get` since (after which the guard has nothing
