@@ -52,6 +52,35 @@ fn run_ok(args: &[&str]) -> Out {
     o
 }
 
+/// `iocp-echo bench ADDR ARGS... --json` (`args` split at spaces), which
+/// must fail saying each of `said`; its report.
+fn bench_json_fails(addr: &str, args: &str, said: &[&str]) -> Value {
+    let mut v = vec!["bench", addr];
+    v.extend(args.split(' '));
+    v.push("--json");
+    json(&run_fails(&v, None, said))
+}
+
+/// `iocp-echo ARGS...`, which must be refused as a usage error (exit code
+/// 2) with `said` at the start of its stderr.
+fn usage_error(args: &[&str], said: &str) {
+    let o = run(args, None, Duration::from_secs(10));
+    assert_eq!(o.code, 2, "iocp-echo {args:?}: {}", o.stderr);
+    assert!(
+        o.stderr.starts_with(said),
+        "{said:?} not first in {}",
+        o.stderr
+    );
+}
+
+/// `iocp-echo bench ADDR ARGS...` (`args` split at spaces), which must
+/// succeed.
+fn bench_ok(addr: &str, args: &str) -> Out {
+    let mut v = vec!["bench", addr];
+    v.extend(args.split(' '));
+    run_ok(&v)
+}
+
 fn json(o: &Out) -> Value {
     serde_json::from_str(o.stdout.trim())
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", o.stdout))
@@ -121,6 +150,30 @@ struct Misbehave {
     stall: Duration,
     /// Close each connection once this many bytes were echoed.
     close_after: Option<u64>,
+}
+
+impl Misbehave {
+    fn flip_at(offset: u64) -> Misbehave {
+        Misbehave {
+            flip_at: Some(offset),
+            ..Misbehave::default()
+        }
+    }
+
+    fn close_after(bytes: u64) -> Misbehave {
+        Misbehave {
+            close_after: Some(bytes),
+            ..Misbehave::default()
+        }
+    }
+
+    fn stall(after: Duration, stall: Duration) -> Misbehave {
+        Misbehave {
+            stall_after: Some(after),
+            stall,
+            ..Misbehave::default()
+        }
+    }
 }
 
 /// An echo server on std threads, one per connection.
@@ -206,21 +259,10 @@ fn client_message_count_against_socat() {
 #[test]
 fn bench_against_socat_json() {
     let s = Socat::start();
-    let o = run_ok(&[
-        "bench",
+    let o = bench_ok(
         &s.addr,
-        "-c",
-        "4",
-        "-t",
-        "2",
-        "--requests",
-        "3000",
-        "--size",
-        "1..700",
-        "--depth",
-        "3",
-        "--json",
-    ]);
+        "-c 4 -t 2 --requests 3000 --size 1..700 --depth 3 --json",
+    );
     let j = json(&o);
     for k in [
         "msgs_per_s",
@@ -264,18 +306,7 @@ fn bench_against_socat_json() {
 #[test]
 fn bench_open_loop_text_report_against_socat() {
     let s = Socat::start();
-    let o = run_ok(&[
-        "bench",
-        &s.addr,
-        "-c",
-        "3",
-        "-t",
-        "1",
-        "--rate",
-        "1000",
-        "--duration",
-        "500ms",
-    ]);
+    let o = bench_ok(&s.addr, "-c 3 -t 1 --rate 1000 --duration 500ms");
     for want in [
         "open loop, 1000 msgs/s offered",
         "messages          500 (",
@@ -292,20 +323,14 @@ fn bench_open_loop_text_report_against_socat() {
 
 #[test]
 fn client_detects_a_flipped_byte() {
-    let addr = test_server(Misbehave {
-        flip_at: Some(10),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::flip_at(10));
     run_fails(
         &["client", &addr, "-m", "hello world, hello world", "-n", "2"],
         None,
         &["echo differs from what was sent at byte offset 10:"],
     );
     // Interactive, offset past the first line.
-    let addr = test_server(Misbehave {
-        flip_at: Some(7),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::flip_at(7));
     run_fails(
         &["client", &addr],
         Some(b"abcde\nfghij\n"),
@@ -315,10 +340,7 @@ fn client_detects_a_flipped_byte() {
 
 #[test]
 fn bench_detects_a_flipped_byte() {
-    let addr = test_server(Misbehave {
-        flip_at: Some(1000),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::flip_at(1000));
     run_fails(
         &["bench", &addr, "-c", "1", "-n", "100", "--size", "64"],
         None,
@@ -326,31 +348,16 @@ fn bench_detects_a_flipped_byte() {
     );
     // Several connections and threads: every stream is flipped at 5000;
     // whichever is seen first is named, with the right offset.
-    let addr = test_server(Misbehave {
-        flip_at: Some(5000),
-        ..Misbehave::default()
-    });
-    let o = run_fails(
-        &[
-            "bench",
-            &addr,
-            "-c",
-            "6",
-            "-t",
-            "2",
-            "--duration",
-            "5s",
-            "--size",
-            "1..300",
-            "--json",
-        ],
-        None,
+    let addr = test_server(Misbehave::flip_at(5000));
+    let j = bench_json_fails(
+        &addr,
+        "-c 6 -t 2 --duration 5s --size 1..300",
         &[
             "verification failed: byte offset 5000 of",
             "iocp-echo bench: connection ",
         ],
     );
-    assert!(json(&o)["errors"]["verify_mismatch"].as_u64().unwrap() >= 1);
+    assert!(j["errors"]["verify_mismatch"].as_u64().unwrap() >= 1);
 }
 
 /// One 200 ms stall, 300 ms into a 1 s open-loop run at 2000 msgs/s: ~20%
@@ -362,25 +369,9 @@ fn bench_detects_a_flipped_byte() {
 /// stall sees one slow message per connection and a p99 of a few ms.
 #[test]
 fn open_loop_latency_includes_a_stall() {
-    let stall = Misbehave {
-        stall_after: Some(Duration::from_millis(300)),
-        stall: Duration::from_millis(200),
-        ..Misbehave::default()
-    };
+    let stall = Misbehave::stall(Duration::from_millis(300), Duration::from_millis(200));
     let addr = test_server(stall.clone());
-    let o = run_ok(&[
-        "bench",
-        &addr,
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "--rate",
-        "2000",
-        "--duration",
-        "1s",
-        "--json",
-    ]);
+    let o = bench_ok(&addr, "-c 2 -t 1 --rate 2000 --duration 1s --json");
     let j = json(&o);
     let l = &j["latency_us"];
     eprintln!("open loop with a 200 ms stall: {l}");
@@ -390,17 +381,7 @@ fn open_loop_latency_includes_a_stall() {
     assert!(l["p90"].as_u64().unwrap() >= 50_000, "{l}");
 
     let addr = test_server(stall);
-    let o = run_ok(&[
-        "bench",
-        &addr,
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "--duration",
-        "1s",
-        "--json",
-    ]);
+    let o = bench_ok(&addr, "-c 2 -t 1 --duration 1s --json");
     let l = &json(&o)["latency_us"];
     eprintln!("closed loop with a 200 ms stall: {l}");
     assert!(l["max"].as_u64().unwrap() >= 200_000, "{l}");
@@ -450,18 +431,10 @@ fn hist_files_merge() {
         "{}",
         t.stdout
     );
-    let bad = run(
+    // An unusable --hist file is a usage error.
+    usage_error(
         &["bench", "merge", a, "/nonexistent/x.hist"],
-        None,
-        Duration::from_secs(10),
-    );
-    assert_eq!(bad.code, 2, "an unusable --hist file is a usage error");
-    assert!(
-        bad.stderr.starts_with(
-            "iocp-echo bench merge: invalid value '/nonexistent/x.hist' for '<FILE>...': cannot read it: "
-        ),
-        "{}",
-        bad.stderr
+        "iocp-echo bench merge: invalid value '/nonexistent/x.hist' for '<FILE>...': cannot read it: ",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -469,51 +442,23 @@ fn hist_files_merge() {
 #[test]
 fn errors_are_counted_by_kind() {
     // The server closes every connection after 3000 bytes.
-    let addr = test_server(Misbehave {
-        close_after: Some(3000),
-        ..Misbehave::default()
-    });
-    let o = run_fails(
-        &[
-            "bench",
-            &addr,
-            "-c",
-            "3",
-            "-t",
-            "1",
-            "--duration",
-            "2s",
-            "--json",
-        ],
-        None,
+    let addr = test_server(Misbehave::close_after(3000));
+    let j = bench_json_fails(
+        &addr,
+        "-c 3 -t 1 --duration 2s",
         &["connection closed by the server (3000 of 3"],
     );
-    let j = json(&o);
     assert_eq!(j["errors"]["closed_by_peer"], 3, "{j}");
     // The server never echoes: every connection times out.
-    let addr = test_server(Misbehave {
-        stall_after: Some(Duration::ZERO),
-        stall: Duration::from_secs(30),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::stall(Duration::ZERO, Duration::from_secs(30)));
     let t = Instant::now();
-    let o = run_fails(
-        &[
-            "bench",
-            &addr,
-            "-c",
-            "2",
-            "--duration",
-            "200ms",
-            "--timeout",
-            "300ms",
-            "--json",
-        ],
-        None,
+    let j = bench_json_fails(
+        &addr,
+        "-c 2 --duration 200ms --timeout 300ms",
         &["no echo for 300ms"],
     );
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(json(&o)["errors"]["timed_out"], 2);
+    assert_eq!(j["errors"]["timed_out"], 2);
     run_fails(
         &["client", &addr, "-m", "x", "--timeout", "300ms"],
         None,
@@ -541,10 +486,7 @@ fn reconnect_goes_on_after_cuts() {
     // The server closes every connection once it echoed 3000 bytes: each
     // stream is cut after exactly 30 messages of 100 bytes, with --depth 2
     // messages in flight (at most 2, fewer during the final drain).
-    let addr = test_server(Misbehave {
-        close_after: Some(3000),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::close_after(3000));
     let closed = ["-t", "1", "--depth", "2", "--size", "100"];
     let (code, j, err) = bench_reconnect(
         &addr,
@@ -572,23 +514,7 @@ fn reconnect_goes_on_after_cuts() {
         (12, 1200),
         "{j}"
     );
-    let t = run(
-        &[
-            "bench",
-            &addr,
-            "-c",
-            "1",
-            "--depth",
-            "2",
-            "--size",
-            "100",
-            "-n",
-            "50",
-            "--reconnect",
-        ],
-        None,
-        Duration::from_secs(30),
-    );
+    let t = bench_ok(&addr, "-c 1 --depth 2 --size 100 -n 50 --reconnect");
     assert!(
         t.stdout
             .contains("reconnects        1 (2 messages, 200 bytes lost in flight)"),
@@ -610,10 +536,7 @@ fn reconnect_goes_on_after_cuts() {
 
     // A server that closes every new connection at once: three reconnects
     // in a row bring nothing back, and the connection fails.
-    let addr = test_server(Misbehave {
-        close_after: Some(0),
-        ..Misbehave::default()
-    });
+    let addr = test_server(Misbehave::close_after(0));
     let (code, j, err) = bench_reconnect(&addr, &["-c", "2", "--duration", "2s"]);
     assert_eq!(code, 1, "stderr: {err}");
     assert_eq!(j["errors"]["closed_by_peer"], 2, "{j}");
@@ -655,30 +578,14 @@ fn plots_of_a_run_and_of_merged_runs() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let (a, b, pa, pm) = (p("a.hist"), p("b.hist"), p("a.svg"), p("m.svg"));
-    run_ok(&[
-        "bench",
+    bench_ok(
         &s.addr,
-        "-c",
-        "2",
-        "--duration",
-        "700ms",
-        "--hist",
-        &a,
-        "--plot",
-        &pa,
-    ]);
-    run_ok(&[
-        "bench",
+        &format!("-c 2 --duration 700ms --hist {a} --plot {pa}"),
+    );
+    bench_ok(
         &s.addr,
-        "-c",
-        "2",
-        "--rate",
-        "500",
-        "--duration",
-        "700ms",
-        "--hist",
-        &b,
-    ]);
+        &format!("-c 2 --rate 500 --duration 700ms --hist {b}"),
+    );
     let m = run_ok(&["bench", "merge", &a, &b, "--plot", &pm]);
     assert!(m.stdout.contains("runs merged       2"), "{}", m.stdout);
     for (svg, curves) in [(&pa, 1), (&pm, 3)] {
@@ -705,19 +612,10 @@ fn plots_of_a_run_and_of_merged_runs() {
     assert!(texts.iter().any(|t| t.starts_with("a.hist: ")), "{texts:?}");
     assert!(texts.iter().any(|t| t.starts_with("merged: ")), "{texts:?}");
     assert!(texts.iter().any(|t| t == "sum"), "{texts:?}");
-    let bad = run(
-        &["bench", "merge", &a, "--plot", "/nonexistent/dir/x.svg"],
-        None,
-        Duration::from_secs(10),
-    );
     // A usage error, before anything is read or drawn.
-    assert_eq!(bad.code, 2, "{}", bad.stderr);
-    assert!(
-        bad.stderr.contains(
-            "invalid value '/nonexistent/dir/x.svg' for '--plot <FILE.svg>': directory '/nonexistent/dir' does not exist"
-        ),
-        "{}",
-        bad.stderr
+    usage_error(
+        &["bench", "merge", &a, "--plot", "/nonexistent/dir/x.svg"],
+        "iocp-echo bench merge: invalid value '/nonexistent/dir/x.svg' for '--plot <FILE.svg>': directory '/nonexistent/dir' does not exist",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
