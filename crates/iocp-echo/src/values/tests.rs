@@ -18,6 +18,19 @@ fn assert_helpful(input: &str, e: &str) {
     assert!(e.ends_with(')'), "{input:?}: {e}");
 }
 
+/// `f` refuses each `INPUT | WHY` line of `table` with `WHY EXAMPLES`
+/// (an empty INPUT is the empty string).
+fn refuses<T: std::fmt::Debug>(f: impl Fn(&str) -> Result<T, String>, examples: &str, table: &str) {
+    for line in table.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (input, why) = line
+            .split_once('|')
+            .unwrap_or_else(|| panic!("not INPUT | WHY: {line:?}"));
+        let input = input.trim();
+        let want = format!("{} {examples}", why.trim());
+        assert_eq!(f(input).unwrap_err(), want, "{input:?}");
+    }
+}
+
 /// Any string: no panic; an error is helpful.
 fn total<T>(f: impl Fn(&str) -> Result<T, String>, s: &str) {
     if let Err(e) = f(s) {
@@ -30,21 +43,15 @@ fn duration_messages() {
     assert_eq!(duration("300ms"), Ok(Duration::from_millis(300)));
     assert_eq!(duration(" 1h 30m "), Ok(Duration::from_secs(5400)));
     assert_eq!(duration("0"), Ok(Duration::ZERO));
-    assert_eq!(
-        duration("5 parsecs").unwrap_err(),
-        "unknown unit 'parsecs' (examples: 500ms, 10s, 5m)"
-    );
-    assert_eq!(
-        duration("soon").unwrap_err(),
-        "expected a number at 'soon' (examples: 500ms, 10s, 5m)"
-    );
-    assert_eq!(
-        duration("").unwrap_err(),
-        "empty (examples: 500ms, 10s, 5m)"
-    );
-    assert_eq!(
-        duration("101y").unwrap_err(),
-        "too large: at most 100y (examples: 500ms, 10s, 5m)"
+    refuses(
+        duration,
+        "(examples: 500ms, 10s, 5m)",
+        "
+        5 parsecs | unknown unit 'parsecs'
+        soon | expected a number at 'soon'
+         | empty
+        101y | too large: at most 100y
+        ",
     );
     assert_eq!(
         positive_duration("0s").unwrap_err(),
@@ -81,29 +88,17 @@ fn size_messages() {
     ] {
         assert_eq!(size(s), Ok(v), "{s}");
     }
-    assert_eq!(
-        size("12XB").unwrap_err(),
-        "unknown unit 'XB' (examples: 262144, 256KiB, 1MiB)"
-    );
-    assert_eq!(
-        size("0").unwrap_err(),
-        "must be at least 1 byte (examples: 262144, 256KiB, 1MiB)"
-    );
-    assert_eq!(
-        size("KiB").unwrap_err(),
-        "expected a number of bytes at 'KiB' (examples: 262144, 256KiB, 1MiB)"
-    );
-    assert_eq!(
-        size("-5").unwrap_err(),
-        "expected a number of bytes at '-5' (examples: 262144, 256KiB, 1MiB)"
-    );
-    assert_eq!(
-        size("99999999999GiB").unwrap_err(),
-        "too large (examples: 262144, 256KiB, 1MiB)"
-    );
-    assert_eq!(
-        size("1..2").unwrap_err(),
-        "a range is not accepted here (examples: 262144, 256KiB, 1MiB)"
+    refuses(
+        size,
+        "(examples: 262144, 256KiB, 1MiB)",
+        "
+        12XB | unknown unit 'XB'
+        0 | must be at least 1 byte
+        KiB | expected a number of bytes at 'KiB'
+        -5 | expected a number of bytes at '-5'
+        99999999999GiB | too large
+        1..2 | a range is not accepted here
+        ",
     );
     let r = size_range(16 << 20);
     assert_eq!(r("64"), Ok((64, 64)));
@@ -111,21 +106,15 @@ fn size_messages() {
     assert_eq!(r("64..=4096"), Ok((64, 4096)));
     assert_eq!(r(" 1KiB .. 64KiB "), Ok((1024, 65536)));
     assert_eq!(r("16MiB"), Ok((16 << 20, 16 << 20)));
-    assert_eq!(
-        r("100..10").unwrap_err(),
-        "MIN (100) is larger than MAX (10) (examples: 64, 1KiB, 64..4096)"
-    );
-    assert_eq!(
-        r("17MiB").unwrap_err(),
-        "too large: at most 16777216 bytes (examples: 64, 1KiB, 64..4096)"
-    );
-    assert_eq!(
-        r("0..5").unwrap_err(),
-        "must be at least 1 byte (examples: 64, 1KiB, 64..4096)"
-    );
-    assert_eq!(
-        r("5..").unwrap_err(),
-        "empty (examples: 64, 1KiB, 64..4096)"
+    refuses(
+        r,
+        "(examples: 64, 1KiB, 64..4096)",
+        "
+        100..10 | MIN (100) is larger than MAX (10)
+        17MiB | too large: at most 16777216 bytes
+        0..5 | must be at least 1 byte
+        5.. | empty
+        ",
     );
 }
 
@@ -138,53 +127,29 @@ fn rate_messages() {
     assert_eq!(rate("1e4"), Ok(10_000.0));
     assert_eq!(rate_or_unlimited("0"), Ok(0.0));
     assert_eq!(rate_or_unlimited("2000/s"), Ok(2000.0));
-    assert_eq!(
-        whole_rate("0").unwrap_err(),
-        "must be at least 1 (examples: 1000, 1000/s)"
+    refuses(
+        whole_rate,
+        "(examples: 1000, 1000/s)",
+        "
+        0 | must be at least 1
+        1.5 | must be a whole number
+        fast | not a number
+        4294967296 | too large: at most 1000000000
+        ",
     );
-    assert_eq!(
-        whole_rate("1.5").unwrap_err(),
-        "must be a whole number (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        whole_rate("fast").unwrap_err(),
-        "not a number (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("100/m").unwrap_err(),
-        "unknown unit '/m': rates are per second (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("-5").unwrap_err(),
-        "must not be negative (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("0/s").unwrap_err(),
-        "must be more than 0 (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("inf").unwrap_err(),
-        "not a number (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("NaN").unwrap_err(),
-        "not a number (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("1e999").unwrap_err(),
-        "too large: at most 1000000000 (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("1e-9").unwrap_err(),
-        "too small: at least 0.001 (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        whole_rate("4294967296").unwrap_err(),
-        "too large: at most 1000000000 (examples: 1000, 1000/s)"
-    );
-    assert_eq!(
-        rate("-0").unwrap_err(),
-        "must not be negative (examples: 1000, 1000/s)"
+    refuses(
+        rate,
+        "(examples: 1000, 1000/s)",
+        "
+        100/m | unknown unit '/m': rates are per second
+        -5 | must not be negative
+        0/s | must be more than 0
+        inf | not a number
+        NaN | not a number
+        1e999 | too large: at most 1000000000
+        1e-9 | too small: at least 0.001
+        -0 | must not be negative
+        ",
     );
     assert_eq!(
         rate_or_unlimited("x").unwrap_err(),
@@ -197,36 +162,33 @@ fn count_messages() {
     let workers = count::<u16>(1, 1024);
     assert_eq!(workers("4"), Ok(4));
     assert_eq!(workers("+4"), Ok(4));
-    assert_eq!(
-        workers("0").unwrap_err(),
-        "must be from 1 to 1024 (examples: 1, 1024)"
-    );
-    assert_eq!(
-        workers("-1").unwrap_err(),
-        "must be from 1 to 1024 (examples: 1, 1024)"
-    );
-    assert_eq!(
-        workers("abc").unwrap_err(),
-        "not a whole number (examples: 1, 1024)"
+    refuses(
+        workers,
+        "(examples: 1, 1024)",
+        "
+        0 | must be from 1 to 1024
+        -1 | must be from 1 to 1024
+        abc | not a whole number
+        ",
     );
     let conns = count::<u32>(1, u32::MAX);
-    assert_eq!(
-        conns("0").unwrap_err(),
-        "must be at least 1 (examples: 1, 100)"
-    );
-    assert_eq!(
-        conns("4294967296").unwrap_err(),
-        "must be at least 1 (examples: 1, 100)"
+    refuses(
+        conns,
+        "(examples: 1, 100)",
+        "
+        0 | must be at least 1
+        4294967296 | must be at least 1
+        ",
     );
     let seed = count::<u64>(0, u64::MAX);
     assert_eq!(seed("18446744073709551615"), Ok(u64::MAX));
-    assert_eq!(
-        seed("18446744073709551616").unwrap_err(),
-        "must be at least 0 (examples: 0, 100)"
-    );
-    assert_eq!(
-        seed("1.5").unwrap_err(),
-        "not a whole number (examples: 0, 100)"
+    refuses(
+        seed,
+        "(examples: 0, 100)",
+        "
+        18446744073709551616 | must be at least 0
+        1.5 | not a whole number
+        ",
     );
 }
 
@@ -261,36 +223,27 @@ fn address_messages() {
         Ok("[::1]:7007".parse::<SocketAddr>().unwrap())
     );
     let ex = "(examples: 127.0.0.1:7007, [::1]:7007, 0.0.0.0:7)";
-    assert_eq!(
-        socket_addr("nowhere").unwrap_err(),
-        format!("expected IP:PORT {ex}")
-    );
-    assert_eq!(
-        socket_addr("127.0.0.1:http").unwrap_err(),
-        format!("the port must be a number 0-65535 {ex}")
-    );
-    assert_eq!(
-        socket_addr("::1:7007").unwrap_err(),
-        format!("an IPv6 address goes in brackets {ex}")
-    );
-    assert_eq!(
-        socket_addr("localhost:7007").unwrap_err(),
-        format!("not an IP address (host names are not resolved here) {ex}")
+    refuses(
+        socket_addr,
+        ex,
+        "
+        nowhere | expected IP:PORT
+        127.0.0.1:http | the port must be a number 0-65535
+        ::1:7007 | an IPv6 address goes in brackets
+        localhost:7007 | not an IP address (host names are not resolved here)
+        ",
     );
     assert_eq!(host_port("localhost:7"), Ok("localhost:7".to_string()));
     assert_eq!(host_port("[::1]:7"), Ok("[::1]:7".to_string()));
     let ex = "(examples: 127.0.0.1:7007, localhost:7007, [::1]:7007)";
-    assert_eq!(
-        host_port("127.0.0.1").unwrap_err(),
-        format!("expected HOST:PORT {ex}")
-    );
-    assert_eq!(
-        host_port(":7").unwrap_err(),
-        format!("expected HOST:PORT {ex}")
-    );
-    assert_eq!(
-        host_port("localhost:99999").unwrap_err(),
-        format!("the port must be a number 0-65535 {ex}")
+    refuses(
+        host_port,
+        ex,
+        "
+        127.0.0.1 | expected HOST:PORT
+        :7 | expected HOST:PORT
+        localhost:99999 | the port must be a number 0-65535
+        ",
     );
 }
 
