@@ -141,23 +141,20 @@ fn block_io_uring() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this process is a child running `scenario`.
-fn child_runs(scenario: &str) -> bool {
-    std::env::var(CHILD).is_ok_and(|v| v == scenario)
-}
-
-/// Runs test `name` in a child process with the filter; returns its output,
-/// or `None` when the child could not install a filter (printed as a skip).
-fn run_child(name: &str) -> Option<String> {
-    let text = util::run_self_as_child(name, CHILD);
-    if let Some(line) = text.lines().find(|l| l.contains(UNAVAILABLE)) {
-        eprintln!("skipping `{name}`: {line}");
-        return None;
+/// Whether to run test `name`'s scenario here: true in the child process
+/// that runs it, once the filter is installed. In the test's own process,
+/// runs the child and checks that it printed `CHILD-OK <name>` (or that it
+/// could not install a filter: a skip, said on stderr), and returns false;
+/// likewise in a child that could not install the filter.
+fn in_filtered_child(name: &str) -> bool {
+    if !std::env::var(CHILD).is_ok_and(|v| v == name) {
+        let out = util::run_self_as_child(name, CHILD);
+        match out.lines().find(|l| l.contains(UNAVAILABLE)) {
+            Some(line) => eprintln!("skipping `{name}`: {line}"),
+            None => assert!(out.contains(&format!("CHILD-OK {name}")), "{out}"),
+        }
+        return false;
     }
-    Some(text)
-}
-
-fn install_or_skip() -> bool {
     match block_io_uring() {
         Ok(()) => true,
         Err(e) => {
@@ -165,6 +162,10 @@ fn install_or_skip() -> bool {
             false
         }
     }
+}
+
+fn port_on(backend: Backend) -> io::Result<Port> {
+    Port::builder().backend(backend).build()
 }
 
 fn get(port: &Port) -> Completion {
@@ -222,20 +223,10 @@ fn echo_round_trip(port: &Port) {
 
 #[test]
 fn auto_falls_back_to_epoll_under_seccomp() {
-    const NAME: &str = "auto_falls_back_to_epoll_under_seccomp";
-    if !child_runs(NAME) {
-        if let Some(out) = run_child(NAME) {
-            assert!(out.contains("CHILD-OK backend=epoll"), "{out}");
-        }
+    if !in_filtered_child("auto_falls_back_to_epoll_under_seccomp") {
         return;
     }
-    if !install_or_skip() {
-        return;
-    }
-    let port = Port::builder()
-        .backend(Backend::Auto)
-        .build()
-        .expect("auto must fall back to epoll");
+    let port = port_on(Backend::Auto).expect("auto must fall back to epoll");
     let info = port.backend();
     println!("backend: {info}");
     assert_eq!(info.backend, Backend::Epoll, "{info}");
@@ -254,32 +245,26 @@ fn auto_falls_back_to_epoll_under_seccomp() {
     }
     echo_round_trip(&port);
     port.close();
-    println!("CHILD-OK backend=epoll reason={:?}", info.reason);
+    println!(
+        "CHILD-OK auto_falls_back_to_epoll_under_seccomp: backend=epoll reason={:?}",
+        info.reason
+    );
 }
 
 #[test]
 fn forced_uring_fails_with_eperm_under_seccomp() {
-    const NAME: &str = "forced_uring_fails_with_eperm_under_seccomp";
-    if !child_runs(NAME) {
-        if let Some(out) = run_child(NAME) {
-            assert!(out.contains("CHILD-OK uring refused"), "{out}");
-        }
+    if !in_filtered_child("forced_uring_fails_with_eperm_under_seccomp") {
         return;
     }
-    if !install_or_skip() {
-        return;
-    }
-    let err = Port::builder()
-        .backend(Backend::Uring)
-        .build()
-        .expect_err("io_uring is blocked, a forced uring port must fail");
+    let err =
+        port_on(Backend::Uring).expect_err("io_uring is blocked, a forced uring port must fail");
     let msg = err.to_string();
     assert!(msg.contains("EPERM"), "error does not name EPERM: {msg}");
     assert!(
         msg.contains("uring"),
         "error does not name the backend: {msg}"
     );
-    println!("CHILD-OK uring refused: {msg}");
+    println!("CHILD-OK forced_uring_fails_with_eperm_under_seccomp: {msg}");
 }
 
 /// With io_uring blocked, a test of the `uring` target fails (naming the
@@ -288,14 +273,7 @@ fn forced_uring_fails_with_eperm_under_seccomp() {
 /// not a backend fails too. The `epoll` target is unaffected.
 #[test]
 fn missing_backend_fails_unless_allowed() {
-    const NAME: &str = "missing_backend_fails_unless_allowed";
-    if !child_runs(NAME) {
-        if let Some(out) = run_child(NAME) {
-            assert!(out.contains("CHILD-OK missing backend"), "{out}");
-        }
-        return;
-    }
-    if !install_or_skip() {
+    if !in_filtered_child("missing_backend_fails_unless_allowed") {
         return;
     }
     let uring = util::Target {
@@ -341,5 +319,5 @@ fn missing_backend_fails_unless_allowed() {
         "the bad value and name are not quoted: {msg}"
     );
     assert_eq!(ready_with(&epoll, None), Ok(true), "epoll runs");
-    println!("CHILD-OK missing backend");
+    println!("CHILD-OK missing_backend_fails_unless_allowed");
 }
