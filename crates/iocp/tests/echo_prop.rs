@@ -167,32 +167,23 @@ fn run(backend: Backend, inline: bool) {
     ));
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn uring() {
-    run(Backend::Uring, false);
+/// `echo_prop::<target>`: one test per target, each `run(backend, inline)`.
+macro_rules! targets {
+    ($($(#[$cfg:meta])* $name:ident: $backend:ident, $inline:expr;)*) => {
+        $(
+            $(#[$cfg])*
+            #[test]
+            fn $name() {
+                run(Backend::$backend, $inline);
+            }
+        )*
+    };
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn uring_inline() {
-    run(Backend::Uring, true);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn epoll() {
-    run(Backend::Epoll, false);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn epoll_inline() {
-    run(Backend::Epoll, true);
-}
-
-#[cfg(windows)]
-#[test]
-fn iocp() {
-    run(Backend::Iocp, false);
+targets! {
+    #[cfg(target_os = "linux")] uring: Uring, false;
+    #[cfg(target_os = "linux")] uring_inline: Uring, true;
+    #[cfg(target_os = "linux")] epoll: Epoll, false;
+    #[cfg(target_os = "linux")] epoll_inline: Epoll, true;
+    #[cfg(windows)] iocp: Iocp, false;
 }
