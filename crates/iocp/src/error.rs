@@ -34,6 +34,7 @@ impl std::error::Error for GetError {}
 /// a [`crate::Completion`], in [`SubmitError::buf`] for the operations that
 /// take one buffer and in [`SubmitError::bufs`] (in order) for a vectored
 /// send.
+#[derive(Debug)]
 pub struct SubmitError {
     /// Why it could not start.
     pub error: io::Error,
@@ -60,16 +61,6 @@ impl SubmitError {
     /// [`crate::Completion::take_bufs`]); empty for other operations.
     pub fn take_bufs(&mut self) -> Vec<Buf> {
         std::mem::take(&mut self.bufs)
-    }
-}
-
-impl fmt::Debug for SubmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubmitError")
-            .field("error", &self.error)
-            .field("buf", &self.buf)
-            .field("bufs", &self.bufs)
-            .finish()
     }
 }
 
