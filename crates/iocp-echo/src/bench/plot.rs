@@ -173,6 +173,34 @@ fn title(runs: &[Run], merged: Option<&Run>) -> String {
 }
 
 /// Draws `runs` (and `merged`, the sum of several) into `path`.
+/// A chart on `area` under `caption`, with room for the axis labels.
+fn chart_on<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(80);
+    b
+}
+
+/// The legend of a chart's labelled series, in a framed box at `at`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+}
+
 pub fn write_svg(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), String> {
     draw(path, runs, merged).map_err(|e| e.to_string())
 }
@@ -203,12 +231,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
         .max()
         .unwrap_or(1)
         .max(2) as f64;
-    let mut chart = ChartBuilder::on(&top)
-        .caption("latency by percentile", ("sans-serif", 16))
-        .margin(12)
-        .margin_right(40)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
+    let mut chart = chart_on(&top, "latency by percentile")
         .build_cartesian_2d(0f64..x_max, (lo / 1.5..hi * 1.5).log_scale())?;
     chart
         .configure_mesh()
@@ -227,13 +250,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
             .label(legend(r))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     // --- throughput over time
     let with_series: Vec<(usize, &Run, &Series)> = runs
@@ -262,12 +279,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
         .iter()
         .flat_map(|l| l.3.iter().map(|p| p.1))
         .fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("throughput over time", ("sans-serif", 16))
-        .margin(12)
-        .margin_right(40)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
+    let mut chart = chart_on(&bottom, "throughput over time")
         .build_cartesian_2d(0f64..t_max * 1.02, 0f64..r_max * TOP)?;
     chart
         .configure_mesh()
@@ -331,13 +343,7 @@ fn draw(path: &Path, runs: &[Run], merged: Option<&Run>) -> Result<(), Box<dyn s
             .label("end of warm-up")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
