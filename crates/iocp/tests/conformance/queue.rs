@@ -287,18 +287,32 @@ fn run_wait(port: &Port) -> (usize, usize) {
     (st.running, st.waiting)
 }
 
+/// A port of concurrency 1 with packets `1..=n` posted, the first of them
+/// taken: the calling thread runs on it.
+fn running_with_posted(t: &Target, n: u64) -> Port {
+    let port = t.build(t.builder().concurrency(1));
+    for i in 1..=n {
+        port.post(0, 0, i).unwrap();
+    }
+    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    assert_eq!(run_wait(&port), (1, 0), "after the first get");
+    port
+}
+
+/// Nothing is left on `port`, and the `get` that found nothing took the
+/// calling thread off the count.
+fn drained_and_idle(port: &Port) {
+    no_packet(port, Duration::ZERO);
+    assert_eq!(run_wait(port), (0, 0), "a get that found nothing");
+}
+
 /// A `get` inside a `blocking()` guard makes the thread run again, so the
 /// guard's drop must not count it a second time. Concurrency 1: post 3,
 /// `get`, `blocking()`, `get`, drop the guard, then `get` once more: the
 /// third packet comes out at once (an inflated count holds it back for good,
 /// with no thread running).
 pub fn blocking_guard_get_inside(t: &Target) {
-    let port = t.build(t.builder().concurrency(1));
-    for i in 1..=3 {
-        port.post(0, 0, i).unwrap();
-    }
-    assert_eq!(token_of(port.get(Some(T))), Ok(1));
-    assert_eq!(run_wait(&port), (1, 0), "after the first get");
+    let port = running_with_posted(t, 3);
     let g = port.blocking();
     assert_eq!(run_wait(&port), (0, 0), "inside the guard");
     assert_eq!(token_of(port.get(Some(T))), Ok(2), "get inside the guard");
@@ -312,8 +326,7 @@ pub fn blocking_guard_get_inside(t: &Target) {
     let r = token_of(port.get(Some(Duration::from_millis(500))));
     assert_eq!(r, Ok(3), "the last packet is stuck: {:?}", port.stats());
     assert_eq!(run_wait(&port), (1, 0));
-    no_packet(&port, Duration::ZERO);
-    assert_eq!(run_wait(&port), (0, 0), "a get that found nothing");
+    drained_and_idle(&port);
 
     // A guard inside a running period, and a get_many inside a guard.
     port.post(0, 0, 4).unwrap();
@@ -327,8 +340,7 @@ pub fn blocking_guard_get_inside(t: &Target) {
     assert_eq!(run_wait(&port), (1, 0));
     drop(g);
     assert_eq!(run_wait(&port), (1, 0), "get_many inside the guard");
-    no_packet(&port, Duration::ZERO);
-    assert_eq!(run_wait(&port), (0, 0));
+    drained_and_idle(&port);
 }
 
 /// A forgotten guard (`mem::forget`) is never dropped: the thread stays out
@@ -337,12 +349,7 @@ pub fn blocking_guard_get_inside(t: &Target) {
 /// puts nothing back. The next `get` ends it: the count is exact again, and
 /// guards work as before.
 pub fn blocking_guard_forgotten(t: &Target) {
-    let port = t.build(t.builder().concurrency(1));
-    for i in 1..=2 {
-        port.post(0, 0, i).unwrap();
-    }
-    assert_eq!(token_of(port.get(ZERO)), Ok(1));
-    assert_eq!(run_wait(&port), (1, 0));
+    let port = running_with_posted(t, 2);
     std::mem::forget(port.blocking());
     assert_eq!(run_wait(&port), (0, 0), "a forgotten guard");
     drop(port.blocking());
@@ -357,19 +364,14 @@ pub fn blocking_guard_forgotten(t: &Target) {
     assert_eq!(run_wait(&port), (0, 0));
     drop(g);
     assert_eq!(run_wait(&port), (1, 0), "a guard after the get");
-    no_packet(&port, Duration::ZERO);
-    assert_eq!(run_wait(&port), (0, 0));
+    drained_and_idle(&port);
 }
 
 /// Nested guards: the thread stays out of the count until its last guard
 /// drops, in whichever order they drop; a guard left over from an earlier
 /// running period (a `get` came in between) restores nothing.
 pub fn blocking_guard_nested(t: &Target) {
-    let port = t.build(t.builder().concurrency(1));
-    for i in 1..=3 {
-        port.post(0, 0, i).unwrap();
-    }
-    assert_eq!(token_of(port.get(ZERO)), Ok(1));
+    let port = running_with_posted(t, 3);
     for inner_first in [true, false] {
         let (g1, g2) = (port.blocking(), port.blocking());
         assert_eq!(run_wait(&port), (0, 0), "two guards");
@@ -406,8 +408,7 @@ pub fn blocking_guard_nested(t: &Target) {
     );
     drop(fresh);
     assert_eq!(run_wait(&port), (1, 0));
-    no_packet(&port, Duration::ZERO);
-    assert_eq!(run_wait(&port), (0, 0));
+    drained_and_idle(&port);
 }
 
 std::thread_local! {
