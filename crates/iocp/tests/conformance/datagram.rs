@@ -81,11 +81,7 @@ pub fn udp_truncated_datagram(t: &Target) {
     assert_eq!(n, 100);
     let ha = port.associate(a, 81).unwrap();
     let op = port.recv_from(&ha, Vec::with_capacity(10), 1).unwrap();
-    let mut comp = get(&port);
-    assert_eq!(
-        (comp.kind, comp.key, comp.token, comp.op),
-        (OpKind::RecvFrom, 81, 1, op)
-    );
+    let mut comp = get_of(&port, OpKind::RecvFrom, 81, 1, op);
     assert_eq!(comp.result.as_ref().ok(), Some(&10), "{}", brief(&comp));
     assert_eq!(comp.take_buf().unwrap().as_slice(), &pattern(0, 10)[..]);
     assert_eq!(comp.from_addr(), Some(b.local_addr().unwrap()));

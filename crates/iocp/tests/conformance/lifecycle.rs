@@ -24,13 +24,7 @@ pub fn failed_op_vs_no_packet(t: &Target) {
     let op = port.recv(&h, vec_with(b"keep", 64), 5).unwrap();
     SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
     drop(c);
-    let mut comp = get(&port);
-    assert_eq!(
-        (comp.kind, comp.key, comp.token, comp.op),
-        (OpKind::Recv, 21, 5, op),
-        "{}",
-        brief(&comp)
-    );
+    let mut comp = get_of(&port, OpKind::Recv, 21, 5, op);
     let e = comp.result.as_ref().expect_err("a reset recv fails");
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e:?}");
     assert!(!comp.is_aborted() && comp.bytes() == 0);
@@ -57,11 +51,7 @@ pub fn failed_op_vs_no_packet(t: &Target) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let hc = port.associate(s, 22).unwrap();
     let op = port.connect(&hc, addr, 6).unwrap();
-    let comp = get(&port);
-    assert_eq!(
-        (comp.kind, comp.key, comp.token, comp.op),
-        (OpKind::Connect, 22, 6, op)
-    );
+    let comp = get_of(&port, OpKind::Connect, 22, 6, op);
     assert_eq!(
         comp.result.as_ref().unwrap_err().kind(),
         ErrorKind::ConnectionRefused,
@@ -84,11 +74,7 @@ pub fn cancel_pending(t: &Target) {
     let (h, mut c) = tcp_pair(&port, 31);
     let op = port.recv(&h, vec_with(b"xy", 64), 1).unwrap();
     h.cancel(op).unwrap();
-    let mut comp = get(&port);
-    assert_eq!(
-        (comp.kind, comp.key, comp.token, comp.op),
-        (OpKind::Recv, 31, 1, op)
-    );
+    let mut comp = get_of(&port, OpKind::Recv, 31, 1, op);
     assert!(comp.is_aborted(), "{}", brief(&comp));
     assert_eq!(comp.take_buf().unwrap().as_slice(), b"xy");
     no_packet(&port, Duration::from_millis(100));

@@ -36,13 +36,7 @@ pub fn pooled_stream(t: &Target) {
     });
     let (mut data, mut chunks, mut held, mut max_in_use) = (Vec::new(), 0u64, Vec::new(), 0);
     loop {
-        let mut comp = get(&port);
-        assert_eq!(
-            (comp.kind, comp.key, comp.token, comp.op),
-            (OpKind::RecvPooled, 90, 3, op),
-            "{}",
-            brief(&comp)
-        );
+        let mut comp = get_of(&port, OpKind::RecvPooled, 90, 3, op);
         if !comp.more {
             assert_eq!(
                 comp.result.as_ref().ok(),

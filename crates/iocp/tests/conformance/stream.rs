@@ -212,13 +212,7 @@ pub fn send_vectored_many_buffers(t: &Target) {
         (op1, 1, 2000, vec![1; 2000]),
         (op2, 2, total, sizes.clone()),
     ] {
-        let mut comp = get(&port);
-        assert_eq!(
-            (comp.kind, comp.key, comp.token, comp.op),
-            (OpKind::Send, 94, tok, op),
-            "{}",
-            brief(&comp)
-        );
+        let mut comp = get_of(&port, OpKind::Send, 94, tok, op);
         assert_eq!(
             comp.result.as_ref().ok(),
             Some(&n),

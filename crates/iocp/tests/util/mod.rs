@@ -10,7 +10,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use completion_port::{Backend, BlockingGuard, Completion, GetError, Handle, Port, PortBuilder};
+use completion_port::{
+    Backend, BlockingGuard, Completion, GetError, Handle, OpId, OpKind, Port, PortBuilder,
+};
 
 /// The bound on every wait in the tests.
 pub const T: Duration = Duration::from_secs(10);
@@ -140,6 +142,20 @@ pub fn get(port: &Port) -> Completion {
         Ok(c) => c,
         Err(e) => panic!("expected a packet within {T:?}, got {e:?}"),
     }
+}
+
+/// Takes one packet, which must be operation `op`'s completion: of `kind`,
+/// under `key` and `token`.
+#[track_caller]
+pub fn get_of(port: &Port, kind: OpKind, key: u64, token: u64, op: OpId) -> Completion {
+    let c = get(port);
+    assert_eq!(
+        (c.kind, c.key, c.token, c.op),
+        (kind, key, token, op),
+        "{}",
+        brief(&c)
+    );
+    c
 }
 
 /// Asserts that no packet arrives within `within`.
