@@ -4,6 +4,7 @@
 usage: python3 bench/run.py [--quick] [--out bench/results/latest.json] [--md bench/results/latest.md]
                             [--repeats N] [--duration S] [--warmup S] [--only NAME,...]
                             [--skip matrix,openloop,memory,clients] [--no-build] [--perf SERVER]
+                            [--points CxS,...] [--baseline REV]
 
 One command builds everything (release), then runs, with every server pinned to CPU 0
 (`taskset -c 0`, ours with `--workers 1`) and every load generator pinned to CPU 1:
@@ -13,6 +14,10 @@ One command builds everything (release), then runs, with every server pinned to 
 2. open loop at 50 % of the best async peer's closed-loop rate at 16 x 64 B (p99 etc.);
 3. memory: RSS growth per idle connection at 10,000 connections, and the accept rate;
 4. load generators compared against one server (iocp-echo bench, tcp-echo-benchmark, client-tokio).
+
+`--baseline REV` also builds `iocp-echo` as it was at commit REV (its tree exported into a
+temporary directory) and runs its servers as extra rows `iocp-…@REV`, interleaved with ours in every round;
+the report then gives paired new ÷ old ratios of server CPU per message and of msgs/s.
 
 Markdown tables go to stdout and to --md; every raw number goes to --out (JSON).
 Python 3 standard library only. `--hold-client ADDR N` is the internal connection-holding client
@@ -29,6 +34,7 @@ import random
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -53,6 +59,12 @@ OURS = {
 PEERS = ["tokio-ct", "tokio-mt1", "monoio", "compio", "std", "raw-uring"]
 ASYNC_PEERS = ["tokio-ct", "tokio-mt1", "monoio", "compio"]
 ALL_SERVERS = list(OURS) + PEERS
+
+
+def ours(name):
+    """Whether `name` is one of our servers, this build's (`iocp-pool-epoll`) or a baseline's
+    (`iocp-pool-epoll@1788edf`)."""
+    return name.partition("@")[0] in OURS
 
 # ----------------------------------------------------------------------------- child processes
 
@@ -160,8 +172,9 @@ class ServerFailed(Exception):
 class Server:
     def __init__(self, name, bins, logdir):
         self.name = name
-        if name in OURS:
-            argv = [bins["iocp-echo"]] + OURS[name]
+        base, at, rev = name.partition("@")
+        if base in OURS:
+            argv = [bins["iocp-echo" + at + rev]] + OURS[base]
         else:
             argv = [bins[f"echo-{name}"], "--listen", "127.0.0.1:0"]
         self.argv = ["taskset", "-c", SERVER_CPU] + argv
@@ -531,6 +544,24 @@ def ok_run(r):
     return r["report"] is not None and not r["timed_out"]
 
 
+def cpu_us_per_msg(r, duration):
+    """Server CPU µs per echoed message over the measured window, or None."""
+    if not ok_run(r) or r["server_cpu_s"] is None or not r["report"]["msgs_per_s"]:
+        return None
+    return r["server_cpu_s"] * 1e6 / (r["report"]["msgs_per_s"] * duration)
+
+
+def new_over_old(runs, new, old, conns, size, value):
+    """Per repeat: value(new's run) ÷ value(old's run) at one point, the two from the same round."""
+    by = {}
+    for r in runs:
+        if r["connections"] == conns and r["size"] == size and r["server"] in (new, old):
+            v = value(r)
+            if v is not None:
+                by.setdefault(r["repeat"], {})[r["server"]] = v
+    return [d[new] / d[old] for _, d in sorted(by.items()) if d.get(new) is not None and d.get(old)]
+
+
 def run_flags(rs):
     """'!' if any run had errors, connect failures or a non-zero exit."""
     for r in rs:
@@ -554,6 +585,25 @@ def paired(runs, ours, conns, size, against):
     return ratios
 
 
+def baseline_report(runs, a, servers, pts, hdr):
+    """The new build against the baseline's: per server and point, new ÷ old in the same round."""
+    rev = a.baseline_rev
+    pairs = [(s, f"{s}@{rev}") for s in servers if s in OURS and f"{s}@{rev}" in servers]
+    md = [f"## This build ÷ baseline {rev} — paired per round, median (min–max); \"all\" pools every point\n"]
+    for what, value, note in (
+            ("server CPU µs per message", lambda r: cpu_us_per_msg(r, a.duration),
+             "below 1 = this build spends less server CPU per message"),
+            ("msgs/s", lambda r: r["report"]["msgs_per_s"] if ok_run(r) else None,
+             "above 1 = this build echoes more")):
+        rows = []
+        for new, old in pairs:
+            per_point = [new_over_old(runs, new, old, c, z, value) for c, z in pts]
+            rows.append([new] + [fmt_ratio(x) for x in per_point] + [fmt_ratio(sum(per_point, []))])
+        md.append(f"### {what}, new ÷ old ({note})\n")
+        md.append(table(hdr + ["all"], rows) + "\n")
+    return "\n".join(md)
+
+
 def report(data, a):
     md = []
     runs = data["runs"]
@@ -572,10 +622,12 @@ def report(data, a):
             rows.append(row)
         md.append(table(hdr, rows))
         md.append("\n`!` = some run of that cell had errors, connect failures, a non-zero exit or a dead server.\n")
+        if a.baseline:
+            md.append(baseline_report(runs, a, servers, pts, hdr))
 
         md.append("## Paired ratios — ours ÷ best async peer (tokio-ct, tokio-mt1, monoio, compio) in the same "
                   "repeat; median (min–max)\n")
-        rows = [[o] + [fmt_ratio(paired(runs, o, c, z, ASYNC_PEERS)) for c, z in pts] for o in OURS if o in servers]
+        rows = [[o] + [fmt_ratio(paired(runs, o, c, z, ASYNC_PEERS)) for c, z in pts] for o in servers if ours(o)]
         md.append(table(hdr[:1] + hdr[1:], rows))
         md.append("\n## Server CPU µs per message (median over repeats; lower is better; less sensitive than msgs/s "
                   "to a saturated load generator)\n")
@@ -583,14 +635,13 @@ def report(data, a):
         for s in servers:
             row = [s]
             for c, z in pts:
-                rs = [r for r in runs if r["server"] == s and r["connections"] == c and r["size"] == z and ok_run(r)
-                      and r["server_cpu_s"] is not None and r["report"]["msgs_per_s"]]
-                v = med([r["server_cpu_s"] * 1e6 / (r["report"]["msgs_per_s"] * a.duration) for r in rs])
+                v = med([cpu_us_per_msg(r, a.duration) for r in runs
+                         if r["server"] == s and r["connections"] == c and r["size"] == z])
                 row.append("–" if v is None else f"{v:.2f}")
             rows.append(row)
         md.append(table(hdr, rows))
         md.append("\n## Paired ratios — ours ÷ raw-uring (the ceiling)\n")
-        rows = [[o] + [fmt_ratio(paired(runs, o, c, z, ["raw-uring"])) for c, z in pts] for o in OURS if o in servers]
+        rows = [[o] + [fmt_ratio(paired(runs, o, c, z, ["raw-uring"])) for c, z in pts] for o in servers if ours(o)]
         md.append(table(hdr, rows))
         # which async peer was best, per point
         best = []
@@ -621,15 +672,14 @@ def report(data, a):
                 cpu = med([r["server_cpu_s"] for r in good])
                 lg = med([r["loadgen_cpu_s"] for r in good])
                 oc = med([r.get("other_cpu_s") for r in good])
-                upm = med([r["server_cpu_s"] * 1e6 / (r["report"]["msgs_per_s"] * a.duration)
-                           for r in good if r["server_cpu_s"] is not None and r["report"]["msgs_per_s"]])
+                upm = med([cpu_us_per_msg(r, a.duration) for r in good])
                 rows.append([s + run_flags(rs), f"{med(v):.0f} [{min(v):.0f}–{max(v):.0f}]",
                              f"{med([r['report']['latency_us']['p99'] for r in good]):.0f}",
                              "–" if cpu is None else f"{cpu:.2f}", "–" if lg is None else f"{lg:.2f}",
                              "–" if oc is None else f"{oc:.2f}",
                              "–" if upm is None else f"{upm:.2f}",
-                             fmt_ratio(paired(runs, s, c, z, ASYNC_PEERS)) if s in OURS else "",
-                             fmt_ratio(paired(runs, s, c, z, ["raw-uring"])) if s in OURS else ""])
+                             fmt_ratio(paired(runs, s, c, z, ASYNC_PEERS)) if ours(s) else "",
+                             fmt_ratio(paired(runs, s, c, z, ["raw-uring"])) if ours(s) else ""])
             md.append(table(["server", "msgs/s", "p99 µs", "server CPU s", "load-gen CPU s", "other CPU s", "server CPU µs/msg",
                              "÷ best async", "÷ raw-uring"],
                             rows) + "\n")
@@ -760,6 +810,8 @@ def build(a):
                           file=sys.stderr)
                     continue
                 sys.exit(f"build failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    if a.baseline:
+        bins[f"iocp-echo@{a.baseline_rev}"] = build_baseline(a.baseline)
     for k, v in list(bins.items()):
         if not os.path.exists(v):
             if k in ("tcp-echo-benchmark",):
@@ -769,6 +821,42 @@ def build(a):
             else:
                 bins[k] = v  # its server will fail to start and be reported
     return bins
+
+
+def git(*args):
+    p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"git {' '.join(args)} failed: {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def build_baseline(rev):
+    """`iocp-echo` (release) as it was at commit `rev`: its tree exported (`git archive`) into a
+    temporary directory, removed afterwards, and built into bench/target/baseline/<commit>, which is
+    kept, so the next run against the same commit builds nothing. `-p iocp-echo` names the binary's
+    package at every commit (the library's package was renamed; the binary's was not)."""
+    full = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    target = os.path.join(BENCH, "target", "baseline", full)
+    exe = os.path.join(target, "release", "iocp-echo")
+    if os.path.exists(exe):
+        return exe
+    tree = tempfile.mkdtemp(prefix=f"iocp-bench-{rev}-")
+    try:
+        archive = subprocess.Popen(["git", "archive", full], cwd=ROOT, stdout=subprocess.PIPE)
+        untar = subprocess.run(["tar", "-x", "-C", tree], stdin=archive.stdout)
+        archive.stdout.close()
+        if archive.wait() != 0 or untar.returncode != 0:
+            sys.exit(f"could not export the tree of {rev} with git archive")
+        cmd = ["cargo", "build", "--release", "--locked", "-p", "iocp-echo"]
+        print(f"$ (cd <tree of {rev}> && CARGO_TARGET_DIR={os.path.relpath(target, ROOT)} {' '.join(cmd)})",
+              file=sys.stderr, flush=True)
+        p = subprocess.run(cmd, cwd=tree, env=dict(os.environ, CARGO_TARGET_DIR=target),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            sys.exit(f"baseline build failed: {' '.join(cmd)} at {rev}\n{p.stderr[-3000:]}")
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return exe
 
 
 # ----------------------------------------------------------------------------- the holding client
@@ -852,7 +940,13 @@ def main():
                     "(e.g. iocp-per-core-uring,raw-uring); needs `perf` (Debian: linux-perf)")
     ap.add_argument("--fixed-order", action="store_true",
                     help="run each round's servers in the listed order, not a seeded shuffle")
-    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the binaries already built (a --baseline build is still made if missing)")
+    ap.add_argument("--points", dest="points_spec", metavar="CxS,...", help="closed-loop points CONNSxSIZE,... (e.g. 16x64,2048x64) "
+                    "[quick: 1x64,16x64,2048x64,16x4096; else {1,16,256,2048} x {64,4096}]")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run our servers as built at commit REV, as rows iocp-…@REV interleaved "
+                    "with this build's, and report new ÷ old (e.g. --baseline 1788edf)")
     ap.add_argument("--hold-client", nargs=2, metavar=("ADDR", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.hold_client:
@@ -863,6 +957,13 @@ def main():
     a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 1.0)
     a.points = ([(1, 64), (16, 64), (2048, 64), (16, 4096)] if a.quick else
                 [(c, s) for s in (64, 4096) for c in (1, 16, 256, 2048)])
+    if a.points_spec:
+        try:
+            a.points = [tuple(int(x) for x in p.split("x")) for p in a.points_spec.split(",")]
+        except ValueError:
+            a.points = None
+        if not a.points or any(len(p) != 2 or min(p) < 1 for p in a.points):
+            ap.error(f"--points: expected CONNSxSIZE,... (e.g. 16x64), got {a.points_spec!r}")
     a.skip = set(x for x in a.skip.split(",") if x)
     a.servers = ALL_SERVERS if not a.only else [s.strip() for s in a.only.split(",")]
     unknown = [s for s in a.servers if s not in ALL_SERVERS]
@@ -870,6 +971,12 @@ def main():
         ap.error(f"unknown server(s) {unknown}; known: {ALL_SERVERS}")
     if a.perf and any(n.strip() not in ALL_SERVERS for n in a.perf.split(",")):
         ap.error(f"--perf: unknown server in {a.perf!r}; known: {ALL_SERVERS}")
+    if a.baseline:
+        a.baseline_rev = git("rev-parse", "--short", "--verify", f"{a.baseline}^{{commit}}")
+        old = [f"{s}@{a.baseline_rev}" for s in a.servers if s in OURS]
+        if not old:
+            ap.error("--baseline: none of our servers (iocp-…) is selected to compare")
+        a.servers = a.servers + old
     a.md = a.md or os.path.splitext(a.out)[0] + ".md"
     a.results_dir = os.path.dirname(os.path.abspath(a.out))
     os.makedirs(a.results_dir, exist_ok=True)
@@ -918,6 +1025,9 @@ def main():
             f"(of which building {build_s:.0f} s)\n"
             f"- servers: `taskset -c 0` (ours: `--workers 1`); load: `taskset -c 1 iocp-echo bench … --threads 1 "
             f"--json`\n")
+    if a.baseline:
+        head += (f"- baseline: rows `…@{a.baseline_rev}` are `iocp-echo` built (release) at commit "
+                 f"{a.baseline_rev}, run in the same rounds as this build's\n")
     text = head + "\n" + report(r.data, a)
     print(text)
     with open(a.md, "w") as f:
