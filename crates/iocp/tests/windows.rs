@@ -48,6 +48,13 @@ fn pair(port: &Port, key: u64) -> (completion_port::Handle, TcpStream) {
     (port.associate(s, key).unwrap(), client)
 }
 
+/// A listener on 127.0.0.1 associated with `port` under `key`, and its address.
+fn listener(port: &Port, key: u64) -> (completion_port::Handle, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (port.associate(l, key).unwrap(), addr)
+}
+
 fn assert_none_left(port: &Port) {
     match port.get(Some(Duration::from_millis(200))) {
         Err(GetError::TimedOut) => {}
@@ -71,9 +78,7 @@ fn backend_is_iocp() {
 #[test]
 fn echo_round_trip() {
     let port = Port::new(0).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let lh = port.associate(l, 1).unwrap();
+    let (lh, addr) = listener(&port, 1);
     port.accept(&lh, 10).unwrap();
 
     // The client side goes through the library too: ConnectEx on an unbound
@@ -252,8 +257,7 @@ fn cancel_pending_recv_aborts_once() {
 #[test]
 fn close_handle_with_ops_in_flight() {
     let port = Port::new(0).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let lh = port.associate(l, 1).unwrap();
+    let (lh, _) = listener(&port, 1);
     port.accept(&lh, 90).unwrap();
     let (h, mut client) = pair(&port, 9);
     port.recv(&h, Vec::with_capacity(64), 91).unwrap(); // in the kernel
@@ -484,9 +488,7 @@ fn get_timeout_consumes_nothing() {
 #[test]
 fn accept_stream_until_cancelled() {
     let port = Port::new(0).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let lh = port.associate(l, 1).unwrap();
+    let (lh, addr) = listener(&port, 1);
     let op = port.accept_stream(&lh, 5).unwrap();
     let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut peers = Vec::new();
@@ -550,9 +552,7 @@ fn multi_worker_echo() {
     const BYTES: usize = 256 * 1024;
     const STOP: u64 = u64::MAX;
     let port = Port::new(0).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let lh = port.associate(l, 0).unwrap();
+    let (lh, addr) = listener(&port, 0);
     let accept_op = port.accept_stream(&lh, 0).unwrap();
     let conns: Arc<Mutex<std::collections::HashMap<u64, completion_port::Handle>>> = Arc::default();
     let next_key = Arc::new(std::sync::atomic::AtomicU64::new(1));
