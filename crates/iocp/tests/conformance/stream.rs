@@ -78,7 +78,7 @@ pub fn large_send_slow_peer(t: &Target) {
             }
             got.extend_from_slice(&buf[..n]);
             reads += 1;
-            if reads % 64 == 0 {
+            if reads.is_multiple_of(64) {
                 // A slow reader: pacing only, nothing waits on this.
                 std::thread::sleep(Duration::from_millis(1));
             }
