@@ -33,6 +33,7 @@
 
 // No module uses one that uses it back: ARCHITECTURE.md lists them in
 // dependency order, and `ci/modules.py` checks it.
+mod addr;
 mod buf;
 mod config;
 mod error;
@@ -51,6 +52,7 @@ mod stats;
 mod sys;
 mod timers;
 
+pub use addr::Addr;
 pub use buf::{Buf, IoBuf};
 #[cfg(target_os = "linux")]
 pub use config::UringFeatures;

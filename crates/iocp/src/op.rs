@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::error::SubmitError;
 
@@ -111,8 +112,8 @@ pub struct Completion {
 pub(crate) enum Extra {
     #[default]
     None,
-    Accepted(socket2::Socket, Option<SocketAddr>),
-    From(Option<SocketAddr>),
+    Accepted(socket2::Socket, Option<Addr>),
+    From(Option<Addr>),
     Vectored(Vec<Buf>),
 }
 
@@ -209,10 +210,11 @@ impl Completion {
     }
 
     /// For an accept: the new socket (not yet associated with any port, as
-    /// with `AcceptEx`) and its peer address.
+    /// with `AcceptEx`) and its peer's IP address (`None` for a Unix socket:
+    /// read [`Completion::addr`] first).
     pub fn take_accepted(&mut self) -> Option<(socket2::Socket, Option<SocketAddr>)> {
         match std::mem::take(&mut self.extra) {
-            Extra::Accepted(s, a) => Some((s, a)),
+            Extra::Accepted(s, a) => Some((s, a.and_then(|a| a.as_ip()))),
             other => {
                 self.extra = other;
                 None
@@ -220,11 +222,17 @@ impl Completion {
         }
     }
 
-    /// For `recv_from`: the sender's address.
+    /// For `recv_from`: the sender's IP address (`None` for a Unix socket's
+    /// sender: see [`Completion::addr`]).
     pub fn from_addr(&self) -> Option<SocketAddr> {
+        self.addr().and_then(Addr::as_ip)
+    }
+
+    /// For `recv_from`: the sender's address; for an accept (until
+    /// [`Completion::take_accepted`]): the peer's. IP or Unix.
+    pub fn addr(&self) -> Option<&Addr> {
         match &self.extra {
-            Extra::From(a) => *a,
-            Extra::Accepted(_, a) => *a,
+            Extra::From(a) | Extra::Accepted(_, a) => a.as_ref(),
             _ => None,
         }
     }

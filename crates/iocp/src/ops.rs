@@ -4,8 +4,8 @@
 //! which checks the handle and passes it to the backend.
 
 use std::io;
-use std::net::SocketAddr;
 
+use crate::addr::Addr;
 use crate::buf::{Buf, IoBuf};
 use crate::error::SubmitError;
 use crate::handle::Handle;
@@ -36,15 +36,21 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         self.start_op(listener, OpData::AcceptMulti, opts.into())
     }
-    /// `ConnectEx`: connects an associated, unconnected socket (on Windows it
-    /// is first bound to the unspecified address if it is not bound).
+    /// `ConnectEx`: connects an associated, unconnected socket to an IP
+    /// address or, for a Unix domain socket, a path (on Windows an IP
+    /// socket is first bound to the unspecified address if it is not
+    /// bound). A path that cannot be a socket address is refused here.
     pub fn connect(
         &self,
         h: &Handle,
-        addr: SocketAddr,
+        addr: impl Into<Addr>,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Connect(Box::new(addr.into())), opts.into())
+        let to = addr
+            .into()
+            .to_sockaddr()
+            .map_err(|e| SubmitError::with_bufs(e, None, Vec::new()))?;
+        self.start_op(h, OpData::Connect(Box::new(to)), opts.into())
     }
     /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
     /// One completion; 0 bytes means the peer closed its side.
@@ -90,8 +96,9 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::SendV(bufs), opts.into())
     }
-    /// `WSARecvFrom` (UDP): one datagram; the sender is
-    /// [`crate::Completion::from_addr`].
+    /// `WSARecvFrom` (UDP, or a Unix datagram socket): one datagram; the
+    /// sender is [`crate::Completion::addr`] ([`crate::Completion::from_addr`]
+    /// for its IP address).
     pub fn recv_from(
         &self,
         h: &Handle,
@@ -100,18 +107,26 @@ impl Port {
     ) -> Result<OpId, SubmitError> {
         self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
     }
-    /// `WSASendTo` (UDP): one datagram to `addr`. Refused on a stream
+    /// `WSASendTo` (UDP, or a Unix datagram socket): one datagram to
+    /// `addr`, an IP address or a Unix socket's path. Refused on a stream
     /// socket (TCP), which sends only to its peer (use [`Port::send`]: it
-    /// sends the whole buffer or fails), with an `InvalidInput` error and
-    /// the buffer handed back.
+    /// sends the whole buffer or fails), and for a path that cannot be a
+    /// socket address, with an `InvalidInput` error and the buffer handed
+    /// back.
     pub fn send_to(
         &self,
         h: &Handle,
         buf: impl IoBuf,
-        addr: SocketAddr,
+        addr: impl Into<Addr>,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        let data = OpData::SendTo(buf.into(), Box::new(addr.into()));
+        let addr = addr.into();
+        let buf = buf.into();
+        let to = match addr.to_sockaddr() {
+            Ok(to) => to,
+            Err(e) => return Err(SubmitError::with_bufs(e, Some(buf), Vec::new())),
+        };
+        let data = OpData::SendTo(buf, Box::new(to));
         if h.is_stream() {
             return Err(data.refuse(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -22,7 +22,9 @@
 //!   port keeps (LIFO wake-up, the concurrency limit): not on IOCP, where
 //!   the kernel schedules (`tests/windows.rs` checks it there);
 //! - `inline`: about an inline port's owner thread, so inline targets only;
-//! - `linux`: about the Linux engines (io_uring, epoll), threaded or inline.
+//! - `linux`: about the Linux engines (io_uring, epoll), threaded or inline;
+//! - `unix`: Unix domain sockets, every target where the backend has them
+//!   (not yet the `iocp` backend: there an ignored test says so).
 //!
 //! A target whose backend cannot build a port on this machine (io_uring
 //! blocked by seccomp or a sysctl, too old a kernel) fails each of its
@@ -39,6 +41,7 @@ mod pooled;
 mod queue;
 mod stream;
 mod timers;
+mod unix;
 
 use std::time::Duration;
 
@@ -103,6 +106,8 @@ macro_rules! for_each_clause {
             any pooled::pooled_stream,
             any pooled::pooled_receive_starves_and_resumes,
             linux pooled::returned_buffers_always_wake_a_starved_receive,
+            unix unix::unix_stream_round_trip,
+            unix unix::unix_datagram_send_to_recv_from,
         }
     };
 }
@@ -169,6 +174,9 @@ macro_rules! clause_test {
     ($target:ident threaded linux $family:ident $clause:ident) => {
         clause_test!(@run $target $family $clause);
     };
+    ($target:ident threaded unix $family:ident $clause:ident) => {
+        clause_test!(@run $target $family $clause);
+    };
     ($target:ident threaded inline $family:ident $clause:ident) => {
         clause_test!(@skip $target $family $clause "about an inline port's owner thread; \
             this port has an engine thread");
@@ -181,6 +189,9 @@ macro_rules! clause_test {
         clause_test!(@run $target $family $clause);
     };
     ($target:ident inline linux $family:ident $clause:ident) => {
+        clause_test!(@run $target $family $clause);
+    };
+    ($target:ident inline unix $family:ident $clause:ident) => {
         clause_test!(@run $target $family $clause);
     };
     ($target:ident inline threaded $family:ident $clause:ident) => {
@@ -213,6 +224,10 @@ macro_rules! clause_test {
             pool buffers come back: the IOCP backend reads one pool buffer per readiness \
             packet, so a two-buffer pool whose buffers the application drops at once never \
             runs dry there (`starved` stays 0)");
+    };
+    ($target:ident kernel unix $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "iocp backend for Unix sockets: not \
+            implemented yet");
     };
 
     (@run $target:ident $family:ident $clause:ident) => {

@@ -348,3 +348,36 @@ pub fn token_of(r: Result<Completion, GetError>) -> Result<u64, GetError> {
 pub fn tokens(batch: &[Completion]) -> Vec<u64> {
     batch.iter().map(|c| c.token).collect()
 }
+
+// ---- scratch files ----------------------------------------------------------
+
+/// A fresh directory under the system's temporary directory, removed with
+/// everything in it when dropped. Its path is short (socket paths must fit
+/// in 108 bytes).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("iocp-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        TempDir(p)
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -6,13 +6,13 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use socket2::{SockAddr, SockRef};
 
 use super::OpMeta;
+use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::op::{Completion, OpKind};
 use crate::pool::PoolShared;
@@ -61,7 +61,7 @@ pub(crate) fn kernel_release() -> String {
 pub(crate) fn sockaddr_from_storage(
     storage: &libc::sockaddr_storage,
     len: libc::socklen_t,
-) -> Option<SocketAddr> {
+) -> Option<Addr> {
     // SAFETY: `storage` is a valid, initialised sockaddr_storage of `len`
     // bytes written by the kernel; SockAddr copies it.
     let addr = unsafe {
@@ -70,7 +70,7 @@ pub(crate) fn sockaddr_from_storage(
             len,
         )
     };
-    addr.as_socket()
+    Addr::from_sockaddr(&addr)
 }
 
 /// The spare room of a receive buffer (see [`Buf`]) as uninitialised bytes.

@@ -3,9 +3,9 @@
 //! epoll engine that talks to the kernel lives here.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::addr::Addr;
 use crate::sys::common::sockaddr_from_storage;
 
 /// What every socket is registered for, once, at association: both
@@ -91,7 +91,7 @@ thread_local! {
 }
 
 /// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: the new socket and its peer.
-pub(super) fn accept(fd: BorrowedFd<'_>) -> io::Result<(socket2::Socket, Option<SocketAddr>)> {
+pub(super) fn accept(fd: BorrowedFd<'_>) -> io::Result<(socket2::Socket, Option<Addr>)> {
     #[cfg(test)]
     if let Some(code) = FAIL_NEXT_ACCEPT.with(|f| f.take()) {
         return Err(io::Error::from_raw_os_error(code));

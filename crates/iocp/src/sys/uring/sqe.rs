@@ -7,13 +7,13 @@
 //! CQE, so the kernel never writes to freed or moved memory.
 
 use std::io;
-use std::net::SocketAddr;
 
 use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
 
 use super::ud::{CANCEL_UD, POLL_BIT, WAKE_UD};
 use super::{UringEngine, UringFeatures};
+use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::kit::phase::Phase;
 use crate::sys::common::{sockaddr_from_storage, unsent, IOV_MAX};
@@ -165,12 +165,12 @@ impl AddrBuf {
     }
 
     /// The address, `len` bytes of it.
-    pub fn addr(&self, len: libc::socklen_t) -> Option<SocketAddr> {
+    pub fn addr(&self, len: libc::socklen_t) -> Option<Addr> {
         sockaddr_from_storage(&self.storage, len)
     }
 
     /// The address, as long as the kernel said it is.
-    pub fn written(&self) -> Option<SocketAddr> {
+    pub fn written(&self) -> Option<Addr> {
         self.addr(self.len)
     }
 }
@@ -224,7 +224,7 @@ impl Msg {
     }
 
     /// The sender's address of the last receive.
-    pub fn from(&self) -> Option<SocketAddr> {
+    pub fn from(&self) -> Option<Addr> {
         self.addr.addr(self.hdr.msg_namelen)
     }
 }

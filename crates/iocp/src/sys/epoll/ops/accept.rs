@@ -4,10 +4,10 @@
 //! [`crate::kit::accept`] on errors (a back-off pauses the whole lane: the
 //! connection stays in the backlog and the listener stays readable).
 
-use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
 use super::{failed, AcceptStream, Attempt, ReadyOp};
+use crate::addr::Addr;
 use crate::kit::accept;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -17,7 +17,7 @@ use crate::sys::epoll::poller;
 
 pub(in crate::sys::epoll) struct Accept {
     /// The connection, once accepted.
-    got: Option<(socket2::Socket, Option<SocketAddr>)>,
+    got: Option<(socket2::Socket, Option<Addr>)>,
 }
 
 impl Accept {

@@ -1,12 +1,12 @@
 //! Datagrams: `recvfrom` (the sender's address comes back with the data)
 //! and `sendto`. A datagram goes out whole or fails whole.
 
-use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
 use socket2::{SockAddr, SockRef};
 
 use super::{failed, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
+use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -17,7 +17,7 @@ use crate::sys::common::OpBase;
 pub(in crate::sys::epoll) struct RecvFrom {
     buf: Buf,
     /// The sender, once a datagram came.
-    from: Option<SocketAddr>,
+    from: Option<Addr>,
 }
 
 impl RecvFrom {
@@ -43,7 +43,7 @@ impl ReadyOp for RecvFrom {
     fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
         match recv_from_into(&SockRef::from(&fd), &mut self.buf, RECV_FLAGS) {
             Ok((n, from)) => {
-                self.from = from.as_socket();
+                self.from = Addr::from_sockaddr(&from);
                 Step::Done(Ok(n))
             }
             Err(e) => failed(e),

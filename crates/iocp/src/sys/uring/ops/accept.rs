@@ -7,6 +7,7 @@ use std::os::fd::FromRawFd;
 use io_uring::{cqueue, opcode, squeue};
 
 use super::{AcceptStream, Issue, Reap, UringOp};
+use crate::addr::Addr;
 use crate::kit::accept;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -76,7 +77,7 @@ impl UringOp for AcceptStream {
         if res >= 0 {
             // SAFETY: the kernel just created this descriptor for us.
             let sock = unsafe { socket2::Socket::from_raw_fd(res) };
-            let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+            let peer = sock.peer_addr().ok().and_then(|a| Addr::from_sockaddr(&a));
             let mut c = cx.meta.more(OpKind::Accept, Ok(0));
             c.extra = Extra::Accepted(sock, peer);
             cx.out.push(c);

@@ -13,6 +13,7 @@ use windows_sys::Win32::Networking::WinSock::{AF_INET6, SOCKADDR, SOCKET};
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
 use super::{pending_or, Input, Reap, WinOp};
+use crate::addr::Addr;
 use crate::kit::accept;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -83,7 +84,7 @@ impl WinOp for Accept {
         if c.result.is_ok() {
             match self.accepted(h.sock) {
                 Ok((sock, peer)) => {
-                    c.extra = Extra::Accepted(sock, peer);
+                    c.extra = Extra::Accepted(sock, peer.map(Addr::Ip));
                     c.result = Ok(0);
                 }
                 Err(e) => c.result = Err(e),
@@ -118,7 +119,7 @@ impl WinOp for AcceptStream {
                 let got = self.0.accepted(cx.h.sock);
                 let c = cx.more(OpKind::Accept, Ok(0));
                 match got {
-                    Ok((sock, peer)) => c.extra = Extra::Accepted(sock, peer),
+                    Ok((sock, peer)) => c.extra = Extra::Accepted(sock, peer.map(Addr::Ip)),
                     Err(e) => c.result = Err(e),
                 }
                 return Step::Again;

@@ -11,6 +11,7 @@ use windows_sys::Win32::Networking::WinSock::{
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
 use super::{pending_or, wsabuf, Input, Reap, RecvMem, WinOp};
+use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -80,7 +81,7 @@ impl WinOp for RecvFrom {
                     self.from_len.min(FROM_LEN),
                 )
             };
-            c.extra = Extra::From(from);
+            c.extra = Extra::From(from.map(Addr::Ip));
         }
         self.mem.complete(c);
     }
