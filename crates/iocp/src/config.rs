@@ -180,6 +180,7 @@ pub(crate) struct Config {
     pub sq_entries: u32,
     pub cq_entries: u32,
     pub inline: bool,
+    pub file_threads: usize,
 }
 
 impl Default for Config {
@@ -193,6 +194,7 @@ impl Default for Config {
             sq_entries: 256,
             cq_entries: 4096,
             inline: false,
+            file_threads: 4,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The public socket handle, written once for every platform: [`Handle`].
-//! Each call goes to the platform's backend (`sys::Handle`, through the
-//! contract in `sys`).
+//! The public handles, written once for every platform: [`Handle`] (a
+//! socket), [`FileHandle`] and [`PipeHandle`]. Each call goes to the
+//! platform's backend (`sys::Handle`, through the contract in `sys`).
 
 use std::fmt;
 use std::io;
@@ -118,3 +118,75 @@ impl Handle {
         })
     }
 }
+
+/// A file associated with a port ([`crate::Port::associate_file`]): a
+/// regular file or a block device, read and written at explicit offsets
+/// ([`crate::Port::read_at`], [`crate::Port::write_at`]) and flushed
+/// ([`crate::Port::fsync`], [`crate::Port::fdatasync`]). The file's own
+/// position is never used. Clones share the file; it closes as a
+/// [`Handle`] does: on [`FileHandle::close`], when the last clone drops, or
+/// with the port — after its last operation.
+#[derive(Clone)]
+pub struct FileHandle(Handle);
+
+/// A pipe associated with a port ([`crate::Port::associate_pipe`]): an end
+/// of `std::io::pipe`, a child process's stdin, stdout or stderr, or a
+/// FIFO. Read and written as a stream ([`crate::Port::read`],
+/// [`crate::Port::write`]), in issue order. Clones share the pipe; it
+/// closes as a [`Handle`] does.
+#[derive(Clone)]
+pub struct PipeHandle(Handle);
+
+macro_rules! os_handle {
+    ($t:ident) => {
+        impl $t {
+            pub(crate) fn new(imp: sys::Handle) -> $t {
+                // (A file or a pipe is a stream of bytes; only sockets ask.)
+                $t(Handle::new(imp, true))
+            }
+
+            /// The handle operations start on.
+            pub(crate) fn handle(&self) -> &Handle {
+                &self.0
+            }
+
+            /// The completion key given at association.
+            pub fn key(&self) -> u64 {
+                self.0.key()
+            }
+
+            /// `CancelIoEx(handle, op)`: asks the operation to end early. It
+            /// still completes exactly once — aborted, or with its normal
+            /// result if the cancel lost the race (an operation already
+            /// running on a file usually does).
+            pub fn cancel(&self, op: OpId) -> io::Result<()> {
+                self.0.cancel(op)
+            }
+
+            /// `CloseHandle`: aborts every pending operation (each still
+            /// completes once) and closes the descriptor after the last of
+            /// them.
+            pub fn close(&self) {
+                self.0.close();
+            }
+
+            /// Whether `close` was called (or the port was closed).
+            pub fn is_closed(&self) -> bool {
+                self.0.is_closed()
+            }
+        }
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("key", &self.key())
+                    .field("id", &self.0.inner.imp.id())
+                    .field("closed", &self.is_closed())
+                    .finish()
+            }
+        }
+    };
+}
+
+os_handle!(FileHandle);
+os_handle!(PipeHandle);

@@ -1,14 +1,15 @@
 //! The operations of a port — `AcceptEx`, `ConnectEx`, `WSARecv`,
-//! `WSASend` and friends — written once for every platform: each builds an
-//! `OpData` that owns its memory and hands it to [`Port`]'s `start_op`,
-//! which checks the handle and passes it to the backend.
+//! `WSASend` and friends on sockets, `ReadFile`, `WriteFile` and
+//! `FlushFileBuffers` on files and pipes — written once for every platform:
+//! each builds an `OpData` that owns its memory and hands it to [`Port`]'s
+//! `start_op`, which checks the handle and passes it to the backend.
 
 use std::io;
 
 use crate::addr::Addr;
 use crate::buf::{Buf, IoBuf};
 use crate::error::SubmitError;
-use crate::handle::Handle;
+use crate::handle::{FileHandle, Handle, PipeHandle};
 use crate::op::{OpData, OpId, OpOptions};
 use crate::port::Port;
 
@@ -138,5 +139,115 @@ impl Port {
             )));
         }
         self.start_op(h, data, opts.into())
+    }
+
+    /// `ReadFile` at an offset: reads into the buffer's spare room (see
+    /// [`Buf`]) from the file at `offset`. It completes with the bytes read:
+    /// all the room asked for, or fewer when the file ends first; a read at
+    /// or past the end of the file completes with 0 bytes (not an error).
+    /// (One read moves at most 2 GiB − 4 KiB on Linux.) The file's own
+    /// position is neither used nor moved.
+    pub fn read_at(
+        &self,
+        f: &FileHandle,
+        buf: impl IoBuf,
+        offset: u64,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_at(f, OpData::Read(buf.into(), Some(offset)), offset, opts)
+    }
+
+    /// `WriteFile` at an offset: writes every byte of the buffer to the
+    /// file at `offset` (short writes are finished inside, as for
+    /// [`Port::send`]); a write past the end extends the file. A write that
+    /// fails part-way (the disk full, …) reports what was written in
+    /// [`crate::Completion::transferred`]. Writes in flight at once may
+    /// complete in any order; two that overlap leave either's bytes.
+    pub fn write_at(
+        &self,
+        f: &FileHandle,
+        buf: impl IoBuf,
+        offset: u64,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_at(f, OpData::Write(buf.into(), Some(offset)), offset, opts)
+    }
+
+    /// `FlushFileBuffers` (`fsync`): the file's data and metadata reach the
+    /// disk. It covers the writes that completed before it started, not
+    /// those still in flight.
+    pub fn fsync(&self, f: &FileHandle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
+        self.start_op(f.handle(), OpData::Flush(false), opts.into())
+    }
+
+    /// `fdatasync`: as [`Port::fsync`], without the metadata a later read
+    /// does not need (times). On Windows the same as `fsync`.
+    pub fn fdatasync(
+        &self,
+        f: &FileHandle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(f.handle(), OpData::Flush(true), opts.into())
+    }
+
+    /// `ReadFile` on a pipe: reads what the pipe holds into the buffer's
+    /// spare room, waiting until there is something; 0 bytes means every
+    /// writer closed its end (EOF). Reads complete in issue order.
+    pub fn read(
+        &self,
+        p: &PipeHandle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(p.handle(), OpData::Read(buf.into(), None), opts.into())
+    }
+
+    /// `WriteFile` on a pipe: completes when every byte is written (short
+    /// writes are finished inside, in issue order, as for [`Port::send`]),
+    /// or with an error (`BrokenPipe` once the reader closed; like
+    /// `write(2)` it also raises `SIGPIPE`, which Rust programs ignore).
+    pub fn write(
+        &self,
+        p: &PipeHandle,
+        buf: impl IoBuf,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(p.handle(), OpData::Write(buf.into(), None), opts.into())
+    }
+
+    /// `ConnectNamedPipe` (Windows): waits for a client to open the server
+    /// end of a named pipe ([`crate::fs::create_named_pipe`]); completes
+    /// with 0 bytes once one has (also when it connected before the call).
+    /// Not implemented yet: the Windows backend refuses it.
+    #[cfg(windows)]
+    pub fn connect_named_pipe(
+        &self,
+        p: &PipeHandle,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        self.start_op(p.handle(), OpData::ConnectNamedPipe, opts.into())
+    }
+}
+
+/// The largest file offset (`off_t` is signed).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
+impl Port {
+    /// Starts a read or write at `offset` on a file, if `offset` can be a
+    /// file offset; else refused, naming it.
+    fn start_at(
+        &self,
+        f: &FileHandle,
+        data: OpData,
+        offset: u64,
+        opts: impl Into<OpOptions>,
+    ) -> Result<OpId, SubmitError> {
+        if offset > MAX_OFFSET {
+            return Err(data.refuse(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file offset {offset} is past the largest a file can have ({MAX_OFFSET})"),
+            )));
+        }
+        self.start_op(f.handle(), data, opts.into())
     }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backend, BackendInfo, Config};
 use crate::error::{self, GetError, SubmitError};
-use crate::handle::Handle;
+use crate::handle::{FileHandle, Handle, PipeHandle};
 use crate::op::{Completion, OpData, OpId, OpOptions};
 use crate::running::StepOut;
 use crate::stats::{EngineStats, PoolStats, PortStats};
-use crate::sys::{self, SysHandle, SysPort};
+use crate::sys::{self, Kind, OsHandle, SysHandle, SysPort};
 
 /// A completion port: a queue of completion packets that any number of
 /// threads wait on (`GetQueuedCompletionStatus`), fed by the operations
@@ -129,6 +129,43 @@ impl Port {
         socket.set_nonblocking(true)?;
         let stream = socket.r#type().map_or(true, |t| t == socket2::Type::STREAM);
         Ok(Handle::new(self.inner.imp.associate(socket, key)?, stream))
+    }
+
+    /// `CreateIoCompletionPort(file, port, key, 0)` for a file: a regular
+    /// file or a block device, read and written at offsets. The port owns
+    /// the file from now on. Open it with [`crate::fs::OpenOptions`], which
+    /// sets what each platform needs (on Windows `FILE_FLAG_OVERLAPPED`).
+    ///
+    /// Anything else is refused with an `InvalidInput` error saying what it
+    /// is (a directory, a pipe or FIFO, a socket, a terminal or another
+    /// character device), and closed. On the epoll backend file operations
+    /// run on a small pool of threads ([`PortBuilder::file_threads`]); on
+    /// io_uring the kernel runs them.
+    pub fn associate_file(&self, file: std::fs::File, key: u64) -> io::Result<FileHandle> {
+        if self.is_closed() {
+            return Err(error::port_closed());
+        }
+        let imp = self.inner.imp.associate_os(file.into(), Kind::File, key)?;
+        Ok(FileHandle::new(imp))
+    }
+
+    /// `CreateIoCompletionPort(pipe, port, key, 0)` for a pipe: an end of
+    /// `std::io::pipe()`, a child process's `ChildStdin`, `ChildStdout` or
+    /// `ChildStderr`, or a FIFO opened as a `File`. The port owns it from
+    /// now on. On Linux it is put in the mode its engine needs
+    /// (non-blocking for epoll, blocking for io_uring); the other end, if
+    /// another process holds it, is not affected.
+    ///
+    /// A regular file, a socket, a directory or a terminal is refused with
+    /// an `InvalidInput` error saying what it is, and closed. On Windows,
+    /// only named pipes created with `completion_port::fs::create_named_pipe` can
+    /// be overlapped (not yet implemented there).
+    pub fn associate_pipe(&self, pipe: impl Into<OsHandle>, key: u64) -> io::Result<PipeHandle> {
+        if self.is_closed() {
+            return Err(error::port_closed());
+        }
+        let imp = self.inner.imp.associate_os(pipe.into(), Kind::Pipe, key)?;
+        Ok(PipeHandle::new(imp))
     }
 
     /// Starts an operation (every operation in `ops.rs` comes here): the
@@ -304,6 +341,18 @@ impl PortBuilder {
     /// the kernel lets one thread at a time run on the port.
     pub fn inline(mut self, yes: bool) -> Self {
         self.cfg.inline = yes;
+        self
+    }
+
+    /// The most threads that run file operations on the epoll backend
+    /// (default 4, at least 1): regular files are never "ready" for epoll,
+    /// so each read, write or flush on a file blocks one of these threads,
+    /// and operations beyond `n` wait in a queue
+    /// ([`EngineStats::file_queue`]). Threads start when work comes and
+    /// stay until the port closes. Per engine; ignored by io_uring (the
+    /// kernel runs file operations, no thread of ours) and on Windows.
+    pub fn file_threads(mut self, n: usize) -> Self {
+        self.cfg.file_threads = n.max(1);
         self
     }
 

@@ -60,6 +60,13 @@ pub struct EngineStats {
     /// not a counter: on Linux each engine publishes it at the end of every
     /// turn.)
     pub timers: u64,
+    /// File operations waiting for a thread of the epoll backend's file
+    /// pool (a gauge; see [`PortBuilder::file_threads`](crate::PortBuilder::file_threads)).
+    /// Always 0 on io_uring and Windows.
+    pub file_queue: u64,
+    /// Threads the epoll backend's file pool runs (a gauge; at most
+    /// `file_threads` per engine). Always 0 on io_uring and Windows.
+    pub file_threads: u64,
 }
 
 /// Counters of the receive-buffer pools behind pooled receives (summed

@@ -1,4 +1,5 @@
-//! Teardown with operations in flight: handles closed and drained, the port
+//! Teardown with operations in flight (on sockets, a file and pipes): handles
+//! closed and drained, the port
 //! closed under pending operations, the port dropped without `close`. Each
 //! operation completes exactly once when drained; afterwards the process's
 //! open descriptors (`/proc/self/fd`) and threads (`/proc/self/task`) are
@@ -16,7 +17,7 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use completion_port::{Backend, Handle, OpKind, Port};
+use completion_port::{Backend, FileHandle, Handle, OpKind, PipeHandle, Port};
 use socket2::SockRef;
 use util::*;
 
@@ -24,7 +25,12 @@ use util::*;
 struct Scene {
     port: Port,
     handles: Vec<Handle>,
+    files: Vec<FileHandle>,
+    pipes: Vec<PipeHandle>,
     peers: Vec<TcpStream>,
+    /// The pipes' other ends: nobody writes or reads them.
+    pipe_ends: (std::io::PipeReader, std::io::PipeWriter),
+    _dir: TempDir,
     /// Tokens of the operations started.
     tokens: Vec<u64>,
 }
@@ -73,14 +79,36 @@ fn scene(t: &Target) -> Scene {
     port.recv_from(&hu, Vec::with_capacity(64), 6).unwrap();
     handles.push(hu);
 
+    // Reads of a file, a read of a pipe nobody writes, and a write to a
+    // pipe nobody reads (4 MiB: far more than it holds).
+    let dir = TempDir::new("teardown");
+    std::fs::write(dir.join("f"), vec![9u8; 256 * 1024]).unwrap();
+    let fh = port
+        .associate_file(completion_port::fs::open(dir.join("f")).unwrap(), 8)
+        .unwrap();
+    for tok in 8..11 {
+        port.read_at(&fh, Vec::with_capacity(64 * 1024), (tok - 8) * 65536, tok)
+            .unwrap();
+    }
+    let (r, w_end) = std::io::pipe().unwrap();
+    let (r_end, w) = std::io::pipe().unwrap();
+    let rh = port.associate_pipe(r, 11).unwrap();
+    port.read(&rh, Vec::with_capacity(64), 11).unwrap();
+    let wh = port.associate_pipe(w, 12).unwrap();
+    port.write(&wh, vec![5u8; 4 << 20], 12).unwrap();
+
     // A timer far in the future (dropped with the port).
     port.post_after(Duration::from_secs(3600), 7, 7).unwrap();
 
     Scene {
         port,
         handles,
+        files: vec![fh],
+        pipes: vec![rh, wh],
         peers,
-        tokens: vec![1, 2, 3, 4, 5, 6],
+        pipe_ends: (r_end, w_end),
+        _dir: dir,
+        tokens: vec![1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12],
     }
 }
 
@@ -123,6 +151,12 @@ fn drain_then_close(t: &Target, fd0: usize, th0: usize) {
     for h in &s.handles {
         h.close();
     }
+    for f in &s.files {
+        f.close();
+    }
+    for p in &s.pipes {
+        p.close();
+    }
     let mut seen: HashMap<u64, OpKind> = HashMap::new();
     while seen.len() < s.tokens.len() {
         let c = get(&s.port);
@@ -134,6 +168,20 @@ fn drain_then_close(t: &Target, fd0: usize, th0: usize) {
     }
     no_packet(&s.port, Duration::from_millis(50));
     assert_eq!(s.port.pool_stats().in_use, 0);
+    // File operations: a pool of threads on epoll, none on io_uring.
+    let file_threads = thread_names()
+        .iter()
+        .filter(|n| n.starts_with("iocp-file"))
+        .count();
+    match t.backend {
+        Backend::Epoll => assert!(file_threads >= 1, "the file pool ran"),
+        _ => assert_eq!(
+            file_threads,
+            0,
+            "a thread of ours for file I/O on {}",
+            t.name()
+        ),
+    }
     // Drained: every socket is closed already, before the port is.
     peers_see_close(s.peers);
     let t0 = Instant::now();
@@ -145,7 +193,7 @@ fn drain_then_close(t: &Target, fd0: usize, th0: usize) {
     // What close() alone leaves open: the engines' wake eventfds live as
     // long as the Port value or a Handle does.
     let after_close = fds() as isize - fd0 as isize;
-    drop(s.handles);
+    drop((s.handles, s.files, s.pipes, s.pipe_ends));
     drop(s.port);
     check_back_to(&format!("{} drain_then_close", t.name()), fd0, th0);
     println!(
@@ -175,7 +223,7 @@ fn close_with_ops_in_flight(t: &Target, fd0: usize, th0: usize) {
     if !t.inline {
         wait_until("engine threads joined by close()", || threads() == th0);
     }
-    drop(s.handles); // closing handles of a closed port is harmless
+    drop((s.handles, s.files, s.pipes, s.pipe_ends)); // closing handles of a closed port is harmless
     drop(s.port);
     peers_see_close(s.peers);
     check_back_to(&format!("{} close_with_ops_in_flight", t.name()), fd0, th0);
@@ -194,7 +242,7 @@ fn drop_without_close(t: &Target, fd0: usize, th0: usize) {
         "drop took {:?}: an operation outlived the cancel",
         t0.elapsed()
     );
-    drop(s.handles);
+    drop((s.handles, s.files, s.pipes, s.pipe_ends));
     peers_see_close(s.peers);
     check_back_to(&format!("{} drop_without_close", t.name()), fd0, th0);
 }

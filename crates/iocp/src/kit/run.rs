@@ -30,6 +30,10 @@ pub(crate) struct EngineCounters {
     pub eagain_retries: AtomicU64,
     /// Timers pending, as of the engine's last turn (a gauge).
     pub timers: AtomicU64,
+    /// File operations waiting for a pool thread (a gauge).
+    pub file_queue: AtomicU64,
+    /// File pool threads running (a gauge).
+    pub file_threads: AtomicU64,
 }
 
 impl EngineCounters {

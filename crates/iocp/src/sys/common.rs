@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub(crate) use calls::{
-    eventfd_drain, kernel_release, read_pooled, recv_from_into, recv_into, sockaddr_from_storage,
+    eventfd_drain, flush, kernel_release, read_into, read_pooled, recv_from_into, recv_into,
+    sockaddr_from_storage, write_from,
 };
 pub(crate) use engine::{take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};
@@ -29,12 +30,19 @@ use crate::op::Completion;
 pub(crate) use crate::op::OpData;
 use crate::pool::{PoolShared, ReturnWaker};
 use crate::queue::Queue;
+pub(crate) use crate::sys::contract::Kind;
 
 /// Work for an engine, queued by any thread.
 pub(crate) enum Cmd {
-    /// A new handle: the engine holds `fd` from now on and lets go of it
-    /// after the handle's last completion (dropping the command lets go too).
-    Register { hid: u64, fd: EngineFd, key: u64 },
+    /// A new handle of `kind`: the engine holds `fd` from now on and lets
+    /// go of it after the handle's last completion (dropping the command
+    /// lets go too).
+    Register {
+        hid: u64,
+        fd: EngineFd,
+        key: u64,
+        kind: Kind,
+    },
     /// Start an operation.
     Start(OpReq),
     /// Cancel one operation (`CancelIoEx(h, ov)`).
@@ -87,6 +95,9 @@ pub(crate) struct EngineShared {
     cmds: Mutex<Vec<Cmd>>,
     /// Set by the engine just before it may block; cleared by whoever wakes it.
     sleeping: AtomicBool,
+    /// Set by a helper thread of the engine (the epoll file pool) that left
+    /// results for it; cleared by the engine as it takes them.
+    nudged: AtomicBool,
     wake_fd: OwnedFd,
     shutdown: AtomicBool,
     pub(crate) pool: Arc<PoolShared>,
@@ -99,6 +110,7 @@ impl EngineShared {
         let shared = Arc::new(EngineShared {
             cmds: Mutex::new(Vec::with_capacity(256)),
             sleeping: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
             wake_fd: calls::eventfd()?,
             shutdown: AtomicBool::new(false),
             pool,
@@ -150,11 +162,28 @@ impl EngineShared {
         self.sleeping.store(true, Ordering::SeqCst);
         // A pool buffer dropped before `sleeping` was set did not wake us
         // (its dropper saw us awake); look for it now.
-        if self.has_cmds() || self.is_shutdown() || self.pool.has_returned() {
+        if self.has_cmds()
+            || self.is_shutdown()
+            || self.pool.has_returned()
+            || self.nudged.load(Ordering::SeqCst)
+        {
             self.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
         true
+    }
+
+    /// A helper thread left results for the engine (after storing them):
+    /// wakes it, and keeps it from going to sleep without taking them.
+    pub(crate) fn nudge(&self) {
+        self.nudged.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether a helper thread left results since the last call (the
+    /// engine calls this before taking them).
+    pub(crate) fn take_nudge(&self) -> bool {
+        self.nudged.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn woke(&self) {
@@ -246,6 +275,7 @@ pub(crate) fn test_config() -> crate::config::Config {
         sq_entries: 64,
         cq_entries: 128,
         inline: true,
+        file_threads: 2,
     }
 }
 

@@ -13,6 +13,36 @@ use crate::op::{Completion, OpData, OpId, OpOptions};
 use crate::running::StepOut;
 use crate::stats::{EngineStats, PoolStats, PortStats};
 
+/// An owned operating-system handle of a file or a pipe: a descriptor on
+/// Unix, a `HANDLE` on Windows. Every `std` type that owns a file or a pipe
+/// converts into it (`File`, `PipeReader`, `PipeWriter`, `ChildStdin`,
+/// `ChildStdout`, `ChildStderr`).
+#[cfg(unix)]
+pub type OsHandle = std::os::fd::OwnedFd;
+/// An owned operating-system handle of a file or a pipe: a descriptor on
+/// Unix, a `HANDLE` on Windows. Every `std` type that owns a file or a pipe
+/// converts into it (`File`, `PipeReader`, `PipeWriter`, `ChildStdin`,
+/// `ChildStdout`, `ChildStderr`).
+#[cfg(windows)]
+pub type OsHandle = std::os::windows::io::OwnedHandle;
+
+/// What an associated handle is, which says which operations it takes and
+/// how a backend runs them.
+// The Windows backend builds no `Socket` kind yet: it associates sockets
+// with their own call, and files and pipes are not implemented there.
+#[cfg_attr(windows, allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A socket: accept, connect, send and receive (IP or Unix domain).
+    Socket,
+    /// A file with offsets (a regular file or a block device): reads and
+    /// writes at offsets, flushes.
+    File,
+    /// A pipe or FIFO (or, on Windows, a named pipe): a stream of reads and
+    /// writes.
+    Pipe,
+}
+
 /// What a backend's port provides. Every method may be called from any
 /// thread, concurrently, also after `close` (then it fails or does nothing
 /// as documented, and never blocks).
@@ -40,6 +70,13 @@ pub(crate) trait SysPort: Sized + Send + Sync + 'static {
     /// its last `with_socket`. Called only while the port is open (a close
     /// racing it still closes the new handle with the port).
     fn associate(&self, socket: socket2::Socket, key: u64) -> io::Result<Self::Handle>;
+
+    /// Associates a file (`kind` [`Kind::File`]) or a pipe ([`Kind::Pipe`])
+    /// under `key`, as `associate` does a socket. Anything that is not of
+    /// that kind — a directory, a terminal, a socket, a pipe given as a
+    /// file — or that this backend cannot serve is refused with an error
+    /// that says what it is and what to do instead, and is closed.
+    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Self::Handle>;
 
     /// Starts one operation on `h`, which belongs to this port and was open
     /// (as was the port) when the front checked. Its completion comes out
@@ -121,7 +158,8 @@ pub(crate) trait SysHandle: Send + Sync + 'static {
     /// Whether `close` was called or the port was closed.
     fn is_closed(&self) -> bool;
 
-    /// Runs `f` on the socket, which stays open while `f` runs whatever
+    /// Runs `f` on the socket (only ever called on a [`Kind::Socket`]
+    /// handle), which stays open while `f` runs whatever
     /// another thread closes meanwhile; fails once the handle or its port
     /// is closed (naming which).
     fn with_socket<R>(

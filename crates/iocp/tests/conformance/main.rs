@@ -24,7 +24,8 @@
 //! - `inline`: about an inline port's owner thread, so inline targets only;
 //! - `linux`: about the Linux engines (io_uring, epoll), threaded or inline;
 //! - `unix`: Unix domain sockets, every target where the backend has them
-//!   (not yet the `iocp` backend: there an ignored test says so).
+//!   (not yet the `iocp` backend: there an ignored test says so);
+//! - `files`: files and pipes, likewise (not yet the `iocp` backend).
 //!
 //! A target whose backend cannot build a port on this machine (io_uring
 //! blocked by seccomp or a sysctl, too old a kernel) fails each of its
@@ -36,6 +37,7 @@
 mod util;
 
 mod datagram;
+mod files;
 mod lifecycle;
 mod pooled;
 mod queue;
@@ -107,6 +109,14 @@ macro_rules! for_each_clause {
             any pooled::pooled_receive_starves_and_resumes,
             linux pooled::returned_buffers_always_wake_a_starved_receive,
             unix unix::unix_stream_round_trip,
+            files files::file_offsets_concurrent,
+            files files::file_eof_is_zero_bytes,
+            files files::file_write_past_end_extends,
+            files files::file_cancel_and_close_in_flight,
+            files files::file_pool_bounded,
+            files files::pipe_round_trip_and_eof,
+            files files::pipe_child_stdio,
+            files files::associate_refuses_other_kinds,
             unix unix::unix_datagram_send_to_recv_from,
         }
     };
@@ -177,6 +187,9 @@ macro_rules! clause_test {
     ($target:ident threaded unix $family:ident $clause:ident) => {
         clause_test!(@run $target $family $clause);
     };
+    ($target:ident threaded files $family:ident $clause:ident) => {
+        clause_test!(@run $target $family $clause);
+    };
     ($target:ident threaded inline $family:ident $clause:ident) => {
         clause_test!(@skip $target $family $clause "about an inline port's owner thread; \
             this port has an engine thread");
@@ -192,6 +205,9 @@ macro_rules! clause_test {
         clause_test!(@run $target $family $clause);
     };
     ($target:ident inline unix $family:ident $clause:ident) => {
+        clause_test!(@run $target $family $clause);
+    };
+    ($target:ident inline files $family:ident $clause:ident) => {
         clause_test!(@run $target $family $clause);
     };
     ($target:ident inline threaded $family:ident $clause:ident) => {
@@ -228,6 +244,9 @@ macro_rules! clause_test {
     ($target:ident kernel unix $family:ident $clause:ident) => {
         clause_test!(@skip $target $family $clause "iocp backend for Unix sockets: not \
             implemented yet");
+    };
+    ($target:ident kernel files $family:ident $clause:ident) => {
+        clause_test!(@skip $target $family $clause "iocp backend for files: not implemented yet");
     };
 
     (@run $target:ident $family:ident $clause:ident) => {

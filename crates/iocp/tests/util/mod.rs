@@ -36,9 +36,22 @@ pub fn fds() -> usize {
     count_entries("/proc/self/fd")
 }
 
-/// Threads the process runs (Linux).
+/// The names of the threads the process runs (Linux), without io_uring's
+/// kernel workers (`iou-wrk-*`, `iou-sqp-*`: tasks of the process that the
+/// kernel starts and ends on its own, e.g. for file I/O).
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap_or_else(|e| panic!("/proc/self/task: {e}"))
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_string())
+        .filter(|n| !n.starts_with("iou-"))
+        .collect()
+}
+
+/// Threads the process runs (Linux), without io_uring's kernel workers
+/// (see [`thread_names`]).
 pub fn threads() -> usize {
-    count_entries("/proc/self/task")
+    thread_names().len()
 }
 
 /// Runs this test binary again as a child that runs only test `name`

@@ -1,8 +1,8 @@
 //! The raw calls both Linux engines make besides their own kernel
 //! interface: the wake-up eventfd, the kernel's release, socket addresses
-//! the kernel wrote, and reads into memory the kernel does not hand out
-//! itself (a receive's spare room, a pool buffer). Every `unsafe` block they
-//! share is here.
+//! the kernel wrote, reads into memory the kernel does not hand out itself
+//! (a receive's spare room, a pool buffer), and the file and pipe calls of
+//! the epoll engine. Every `unsafe` block they share is here.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -142,5 +142,62 @@ pub(crate) fn read_pooled(
             free.push(bid);
             r.map(Some)
         }
+    }
+}
+
+/// The result of a `read`/`write`-like call: the count, or the error.
+fn count(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// `pread(2)` at `at` (a file), or `read(2)` (`None`: a pipe), into `b`'s
+/// spare room; the bytes read join the buffer.
+pub(crate) fn read_into(fd: BorrowedFd<'_>, b: &mut Buf, at: Option<u64>) -> io::Result<usize> {
+    let room = spare(b);
+    let (p, n) = (room.as_mut_ptr() as *mut libc::c_void, room.len());
+    let r = match at {
+        // SAFETY: `p` points to `n` writable bytes of the buffer's spare
+        // room, which `room` borrows from `b` for the call.
+        Some(off) => unsafe { libc::pread(fd.as_raw_fd(), p, n, off as libc::off_t) },
+        // SAFETY: as above.
+        None => unsafe { libc::read(fd.as_raw_fd(), p, n) },
+    };
+    let n = count(r)?;
+    // SAFETY: the call initialised the first `n` bytes of the spare room.
+    unsafe { b.advance(n) };
+    Ok(n)
+}
+
+/// `pwrite(2)` of `s` at `at` (a file), or `write(2)` (`None`: a pipe);
+/// returns the bytes written.
+pub(crate) fn write_from(fd: BorrowedFd<'_>, s: &[u8], at: Option<u64>) -> io::Result<usize> {
+    let (p, n) = (s.as_ptr() as *const libc::c_void, s.len());
+    let r = match at {
+        // SAFETY: `p` points to the `n` initialised bytes of `s`, borrowed
+        // for the call.
+        Some(off) => unsafe { libc::pwrite(fd.as_raw_fd(), p, n, off as libc::off_t) },
+        // SAFETY: as above.
+        None => unsafe { libc::write(fd.as_raw_fd(), p, n) },
+    };
+    count(r)
+}
+
+/// `fdatasync(2)` (`data_only`) or `fsync(2)`.
+pub(crate) fn flush(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
+    let r = if data_only {
+        // SAFETY: no memory is involved; the descriptor is open (borrowed).
+        unsafe { libc::fdatasync(fd.as_raw_fd()) }
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::fsync(fd.as_raw_fd()) }
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

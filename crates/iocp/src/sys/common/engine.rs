@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Cmd, Core, EngineFd, OpReq};
+use super::{Cmd, Core, EngineFd, Kind, OpReq};
 use crate::kit::run::{self as kit_run, EngineCounters, TimerItem, TimerTarget, Timers};
 use crate::op::Completion;
 
@@ -14,8 +14,8 @@ pub(crate) trait LinuxEngine {
     fn core(&mut self) -> &mut Core;
     fn core_ref(&self) -> &Core;
 
-    /// A new handle.
-    fn register(&mut self, hid: u64, fd: EngineFd, key: u64);
+    /// A new handle of `kind`.
+    fn register(&mut self, hid: u64, fd: EngineFd, key: u64, kind: Kind);
     /// A new operation.
     fn start(&mut self, req: OpReq);
     /// `CancelIoEx` of operation `op` of handle `hid`.
@@ -61,7 +61,7 @@ pub(crate) fn take_commands<E: LinuxEngine>(e: &mut E) {
     e.core().shared.take_cmds(&mut cmds);
     for cmd in cmds.drain(..) {
         match cmd {
-            Cmd::Register { hid, fd, key } => e.register(hid, fd, key),
+            Cmd::Register { hid, fd, key, kind } => e.register(hid, fd, key, kind),
             Cmd::Start(req) => e.start(req),
             Cmd::Cancel { hid, op } => e.cancel(hid, op),
             Cmd::Close { hid } => e.close(hid),

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::kit::lock;
 
-/// A socket's descriptor, shared by its [`Handle`](crate::Handle) and its
-/// engine, which closes it only when both are done with it.
+/// A handle's descriptor (a socket's, a file's or a pipe's), shared by its
+/// [`Handle`](crate::Handle) and its engine, which closes it only when both
+/// are done with it.
 ///
 /// The engine uses the descriptor (for its operations) for as long as it
 /// holds the [`EngineFd`]; dropping that releases it — after the handle's
@@ -103,6 +104,16 @@ impl SocketFd {
 /// The engine's hold on a [`SocketFd`]: the descriptor stays open while
 /// this lives; dropping it releases the descriptor.
 pub(crate) struct EngineFd(Arc<SocketFd>);
+
+impl EngineFd {
+    /// Another hold on the descriptor for a helper thread of the engine
+    /// (the epoll file pool): it runs each call inside
+    /// [`SocketFd::borrow`], so the descriptor is closed after that call,
+    /// and a call after the engine let go never runs.
+    pub(crate) fn share(&self) -> Arc<SocketFd> {
+        self.0.clone()
+    }
+}
 
 impl Drop for EngineFd {
     fn drop(&mut self) {

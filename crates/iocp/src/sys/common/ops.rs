@@ -68,13 +68,14 @@ pub(crate) trait OpBase {
 /// Declares an engine's operations, in its `ops` module:
 /// * the operation types whose memory is the same on both engines
 ///   (`Connect`, `Send`, `SendV` — whose `msg` is `$msg`, what the engine
-///   keeps besides the buffers —, `AcceptStream`, `RecvPooled`), each an
+///   keeps besides the buffers —, `AcceptStream`, `RecvPooled`, `Write`,
+///   `Flush`), each an
 ///   [`OpBase`]; the engine's family files implement its own trait for them;
 /// * `$sum`, the operation in flight: one variant per operation type, the
 ///   same list on both engines — so every operation the application may
 ///   start exists on each — built from the request's [`OpData`]
 ///   (the engine defines the other types: `Accept`, `Recv`, `RecvFrom`,
-///   `SendTo`);
+///   `SendTo`, `Read`);
 /// * `dispatch!(self, o => expr)`, which forwards to the variant.
 ///
 /// The shared types are declared in each engine rather than here so that
@@ -154,6 +155,37 @@ macro_rules! op_sum {
             fn complete(self, _c: &mut $crate::op::Completion) {}
         }
 
+        /// A write of every byte of `buf` to a file at `at`, or to a pipe
+        /// (`at` `None`), `sent` bytes of it so far.
+        pub(in crate::sys) struct Write {
+            pub buf: $crate::buf::Buf,
+            pub at: Option<u64>,
+            pub sent: usize,
+        }
+
+        impl $crate::sys::common::OpBase for Write {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Write;
+
+            fn complete(self, c: &mut $crate::op::Completion) {
+                c.buf = Some(self.buf);
+            }
+
+            fn sent(&self) -> usize {
+                self.sent
+            }
+        }
+
+        /// `fsync`, or `fdatasync` when `data_only`.
+        pub(in crate::sys) struct Flush {
+            pub data_only: bool,
+        }
+
+        impl $crate::sys::common::OpBase for Flush {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::Flush;
+
+            fn complete(self, _c: &mut $crate::op::Completion) {}
+        }
+
         $(#[$doc])*
         pub(super) enum $sum {
             Accept(Accept),
@@ -165,6 +197,9 @@ macro_rules! op_sum {
             RecvFrom(RecvFrom),
             SendTo(SendTo),
             RecvPooled(RecvPooled),
+            Read(Read),
+            Write(Write),
+            Flush(Flush),
         }
 
         /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
@@ -180,6 +215,9 @@ macro_rules! op_sum {
                     $sum::RecvFrom($o) => $e,
                     $sum::SendTo($o) => $e,
                     $sum::RecvPooled($o) => $e,
+                    $sum::Read($o) => $e,
+                    $sum::Write($o) => $e,
+                    $sum::Flush($o) => $e,
                 }
             };
         }
@@ -198,6 +236,9 @@ macro_rules! op_sum {
                     D::SendV(bufs) => $sum::SendV(SendV::new(bufs)),
                     D::RecvFrom(buf) => $sum::RecvFrom(RecvFrom::new(buf)),
                     D::SendTo(buf, to) => $sum::SendTo(SendTo::new(buf, to)),
+                    D::Read(buf, at) => $sum::Read(Read { buf, at }),
+                    D::Write(buf, at) => $sum::Write(Write { buf, at, sent: 0 }),
+                    D::Flush(data_only) => $sum::Flush(Flush { data_only }),
                 }
             }
 

@@ -19,7 +19,7 @@ fn standing_accept_follows_the_policy() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let (_sock, fd) = SocketFd::new(l.into());
-    engine.register(1, fd, 1);
+    engine.register(1, fd, 1, Kind::Socket);
     let mut id = 0;
     accept::check_backend("epoll", |code| {
         id += 1;

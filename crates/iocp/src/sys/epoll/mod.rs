@@ -34,9 +34,18 @@
 //!   and completes at once (aborted, or `TimedOut` for a deadline), exactly
 //!   once. A close aborts every operation of the handle, then removes the
 //!   socket from the set and closes it.
+//! - **Pipes** are registered and served as sockets are, with `read(2)` and
+//!   `write(2)` ([`ops`]' file family).
+//! - **Files** are never "ready": their operations skip the lanes and run
+//!   on the engine's file pool ([`files`]: at most `file_threads` threads,
+//!   blocking calls). One still waiting for a thread is taken back by a
+//!   cancel, a deadline or its handle's close and completes aborted (or
+//!   `TimedOut`); one a thread runs completes with its result. The
+//!   descriptor closes after the last call on it returned.
 
 #[cfg(test)]
 mod engine_tests;
+mod files;
 mod ops;
 mod poller;
 
@@ -54,10 +63,11 @@ use crate::kit::run::TimerItem;
 use crate::op::Completion;
 use crate::queue::Queue;
 use crate::sys::common::{
-    is_stream, Core, EngineCounters, EngineFd, EngineShared, HandleMap, LinuxEngine, OpMeta, OpReq,
-    Slab,
+    is_stream, Core, EngineCounters, EngineFd, EngineShared, HandleMap, Kind, LinuxEngine, OpMeta,
+    OpReq, Slab, SocketFd,
 };
 
+use files::{Done, FilePool, Job};
 use ops::{Attempt, EOp};
 use poller::Poller;
 
@@ -68,6 +78,9 @@ const WAKE: u64 = u64::MAX;
 const BUDGET: usize = 32;
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
+/// The slot a deadline names for an operation on a file: none (it is in
+/// the file pool, found by its id).
+const IN_POOL: usize = usize::MAX;
 
 /// One operation in flight.
 struct Op {
@@ -76,9 +89,10 @@ struct Op {
     op: EOp,
 }
 
-/// A socket the engine owns.
+/// A socket, pipe or file the engine owns.
 struct HState {
     fd: EngineFd,
+    kind: Kind,
     /// `epoll_ctl(ADD)` refused the descriptor: every operation fails with
     /// this errno.
     reg_err: Option<i32>,
@@ -124,6 +138,10 @@ pub(crate) struct EpollEngine {
     starved: Vec<(usize, u64)>,
     /// Handles whose lanes ran out of budget this turn.
     deferred: Vec<u64>,
+    /// Where operations on files run.
+    files: FilePool,
+    /// Results of the file pool, taken each turn.
+    done: Vec<Done>,
 }
 
 impl EpollEngine {
@@ -131,11 +149,12 @@ impl EpollEngine {
     pub(crate) fn new(
         shared: Arc<EngineShared>,
         queue: Queue<Completion>,
-        _cfg: &Config,
+        cfg: &Config,
     ) -> io::Result<EpollEngine> {
         let poller = Poller::new()?;
         poller.add(shared.wake_fd(), libc::EPOLLIN as u32, WAKE)?;
         let count = shared.pool.count;
+        let files = FilePool::new(shared.clone(), cfg.file_threads);
         Ok(EpollEngine {
             poller,
             ops: Slab::new(),
@@ -145,6 +164,8 @@ impl EpollEngine {
             free_bufs: (0..count as u16).rev().collect(),
             starved: Vec::new(),
             deferred: Vec::new(),
+            files,
+            done: Vec::new(),
         })
     }
 
@@ -307,6 +328,60 @@ impl EpollEngine {
         }
     }
 
+    /// Hands operation `op` on a file to the file pool (with its deadline).
+    fn start_on_pool(
+        &mut self,
+        meta: OpMeta,
+        deadline: Option<Instant>,
+        op: EOp,
+        fd: Arc<SocketFd>,
+    ) {
+        match self.files.submit(Job { meta, fd, op }) {
+            Ok(()) => {
+                if let Some(d) = deadline {
+                    let item = TimerItem::Deadline {
+                        slot: IN_POOL,
+                        op: meta.id,
+                    };
+                    self.core.timers.add(d, item);
+                }
+            }
+            Err((job, e)) => self.complete_pooled(job.meta, job.op, Err(e)),
+        }
+    }
+
+    /// Completes an operation that ran on (or was taken back from) the
+    /// file pool.
+    fn complete_pooled(&mut self, meta: OpMeta, op: EOp, result: io::Result<usize>) {
+        self.core.timers.op_done(meta.id);
+        let mut c = meta.completion(op.kind(), result);
+        if c.result.is_err() {
+            // What a write wrote before it failed (0 for anything else).
+            c.partial = op.sent();
+        }
+        op.complete(&mut c);
+        self.core.out.push(c);
+    }
+
+    /// Ends operation `op` in the file pool early, if no thread has started
+    /// it (a started one completes with its result).
+    fn stop_pooled(&mut self, op: u64, why: Stop) {
+        if let Some(job) = self.files.take_waiting(op) {
+            let e = Phase::Stopping(why).abort_error();
+            self.complete_pooled(job.meta, job.op, Err(e));
+        }
+    }
+
+    /// Completes what the file pool ran since the last turn.
+    fn take_file_results(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        self.files.take_done(&mut done);
+        for d in done.drain(..) {
+            self.complete_pooled(d.meta, d.op, d.result);
+        }
+        self.done = done;
+    }
+
     /// Takes back pool buffers the application dropped; resumes pooled
     /// receives that starved for them.
     fn recycle(&mut self) {
@@ -338,6 +413,7 @@ impl EpollEngine {
         for hid in hids {
             LinuxEngine::close(self, hid);
         }
+        self.files.shutdown();
         self.core.timers.clear();
         EngineCounters::set(&self.core.shared.counters.timers, 0);
         self.starved.clear();
@@ -364,6 +440,7 @@ impl LinuxEngine for EpollEngine {
     }
 
     fn recycle(&mut self) {
+        self.take_file_results();
         EpollEngine::recycle(self);
     }
 
@@ -404,7 +481,9 @@ impl LinuxEngine for EpollEngine {
     }
 
     fn deadline(&mut self, slot: usize, op: u64) {
-        if self.ops.get(slot).is_some_and(|o| o.meta.id == op) {
+        if slot == IN_POOL {
+            self.stop_pooled(op, Stop::Deadline);
+        } else if self.ops.get(slot).is_some_and(|o| o.meta.id == op) {
             self.stop(slot, Stop::Deadline);
         }
     }
@@ -424,8 +503,22 @@ impl LinuxEngine for EpollEngine {
         self.shutdown();
     }
 
-    fn register(&mut self, hid: u64, fd: EngineFd, key: u64) {
-        let reg_err = match self.poller.add(fd.as_raw_fd(), poller::SOCKET_EVENTS, hid) {
+    fn register(&mut self, hid: u64, fd: EngineFd, key: u64, kind: Kind) {
+        if kind == Kind::Pipe {
+            // Readiness needs calls that never block (a socket came
+            // non-blocking already).
+            if let Err(e) = socket2::SockRef::from(&fd).set_nonblocking(true) {
+                tracing::warn!("epoll: cannot make pipe {hid} (key {key}) non-blocking: {e}");
+            }
+        }
+        // A file is never in the set: its operations run on the file pool.
+        let watched = match kind {
+            Kind::File => Ok(()),
+            Kind::Socket | Kind::Pipe => {
+                self.poller.add(fd.as_raw_fd(), poller::SOCKET_EVENTS, hid)
+            }
+        };
+        let reg_err = match watched {
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(
@@ -437,6 +530,7 @@ impl LinuxEngine for EpollEngine {
         let lanes = Lanes::new(is_stream(&fd));
         let h = HState {
             fd,
+            kind,
             reg_err,
             readable: true,
             writable: true,
@@ -457,6 +551,10 @@ impl LinuxEngine for EpollEngine {
         };
         if let Some(errno) = h.reg_err {
             return self.refuse(meta, op, io::Error::from_raw_os_error(errno));
+        }
+        if h.kind == Kind::File {
+            let fd = h.fd.share();
+            return self.start_on_pool(meta, deadline, op, fd);
         }
         if h.lanes.refuses(lane) {
             return self.refuse(meta, op, error::aborted());
@@ -487,6 +585,8 @@ impl LinuxEngine for EpollEngine {
         });
         if let Some(i) = found {
             self.stop(i, Stop::Cancel);
+        } else if self.files.holds(hid, op) {
+            self.stop_pooled(op, Stop::Cancel);
         }
     }
 
@@ -503,7 +603,10 @@ impl LinuxEngine for EpollEngine {
         for i in idxs {
             self.finish(i, Err(error::aborted()));
         }
-        if h.reg_err.is_none() {
+        for job in self.files.take_waiting_of(hid) {
+            self.complete_pooled(job.meta, job.op, Err(error::aborted()));
+        }
+        if h.reg_err.is_none() && h.kind != Kind::File {
             if let Err(e) = self.poller.delete(h.fd.as_raw_fd()) {
                 tracing::debug!("epoll: EPOLL_CTL_DEL for handle {hid}: {e}");
             }

@@ -10,9 +10,13 @@
 //! own thread, or — with `PortBuilder::inline(true)` — inside the owner
 //! thread's `get`. `port` implements the backend contract (`SysPort`,
 //! `SysHandle` in `sys/contract.rs`) over them; `engine` puts both kinds behind one type
-//! and chooses between them.
+//! and chooses between them; `files` says which descriptors are files and
+//! which are pipes.
 
 mod engine;
+mod files;
 mod port;
+
+pub(crate) use files::prepare_open;
 
 pub(crate) use port::{Handle, Port};

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::engine::Engine;
+use super::files::check_kind;
 use crate::config::{BackendInfo, Config, Request};
 use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
@@ -17,7 +18,7 @@ use crate::queue::{Empty, Queue};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
 use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
-use crate::sys::contract::{SysHandle, SysPort};
+use crate::sys::contract::{Kind, OsHandle, SysHandle, SysPort};
 
 /// The engine of an inline port, driven by the thread that built the port.
 struct InlineEngine {
@@ -142,23 +143,11 @@ impl SysPort for Port {
     }
 
     fn associate(&self, socket: socket2::Socket, key: u64) -> io::Result<Handle> {
-        let n = self.engines.len();
-        let e = self.next_engine.fetch_add(1, Ordering::Relaxed) % n;
-        let engine = self.engines[e].clone();
-        let hid = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sock, fd) = SocketFd::new(socket.into());
-        // A refused command is dropped here, which closes the socket.
-        engine
-            .send(Cmd::Register { hid, fd, key })
-            .map_err(|_| error::port_closed())?;
-        Ok(Handle {
-            hid,
-            key,
-            port: self.id(),
-            engine,
-            sock,
-            closed: AtomicBool::new(false),
-        })
+        self.register(socket.into(), Kind::Socket, key)
+    }
+
+    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Handle> {
+        self.register(check_kind(h, kind)?, kind, key)
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
@@ -249,6 +238,8 @@ impl SysPort for Port {
             s.cq_overflows += c.cq_overflows.load(Ordering::Relaxed);
             s.eagain_retries += c.eagain_retries.load(Ordering::Relaxed);
             s.timers += c.timers.load(Ordering::Relaxed);
+            s.file_queue += c.file_queue.load(Ordering::Relaxed);
+            s.file_threads += c.file_threads.load(Ordering::Relaxed);
         }
         s
     }
@@ -290,6 +281,27 @@ impl SysPort for Port {
 }
 
 impl Port {
+    /// Hands `fd` (of `kind`) to the next engine, round-robin.
+    fn register(&self, fd: std::os::fd::OwnedFd, kind: Kind, key: u64) -> io::Result<Handle> {
+        let n = self.engines.len();
+        let e = self.next_engine.fetch_add(1, Ordering::Relaxed) % n;
+        let engine = self.engines[e].clone();
+        let hid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sock, fd) = SocketFd::new(fd);
+        // A refused command is dropped here, which closes the descriptor.
+        engine
+            .send(Cmd::Register { hid, fd, key, kind })
+            .map_err(|_| error::port_closed())?;
+        Ok(Handle {
+            hid,
+            key,
+            port: self.id(),
+            engine,
+            sock,
+            closed: AtomicBool::new(false),
+        })
+    }
+
     /// The inline engine, if this port has one and the caller owns it.
     fn owned_inline(&self) -> Option<&InlineEngine> {
         self.inline.as_ref().filter(|i| i.owner == thread_tag())

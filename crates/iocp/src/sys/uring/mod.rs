@@ -40,8 +40,8 @@ use crate::kit::run::{Drive, TimerItem};
 use crate::op::Completion;
 use crate::queue::Queue;
 use crate::sys::common::{
-    is_stream, take_commands, Core, EngineCounters, EngineFd, EngineShared, HandleMap, LinuxEngine,
-    OpMeta, OpReq, Slab,
+    is_stream, take_commands, Core, EngineCounters, EngineFd, EngineShared, HandleMap, Kind,
+    LinuxEngine, OpMeta, OpReq, Slab,
 };
 
 pub(crate) use crate::config::UringFeatures;
@@ -310,9 +310,11 @@ impl LinuxEngine for UringEngine {
         self.shutdown();
     }
 
-    fn register(&mut self, hid: u64, fd: EngineFd, _key: u64) {
-        // io_uring waits by itself (FAST_POLL); a non-blocking socket would
-        // only turn a retry the kernel runs in io-wq into a spurious EAGAIN.
+    fn register(&mut self, hid: u64, fd: EngineFd, _key: u64, _kind: Kind) {
+        // io_uring waits by itself (FAST_POLL); a non-blocking socket or
+        // pipe would only turn a retry the kernel runs in io-wq into a
+        // spurious EAGAIN (on a pipe, a READ or WRITE the kernel does not
+        // retry). Files ignore the flag.
         let _ = socket2::SockRef::from(&fd).set_nonblocking(false);
         let lanes = Lanes::new(is_stream(&fd));
         let h = HState {

@@ -83,6 +83,8 @@ pub(crate) fn build_ring(cfg: &Config) -> io::Result<(IoUring, UringFeatures)> {
                     (opcode::RecvMsg::CODE, "RECVMSG"),
                     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
                     (opcode::Read::CODE, "READ"),
+                    (opcode::Write::CODE, "WRITE"),
+                    (opcode::Fsync::CODE, "FSYNC"),
                     (opcode::PollAdd::CODE, "POLL_ADD"),
                 ] {
                     if !probe.is_supported(code) {

@@ -62,7 +62,7 @@ fn rig() -> Option<Rig> {
     for hid in [1, 2] {
         let (fd, c) = pair();
         let (_sock, fd) = SocketFd::new(fd);
-        r.engine.register(hid, fd, hid);
+        r.engine.register(hid, fd, hid, Kind::Socket);
         r.peers.push(c);
     }
     Some(r)
@@ -218,7 +218,7 @@ fn standing_accept_follows_the_policy() {
     let Some(mut r) = rig() else { return };
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let (_sock, fd) = SocketFd::new(l.into());
-    r.engine.register(3, fd, 3);
+    r.engine.register(3, fd, 3, Kind::Socket);
     let mut id = 100;
     accept::check_backend("io_uring", |code| {
         id += 1;
@@ -268,7 +268,7 @@ fn no_ring_entry_after_the_drain_gives_up() {
     let Some(mut r) = rig() else { return };
     let (fd, mut peer) = pair();
     let (sock, fd) = SocketFd::new(fd);
-    r.engine.register(3, fd, 3);
+    r.engine.register(3, fd, 3, Kind::Socket);
     // A turn arms the eventfd read (what `Drop` would wait for).
     r.turn_for(Duration::from_millis(5));
     assert!(

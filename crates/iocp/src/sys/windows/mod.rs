@@ -64,6 +64,7 @@
 
 mod cport;
 pub(crate) mod engine;
+pub(crate) mod files;
 pub(crate) mod net;
 pub(crate) mod port;
 pub(crate) mod timer;

@@ -32,7 +32,7 @@ use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
-use crate::sys::contract::{SysHandle, SysPort};
+use crate::sys::contract::{Kind, OsHandle, SysHandle, SysPort};
 
 pub(crate) struct Port {
     shared: Arc<Shared>,
@@ -152,6 +152,14 @@ impl SysPort for Port {
         let h = HandleShared::new(hid, key, socket, s.clone());
         s.register(&h)?;
         Ok(Handle { h })
+    }
+
+    fn associate_os(&self, _h: OsHandle, kind: Kind, _key: u64) -> io::Result<Handle> {
+        let call = match kind {
+            Kind::File => "associate_file",
+            Kind::Pipe | Kind::Socket => "associate_pipe",
+        };
+        Err(super::files::not_yet(call))
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
@@ -279,6 +287,8 @@ impl SysPort for Port {
             cq_overflows: 0,
             eagain_retries: 0,
             timers: s.timers.len() as u64,
+            file_queue: 0,
+            file_threads: 0,
         }
     }
 

@@ -1,4 +1,5 @@
-//! epoll operations, grouped by family. Each operation is a type that owns
+//! epoll operations, grouped by family (accept, connect, stream, datagram,
+//! pooled on sockets; file on files and pipes). Each operation is a type that owns
 //! exactly the memory it needs, and says in one place which lane it waits
 //! in and what one non-blocking attempt at it is; [`EOp`] is their sum.
 //!
@@ -11,6 +12,7 @@
 mod accept;
 mod connect;
 mod datagram;
+mod file;
 mod pooled;
 mod stream;
 
@@ -26,6 +28,7 @@ use crate::sys::common::{op_sum, OpBase, OpMeta};
 
 pub(super) use accept::Accept;
 pub(super) use datagram::{RecvFrom, SendTo};
+pub(super) use file::Read;
 pub(super) use stream::Recv;
 
 const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;

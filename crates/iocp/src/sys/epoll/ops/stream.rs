@@ -41,7 +41,7 @@ impl ReadyOp for Recv {
 
 /// Sends what `call` sends until every one of `total` bytes is out, the
 /// socket is full, or an error.
-fn send_all(
+pub(super) fn send_all(
     sent: &mut usize,
     total: usize,
     mut call: impl FnMut(usize) -> std::io::Result<usize>,

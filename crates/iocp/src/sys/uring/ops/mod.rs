@@ -1,4 +1,5 @@
-//! io_uring operations, grouped by family. Each operation is a type that
+//! io_uring operations, grouped by family (accept, connect, stream,
+//! datagram, pooled on sockets; file on files and pipes). Each operation is a type that
 //! owns exactly the memory its SQEs point to, and says in one place which
 //! lane it waits in, which SQE each attempt is, and what each CQE means;
 //! [`UOp`] is their sum.
@@ -9,6 +10,7 @@
 mod accept;
 mod connect;
 mod datagram;
+mod file;
 mod pooled;
 mod stream;
 
@@ -18,6 +20,7 @@ use io_uring::squeue;
 
 use super::bufring::BufRing;
 use super::sqe::{Issue, VecMsg};
+use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::{Phase, Step};
 use crate::op::Completion;
@@ -25,6 +28,7 @@ use crate::sys::common::{op_sum, OpBase, OpMeta};
 
 pub(super) use accept::Accept;
 pub(super) use datagram::{RecvFrom, SendTo};
+pub(super) use file::Read;
 pub(super) use stream::Recv;
 
 /// The result a CQE that ends an operation in `phase` gives it: the bytes
@@ -42,6 +46,17 @@ pub(super) fn cqe_result(phase: Phase, res: i32) -> io::Result<usize> {
     } else {
         Err(io::Error::from_raw_os_error(-res))
     }
+}
+
+/// Hands a receive's or a read's buffer back in its completion `c`, with
+/// the bytes the kernel wrote into its spare room.
+pub(super) fn complete_read(mut buf: Buf, c: &mut Completion) {
+    if let Ok(n) = c.result {
+        // SAFETY: the kernel wrote `n` bytes at `spare()`, where the
+        // operation's SQE pointed it.
+        unsafe { buf.advance(n) };
+    }
+    c.buf = Some(buf);
 }
 
 /// What a CQE is read with besides the operation itself.

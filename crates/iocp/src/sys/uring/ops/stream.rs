@@ -6,7 +6,7 @@
 
 use io_uring::{opcode, squeue};
 
-use super::{Issue, Reap, Send, SendV, UringOp};
+use super::{complete_read, Issue, Reap, Send, SendV, UringOp};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -26,13 +26,8 @@ pub(in crate::sys::uring) struct Recv {
 impl OpBase for Recv {
     const KIND: OpKind = OpKind::Recv;
 
-    fn complete(mut self, c: &mut Completion) {
-        if let Ok(n) = c.result {
-            // SAFETY: the kernel wrote `n` bytes at `spare()`, where this
-            // operation's SQE pointed it.
-            unsafe { self.buf.advance(n) };
-        }
-        c.buf = Some(self.buf);
+    fn complete(self, c: &mut Completion) {
+        complete_read(self.buf, c);
     }
 }
 

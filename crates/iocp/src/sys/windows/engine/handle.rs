@@ -117,6 +117,12 @@ impl HandleShared {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
+        if let OpData::Read(..) | OpData::Write(..) | OpData::Flush(_) | OpData::ConnectNamedPipe =
+            data
+        {
+            // No file or pipe can be associated yet (see `files`).
+            return Err(data.refuse(crate::sys::windows::files::not_yet("this operation")));
+        }
         let port = &self.port;
         let id = port.next_id.fetch_add(1, Ordering::Relaxed);
         // Count first, then check `closed` (see `Shared::post_packet`).

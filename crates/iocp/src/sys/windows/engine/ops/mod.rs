@@ -285,6 +285,9 @@ impl WOp {
             OpData::SendV(bufs) => WOp::Send(Send::many(bufs)),
             OpData::RecvFrom(buf) => WOp::RecvFrom(RecvFrom::new(buf)),
             OpData::SendTo(buf, to) => WOp::SendTo(SendTo::new(buf, to)),
+            OpData::Read(..) | OpData::Write(..) | OpData::Flush(_) | OpData::ConnectNamedPipe => {
+                unreachable!("refused by HandleShared::start")
+            }
         }
     }
 

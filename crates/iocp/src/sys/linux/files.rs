@@ -1,0 +1,71 @@
+//! Files and pipes on Linux: how a file is opened for a port, and what a
+//! descriptor given to `associate_file` or `associate_pipe` must be.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+use crate::sys::contract::Kind;
+
+/// Linux needs no flag for a port: `O_DIRECT` for direct I/O (std already
+/// opens with `O_CLOEXEC`).
+pub(crate) fn prepare_open(o: &mut std::fs::OpenOptions, direct: bool) {
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+}
+
+/// What `fd` is, in the words of an error message.
+fn what(t: std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a pipe or FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device (a terminal, /dev/null, …)"
+    } else {
+        "neither a file, a pipe nor a socket"
+    }
+}
+
+/// Takes `fd` if it is of `kind`: a regular file or a block device for
+/// [`Kind::File`], a pipe or FIFO for [`Kind::Pipe`]. Anything else is an
+/// `InvalidInput` error saying what it is and where it goes instead (the
+/// descriptor is closed).
+pub(super) fn check_kind(fd: OwnedFd, kind: Kind) -> io::Result<OwnedFd> {
+    let f = File::from(fd);
+    let t = f.metadata()?.file_type();
+    let ok = match kind {
+        Kind::File => t.is_file() || t.is_block_device(),
+        Kind::Pipe => t.is_fifo(),
+        Kind::Socket => t.is_socket(),
+    };
+    if ok {
+        return Ok(f.into());
+    }
+    let call = match kind {
+        Kind::File => "associate_file",
+        Kind::Pipe => "associate_pipe",
+        Kind::Socket => "associate",
+    };
+    let instead = if t.is_file() || t.is_block_device() {
+        ": associate it with associate_file (reads and writes at offsets)"
+    } else if t.is_fifo() {
+        ": associate it with associate_pipe (a stream, no offsets)"
+    } else if t.is_socket() {
+        ": associate it with associate (sockets, Unix domain ones too)"
+    } else {
+        ": a port serves regular files, block devices, pipes, FIFOs and sockets only"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{call} refused the descriptor: it is {}{instead}", what(t)),
+    ))
+}
