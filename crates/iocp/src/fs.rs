@@ -78,8 +78,11 @@ impl OpenOptions {
     /// Direct I/O, past the page cache: `O_DIRECT` on Linux,
     /// `FILE_FLAG_NO_BUFFERING` on Windows. Every read and write must then
     /// use a buffer, a length and an offset aligned as the file system
-    /// requires (else it fails with `EINVAL`). Some file systems (tmpfs
-    /// before Linux 6.6) refuse the open itself with `EINVAL`.
+    /// requires (on Linux what `statx` reports, else its block size);
+    /// [`crate::AlignedBuf`] gives such buffers, and an operation that is not
+    /// aligned is refused before it starts with an `InvalidInput` error
+    /// naming the alignment. Some file systems (tmpfs before Linux 6.6)
+    /// refuse the open itself with `EINVAL`.
     pub fn direct(&mut self, yes: bool) -> &mut Self {
         self.direct = yes;
         self

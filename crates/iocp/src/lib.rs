@@ -54,7 +54,7 @@ mod sys;
 mod timers;
 
 pub use addr::Addr;
-pub use buf::{Buf, IoBuf};
+pub use buf::{AlignedBuf, Buf, IoBuf};
 #[cfg(target_os = "linux")]
 pub use config::UringFeatures;
 pub use config::{Backend, BackendInfo};

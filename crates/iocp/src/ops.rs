@@ -12,6 +12,7 @@ use crate::error::SubmitError;
 use crate::handle::{FileHandle, Handle, PipeHandle};
 use crate::op::{OpData, OpId, OpOptions};
 use crate::port::Port;
+use crate::sys::SysHandle;
 
 impl Port {
     /// `AcceptEx`: one incoming connection on a listening handle. The
@@ -242,11 +243,27 @@ impl Port {
         offset: u64,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        if offset > MAX_OFFSET {
-            return Err(data.refuse(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file offset {offset} is past the largest a file can have ({MAX_OFFSET})"),
-            )));
+        let refusal = if offset > MAX_OFFSET {
+            Some(format!(
+                "file offset {offset} is past the largest a file can have ({MAX_OFFSET})"
+            ))
+        } else if let Some(d) = f.handle().imp().direct_io() {
+            match &data {
+                OpData::Read(b, _) => {
+                    let (addr, len) = b.room();
+                    d.refusal("read_at", addr, len, offset)
+                }
+                OpData::Write(b, _) => {
+                    let s = b.as_slice();
+                    d.refusal("write_at", s.as_ptr() as usize, s.len(), offset)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            return Err(data.refuse(io::Error::new(io::ErrorKind::InvalidInput, why)));
         }
         self.start_op(f.handle(), data, opts.into())
     }

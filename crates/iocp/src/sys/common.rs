@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub(crate) use calls::{
-    eventfd_drain, flush, kernel_release, read_into, read_pooled, recv_from_into, recv_into,
-    sockaddr_from_storage, write_from,
+    direct_io, eventfd_drain, flush, kernel_release, read_into, read_pooled, recv_from_into,
+    recv_into, sockaddr_from_storage, write_from,
 };
 pub(crate) use engine::{take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};

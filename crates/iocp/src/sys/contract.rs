@@ -135,6 +135,47 @@ pub(crate) trait SysPort: Sized + Send + Sync + 'static {
     fn is_closed(&self) -> bool;
 }
 
+/// The alignment direct I/O on a file needs (`O_DIRECT`,
+/// `FILE_FLAG_NO_BUFFERING`): of the buffer's address, and of each
+/// operation's offset and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirectIo {
+    pub mem: usize,
+    pub offset: usize,
+}
+
+impl DirectIo {
+    /// Why an operation `call` of `len` bytes at `offset`, whose buffer
+    /// starts at `addr`, cannot run on such a file; `None` if it can.
+    pub(crate) fn refusal(
+        &self,
+        call: &str,
+        addr: usize,
+        len: usize,
+        offset: u64,
+    ) -> Option<String> {
+        let head = format!("{call} on a file opened for direct I/O (O_DIRECT)");
+        let (mem, off) = (self.mem.max(1), self.offset.max(1));
+        if !addr.is_multiple_of(mem) {
+            return Some(format!(
+                "{head}: the buffer's room starts at {addr:#x}, not at a multiple of {mem} \
+                 bytes (iocp::AlignedBuf::new(len, {mem}) gives one that does)"
+            ));
+        }
+        if !len.is_multiple_of(off) {
+            return Some(format!(
+                "{head}: the length {len} is not a multiple of {off} bytes"
+            ));
+        }
+        if !offset.is_multiple_of(off as u64) {
+            return Some(format!(
+                "{head}: the offset {offset} is not a multiple of {off} bytes"
+            ));
+        }
+        None
+    }
+}
+
 /// What a backend's handle provides.
 pub(crate) trait SysHandle: Send + Sync + 'static {
     /// A number naming the handle within its port (for `Debug`).
@@ -157,6 +198,12 @@ pub(crate) trait SysHandle: Send + Sync + 'static {
 
     /// Whether `close` was called or the port was closed.
     fn is_closed(&self) -> bool;
+
+    /// For a file opened for direct I/O: the alignment its operations
+    /// need (the front refuses the others before they start).
+    fn direct_io(&self) -> Option<DirectIo> {
+        None
+    }
 
     /// Runs `f` on the socket (only ever called on a [`Kind::Socket`]
     /// handle), which stays open while `f` runs whatever

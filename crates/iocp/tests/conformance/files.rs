@@ -494,3 +494,83 @@ pub fn associate_refuses_other_kinds(t: &Target) {
     assert_eq!(get(&port).take_buf().unwrap().as_slice(), b"still");
     port.close();
 }
+
+/// Direct I/O (`O_DIRECT`): aligned buffers, lengths and offsets go through;
+/// a buffer at a misaligned address, a length or an offset that is not a
+/// multiple of the alignment is refused before it starts, naming the
+/// alignment, its buffer handed back. The same buffers are fine on a file
+/// opened without it.
+pub fn file_direct_io(t: &Target) {
+    use completion_port::AlignedBuf;
+    let port = t.port();
+    let dir = TempDir::new("direct");
+    let path = dir.join("d");
+    let f = match completion_port::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::InvalidInput => {
+            say(format!(
+                "{}: {} refuses O_DIRECT ({e}); direct I/O not checked here",
+                t.name(),
+                dir.path().display()
+            ));
+            return;
+        }
+        Err(e) => panic!("opening {} with O_DIRECT: {e}", path.display()),
+    };
+    let fh = port.associate_file(f, 1).unwrap();
+    let data = pattern(9, 8192);
+    let mut w = AlignedBuf::new(8192, 4096);
+    w.extend_from_slice(&data);
+    port.write_at(&fh, w, 0, 1).unwrap();
+    assert_eq!(get(&port).result.unwrap(), 8192);
+    port.read_at(&fh, AlignedBuf::new(8192, 4096), 4096, 2)
+        .unwrap();
+    let mut c = get(&port);
+    assert_eq!(c.bytes(), 4096, "up to the end of the file: {}", brief(&c));
+    match c.take_buf().unwrap() {
+        completion_port::Buf::Aligned(a) => assert!(a[..] == data[4096..], "read back differs"),
+        other => panic!("{other:?} came back for an AlignedBuf"),
+    }
+    let refused = |r: Result<OpId, completion_port::SubmitError>, words: &[&str]| {
+        let mut e = r.expect_err("misaligned");
+        assert_eq!(e.error.kind(), ErrorKind::InvalidInput, "{}", e.error);
+        let m = e.error.to_string();
+        assert!(m.contains("direct I/O"), "{m}");
+        for w in words {
+            assert!(m.contains(w), "{m:?} does not say {w:?}");
+        }
+        assert!(e.take_buf().is_some(), "the buffer comes back");
+    };
+    // The room of a buffer holding one byte starts one byte past the
+    // alignment.
+    let mut one = AlignedBuf::new(8192, 4096);
+    one.extend_from_slice(&[1]);
+    refused(
+        port.read_at(&fh, one, 0, 3),
+        &["read_at", "AlignedBuf", "not at a multiple of"],
+    );
+    let mut short = AlignedBuf::new(4096, 4096);
+    short.extend_from_slice(&[2; 100]);
+    refused(
+        port.write_at(&fh, short, 0, 4),
+        &["write_at", "the length 100"],
+    );
+    let mut block = AlignedBuf::new(4096, 4096);
+    block.resize(4096, 3);
+    refused(port.write_at(&fh, block, 100, 5), &["the offset 100"]);
+    no_packet(&port, Duration::from_millis(20));
+    // Without O_DIRECT nothing needs aligning.
+    let (g, _) = file_with(&dir, "g", &[]);
+    let gh = port.associate_file(g, 2).unwrap();
+    let mut short = AlignedBuf::new(4096, 4096);
+    short.extend_from_slice(&[2; 100]);
+    port.write_at(&gh, short, 100, 6).unwrap();
+    assert_eq!(get(&port).result.unwrap(), 100);
+    port.close();
+}

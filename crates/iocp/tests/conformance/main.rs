@@ -117,6 +117,7 @@ macro_rules! for_each_clause {
             files files::pipe_round_trip_and_eof,
             files files::pipe_child_stdio,
             files files::associate_refuses_other_kinds,
+            files files::file_direct_io,
             unix unix::unix_datagram_send_to_recv_from,
         }
     };

@@ -201,3 +201,43 @@ pub(crate) fn flush(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Whether the file `fd` was opened for direct I/O (`O_DIRECT`), and if so
+/// the alignment it needs: of the buffer's address, and of the offset and
+/// the length — what `statx` says (`STATX_DIOALIGN`, Linux 6.1), else the
+/// file system's block size for both.
+pub(crate) fn direct_io(fd: BorrowedFd<'_>) -> io::Result<Option<(usize, usize)>> {
+    // SAFETY: F_GETFL reads the descriptor's flags; no memory is involved.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_DIRECT == 0 {
+        return Ok(None);
+    }
+    // SAFETY: all-zero is a valid statx.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty C string (with AT_EMPTY_PATH: the
+    // descriptor itself) and `sx` a live, writable statx.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN | libc::STATX_BASIC_STATS,
+            &mut sx,
+        )
+    };
+    if r == 0 && sx.stx_mask & libc::STATX_DIOALIGN != 0 && sx.stx_dio_mem_align != 0 {
+        return Ok(Some((
+            sx.stx_dio_mem_align as usize,
+            sx.stx_dio_offset_align as usize,
+        )));
+    }
+    let block = if r == 0 && sx.stx_blksize != 0 {
+        sx.stx_blksize as usize
+    } else {
+        4096
+    };
+    Ok(Some((block, block)))
+}

@@ -3,6 +3,7 @@
 //! driven from the owner thread's `get`), and the handles spread over them.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,8 +18,9 @@ use crate::pool::PoolShared;
 use crate::queue::{Empty, Queue};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
+use crate::sys::common::direct_io;
 use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
-use crate::sys::contract::{Kind, OsHandle, SysHandle, SysPort};
+use crate::sys::contract::{DirectIo, Kind, OsHandle, SysHandle, SysPort};
 
 /// The engine of an inline port, driven by the thread that built the port.
 struct InlineEngine {
@@ -45,6 +47,8 @@ pub(crate) struct Handle {
     /// handle's last operation (or at the port's close) and after the last
     /// `with_socket` borrow.
     sock: Arc<SocketFd>,
+    /// A file opened with `O_DIRECT`: the alignment it needs.
+    direct: Option<DirectIo>,
     /// `close` was called (or the front's last clone dropped).
     closed: AtomicBool,
 }
@@ -282,10 +286,14 @@ impl SysPort for Port {
 
 impl Port {
     /// Hands `fd` (of `kind`) to the next engine, round-robin.
-    fn register(&self, fd: std::os::fd::OwnedFd, kind: Kind, key: u64) -> io::Result<Handle> {
+    fn register(&self, fd: OwnedFd, kind: Kind, key: u64) -> io::Result<Handle> {
         let n = self.engines.len();
         let e = self.next_engine.fetch_add(1, Ordering::Relaxed) % n;
         let engine = self.engines[e].clone();
+        let direct = match kind {
+            Kind::File => direct_io(fd.as_fd())?.map(|(mem, offset)| DirectIo { mem, offset }),
+            Kind::Socket | Kind::Pipe => None,
+        };
         let hid = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sock, fd) = SocketFd::new(fd);
         // A refused command is dropped here, which closes the descriptor.
@@ -298,6 +306,7 @@ impl Port {
             port: self.id(),
             engine,
             sock,
+            direct,
             closed: AtomicBool::new(false),
         })
     }
@@ -423,6 +432,10 @@ impl SysHandle for Handle {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.engine.is_shutdown()
+    }
+
+    fn direct_io(&self) -> Option<DirectIo> {
+        self.direct
     }
 
     fn with_socket<R>(
