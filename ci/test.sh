@@ -5,7 +5,8 @@
 # cross toolchain and Wine), then runs, timing each stage:
 #   1. the workspace tests (library conformance on every engine, server and
 #      client integration tests) with cargo-nextest (cargo test without it),
-#      then the doctests;
+#      then the doctests, then the copy example on every Linux backend
+#      (ci/copy.sh: files copied and checked with cmp);
 #   2. the conformance suite again with every io_uring fast path switched off;
 #   3. the loom model of the port's queue;
 #   4. the teardown tests under AddressSanitizer;
@@ -61,6 +62,7 @@ workspace() {
   else
     cargo test --workspace --no-fail-fast || rc=$?
   fi
+  bash ci/copy.sh || rc=$?
   return $rc
 }
 
