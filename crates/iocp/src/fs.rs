@@ -116,12 +116,21 @@ pub fn create(path: impl AsRef<Path>) -> io::Result<File> {
         .open(path)
 }
 
+/// A pipe whose two ends a port can serve: `(read end, write end)`, each
+/// to be associated with [`Port::associate_pipe`](crate::Port::associate_pipe).
+/// On Linux it is `std::io::pipe`; on Windows, whose anonymous pipes
+/// (`CreatePipe`, what `std::io::pipe` makes) are synchronous, a named
+/// pipe under a unique name whose two ends are opened with
+/// `FILE_FLAG_OVERLAPPED`.
+pub fn pipe() -> io::Result<(OsHandle, OsHandle)> {
+    sys::pipe()
+}
+
 /// `CreateNamedPipe`: the server end of a new named pipe
 /// (`\\.\pipe\NAME`), opened for overlapped I/O, in byte mode, to be
 /// associated with [`Port::associate_pipe`](crate::Port::associate_pipe);
 /// [`Port::connect_named_pipe`](crate::Port::connect_named_pipe) then waits
-/// for a client. (Windows only; not implemented yet: returns an
-/// `Unsupported` error.)
+/// for a client. A bare `name` is put under `\\.\pipe\`. (Windows only.)
 #[cfg(windows)]
 pub fn create_named_pipe(name: impl AsRef<std::ffi::OsStr>) -> io::Result<OsHandle> {
     sys::create_named_pipe(name.as_ref())

@@ -253,9 +253,6 @@ impl Completion {
 
 /// What an operation does, with the memory it owns until its completion —
 /// the same on every platform; each backend turns it into its own requests.
-// The Windows backend does not read the file operations' offsets and flags
-// yet (it refuses them: not implemented there).
-#[cfg_attr(windows, allow(dead_code))]
 pub(crate) enum OpData {
     Accept,
     AcceptMulti,
@@ -273,7 +270,7 @@ pub(crate) enum OpData {
     /// the stream (`None`: a pipe).
     Write(Buf, Option<u64>),
     /// `fsync` (`false`) or `fdatasync` (`true`).
-    Flush(bool),
+    Flush(#[cfg_attr(windows, allow(dead_code))] bool),
     /// Wait for a client on the server end of a named pipe.
     #[cfg(windows)]
     ConnectNamedPipe,

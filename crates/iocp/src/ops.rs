@@ -219,7 +219,6 @@ impl Port {
     /// `ConnectNamedPipe` (Windows): waits for a client to open the server
     /// end of a named pipe ([`crate::fs::create_named_pipe`]); completes
     /// with 0 bytes once one has (also when it connected before the call).
-    /// Not implemented yet: the Windows backend refuses it.
     #[cfg(windows)]
     pub fn connect_named_pipe(
         &self,

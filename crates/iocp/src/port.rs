@@ -157,9 +157,12 @@ impl Port {
     /// another process holds it, is not affected.
     ///
     /// A regular file, a socket, a directory or a terminal is refused with
-    /// an `InvalidInput` error saying what it is, and closed. On Windows,
-    /// only named pipes created with `completion_port::fs::create_named_pipe` can
-    /// be overlapped (not yet implemented there).
+    /// an `InvalidInput` error saying what it is, and closed. On Windows a
+    /// pipe must have been opened with `FILE_FLAG_OVERLAPPED`, else it is
+    /// refused with an error naming the flag: the ends of
+    /// [`crate::fs::pipe`], a named pipe of `completion_port::fs::create_named_pipe`
+    /// (or its client, opened with [`crate::fs::OpenOptions`]) and a child's
+    /// piped stdio are; `std::io::pipe`'s (`CreatePipe`) are not.
     pub fn associate_pipe(&self, pipe: impl Into<OsHandle>, key: u64) -> io::Result<PipeHandle> {
         if self.is_closed() {
             return Err(error::port_closed());

@@ -944,3 +944,76 @@ fn aborted_error_shape() {
     assert!(completion_port::is_aborted(&e));
     println!("aborted().kind() = {:?}", e.kind());
 }
+
+/// A named pipe: `create_named_pipe`, `connect_named_pipe` waiting for a
+/// client (its completion comes when the client opens the pipe, with 0
+/// bytes), bytes both ways, the client's close giving the server EOF; and
+/// a client that connected before `connect_named_pipe` completes it at
+/// once (`ERROR_PIPE_CONNECTED`).
+#[test]
+fn named_pipe_connect_read_write() {
+    let port = Port::new(0).unwrap();
+    let name = format!(r"\\.\pipe\completion-port-test-{}", std::process::id());
+    let server = completion_port::fs::create_named_pipe(&name).unwrap();
+    let sh = port.associate_pipe(server, 1).unwrap();
+    port.connect_named_pipe(&sh, 10).unwrap();
+    // A read behind the connect waits for it (same lane).
+    port.read(&sh, Vec::with_capacity(64), 11).unwrap();
+    assert!(
+        port.get(Some(Duration::from_millis(50))).is_err(),
+        "connect completed with no client"
+    );
+    let client = completion_port::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .unwrap();
+    let ch = port.associate_pipe(client, 2).unwrap();
+    let c = get(&port);
+    assert_eq!(
+        (c.kind, c.token, c.result.as_ref().ok()),
+        (OpKind::ConnectNamedPipe, 10, Some(&0)),
+        "{c:?}"
+    );
+    port.write(&ch, b"hello".to_vec(), 20).unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let mut c = get(&port);
+        got.insert(c.token, (c.result.as_ref().ok().copied(), c.take_buf()));
+    }
+    assert_eq!(got[&20].0, Some(5));
+    assert_eq!(got[&11].1.as_ref().unwrap().as_slice(), b"hello");
+    port.write(&sh, b"back".to_vec(), 12).unwrap();
+    port.read(&ch, Vec::with_capacity(64), 21).unwrap();
+    for _ in 0..2 {
+        let mut c = get(&port);
+        if c.token == 21 {
+            assert_eq!(c.take_buf().unwrap().as_slice(), b"back");
+        } else {
+            assert_eq!((c.token, c.result.as_ref().ok()), (12, Some(&4)));
+        }
+    }
+    // The client goes: the server's read gets EOF (0 bytes).
+    ch.close();
+    port.read(&sh, Vec::with_capacity(64), 13).unwrap();
+    let c = get(&port);
+    assert_eq!((c.token, c.result.as_ref().ok()), (13, Some(&0)), "{c:?}");
+    sh.close();
+
+    // A client first, then connect_named_pipe: it completes at once.
+    let server = completion_port::fs::create_named_pipe(&name).unwrap();
+    let client = completion_port::fs::OpenOptions::new()
+        .write(true)
+        .open(&name)
+        .unwrap();
+    let sh = port.associate_pipe(server, 3).unwrap();
+    port.connect_named_pipe(&sh, 30).unwrap();
+    let c = get(&port);
+    assert_eq!(
+        (c.kind, c.token, c.result.as_ref().ok()),
+        (OpKind::ConnectNamedPipe, 30, Some(&0)),
+        "{c:?}"
+    );
+    drop(client);
+    port.close();
+}

@@ -28,8 +28,8 @@ pub type OsHandle = std::os::windows::io::OwnedHandle;
 
 /// What an associated handle is, which says which operations it takes and
 /// how a backend runs them.
-// The Windows backend builds no `Socket` kind yet: it associates sockets
-// with their own call, and files and pipes are not implemented there.
+// The Windows backend builds no `Socket` kind: it associates sockets with
+// their own call.
 #[cfg_attr(windows, allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -41,6 +41,29 @@ pub(crate) enum Kind {
     /// A pipe or FIFO (or, on Windows, a named pipe): a stream of reads and
     /// writes.
     Pipe,
+}
+
+impl Kind {
+    /// The `InvalidInput` error of a handle given to this kind's call that
+    /// is something else: `what` it is (in words, "a directory"), and
+    /// `is`, the kind it would be associated as, if any.
+    pub(crate) fn refusal(self, what: &str, is: Option<Kind>) -> io::Error {
+        let call = match self {
+            Kind::File => "associate_file",
+            Kind::Pipe => "associate_pipe",
+            Kind::Socket => "associate",
+        };
+        let instead = match is {
+            Some(Kind::File) => ": associate it with associate_file (reads and writes at offsets)",
+            Some(Kind::Pipe) => ": associate it with associate_pipe (a stream, no offsets)",
+            Some(Kind::Socket) => ": associate it with associate (sockets, Unix domain ones too)",
+            None => ": a port serves regular files, block devices, pipes, FIFOs and sockets only",
+        };
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{call} refused the handle: it is {what}{instead}"),
+        )
+    }
 }
 
 /// What a backend's port provides. Every method may be called from any
@@ -154,12 +177,13 @@ impl DirectIo {
         len: usize,
         offset: u64,
     ) -> Option<String> {
-        let head = format!("{call} on a file opened for direct I/O (O_DIRECT)");
+        let head =
+            format!("{call} on a file opened for direct I/O (O_DIRECT, FILE_FLAG_NO_BUFFERING)");
         let (mem, off) = (self.mem.max(1), self.offset.max(1));
         if !addr.is_multiple_of(mem) {
             return Some(format!(
                 "{head}: the buffer's room starts at {addr:#x}, not at a multiple of {mem} \
-                 bytes (iocp::AlignedBuf::new(len, {mem}) gives one that does)"
+                 bytes (completion_port::AlignedBuf::new(len, {mem}) gives one that does)"
             ));
         }
         if !len.is_multiple_of(off) {

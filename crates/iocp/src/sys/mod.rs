@@ -44,8 +44,8 @@ pub(crate) mod windows;
 pub use contract::OsHandle;
 pub(crate) use contract::{Kind, SysHandle, SysPort};
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{prepare_open, Handle, Port};
+pub(crate) use linux::{pipe, prepare_open, Handle, Port};
 #[cfg(windows)]
-pub(crate) use windows::files::{create_named_pipe, prepare_open};
+pub(crate) use windows::files::{create_named_pipe, pipe, prepare_open};
 #[cfg(windows)]
 pub(crate) use windows::port::{Handle, Port};

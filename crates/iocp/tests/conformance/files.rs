@@ -317,7 +317,7 @@ pub fn file_pool_bounded(t: &Target) {
             assert_eq!(
                 (s.file_threads, s.file_queue),
                 (0, 0),
-                "io_uring runs no file thread"
+                "io_uring and IOCP run no file thread"
             );
         }
         assert_eq!(get(&port).bytes(), CHUNK);
@@ -342,7 +342,7 @@ pub fn file_pool_bounded(t: &Target) {
 /// `BrokenPipe`.
 pub fn pipe_round_trip_and_eof(t: &Target) {
     let port = t.port();
-    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = completion_port::fs::pipe().unwrap();
     let rh = port.associate_pipe(r, 1).unwrap();
     let wh = port.associate_pipe(w, 2).unwrap();
     let msgs: Vec<Vec<u8>> = (0..8).map(|i| pattern(i, 50_000 + i * 1000)).collect();
@@ -388,7 +388,7 @@ pub fn pipe_round_trip_and_eof(t: &Target) {
         );
     }
 
-    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = completion_port::fs::pipe().unwrap();
     let wh = port.associate_pipe(w, 3).unwrap();
     drop(r);
     port.write(&wh, b"nobody reads".to_vec(), 4).unwrap();
@@ -399,12 +399,39 @@ pub fn pipe_round_trip_and_eof(t: &Target) {
     port.close();
 }
 
+/// What the Windows child (`cat_child`) writes before the bytes it copies.
+pub const CAT_MARKER: &[u8] = b"== cat_child ==\n";
+
+/// The body of the `cat_child` test in a child process: stdin to stdout,
+/// then exit before the test harness writes anything else.
+pub fn cat_child() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(CAT_MARKER).unwrap();
+    std::io::copy(&mut std::io::stdin().lock(), &mut out).unwrap();
+    out.flush().unwrap();
+    std::process::exit(0);
+}
+
+/// `cat`: on Windows this test binary's `cat_child`, whose output starts
+/// with the test harness's header, then [`CAT_MARKER`].
+fn cat() -> Command {
+    if cfg!(windows) {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["cat_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("IOCP_TEST_CAT", "1");
+        c
+    } else {
+        Command::new("cat")
+    }
+}
+
 /// A child process's stdin and stdout through the port: what is written
 /// to its stdin comes back on its stdout (`cat`), and the child's exit
 /// gives EOF.
 pub fn pipe_child_stdio(t: &Target) {
     let port = t.port();
-    let mut child = Command::new("cat")
+    let mut child = cat()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -438,6 +465,13 @@ pub fn pipe_child_stdio(t: &Target) {
             _ => panic!("unexpected {}", brief(&c)),
         }
     }
+    if cfg!(windows) {
+        let at = got
+            .windows(CAT_MARKER.len())
+            .position(|w| w == CAT_MARKER)
+            .expect("the child's marker");
+        got.drain(..at + CAT_MARKER.len());
+    }
     assert!(
         got == data,
         "cat's output differs ({} of {} bytes)",
@@ -463,28 +497,48 @@ pub fn associate_refuses_other_kinds(t: &Target) {
             assert!(m.contains(w), "{m:?} does not say {w:?}");
         }
     };
-    let d = File::open(dir.path()).unwrap();
+    let d = open_dir(dir.path());
     refused(
         port.associate_file(d, 1).map(drop),
         &["associate_file", "a directory"],
     );
-    let (r, _w) = std::io::pipe().unwrap();
-    let as_file = File::from(completion_port::fs::OsHandle::from(r));
+    let (r, _w) = completion_port::fs::pipe().unwrap();
+    let as_file = File::from(r);
     refused(
         port.associate_file(as_file, 2).map(drop),
-        &["a pipe or FIFO", "associate_pipe"],
+        &["a pipe", "associate_pipe"],
     );
     let (f, _) = file_with(&dir, "f", b"x");
     refused(
         port.associate_pipe(f, 3).map(drop),
         &["associate_pipe", "a regular file", "associate_file"],
     );
-    #[cfg(unix)]
-    {
-        let null = File::open("/dev/null").unwrap();
+    let null = File::open(if cfg!(windows) { "NUL" } else { "/dev/null" }).unwrap();
+    refused(
+        port.associate_pipe(null, 4).map(drop),
+        &["a character device"],
+    );
+    if cfg!(windows) {
+        // Handles opened for synchronous I/O: a file opened by std, and
+        // std's anonymous pipe (CreatePipe).
+        std::fs::write(dir.join("sync"), b"x").unwrap();
+        let sync = File::open(dir.join("sync")).unwrap();
         refused(
-            port.associate_pipe(null, 4).map(drop),
-            &["a character device"],
+            port.associate_file(sync, 5).map(drop),
+            &[
+                "associate_file",
+                "FILE_FLAG_OVERLAPPED",
+                "completion_port::fs::open",
+            ],
+        );
+        let (r, _w) = std::io::pipe().unwrap();
+        refused(
+            port.associate_pipe(r, 6).map(drop),
+            &[
+                "associate_pipe",
+                "FILE_FLAG_OVERLAPPED",
+                "completion_port::fs::pipe",
+            ],
         );
     }
     // The port still works.
@@ -493,6 +547,19 @@ pub fn associate_refuses_other_kinds(t: &Target) {
     port.read_at(&fh, Vec::with_capacity(8), 0, 6).unwrap();
     assert_eq!(get(&port).take_buf().unwrap().as_slice(), b"still");
     port.close();
+}
+
+/// A directory, opened for reading its metadata.
+fn open_dir(p: &std::path::Path) -> File {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_BACKUP_SEMANTICS: needed to open a directory.
+        o.custom_flags(0x0200_0000);
+    }
+    o.open(p).unwrap()
 }
 
 /// Direct I/O (`O_DIRECT`): aligned buffers, lengths and offsets go through;

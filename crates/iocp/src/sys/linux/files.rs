@@ -16,6 +16,13 @@ pub(crate) fn prepare_open(o: &mut std::fs::OpenOptions, direct: bool) {
     }
 }
 
+/// A pipe (read end, write end): `std::io::pipe`, whose ends a port
+/// serves as they are.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = std::io::pipe()?;
+    Ok((r.into(), w.into()))
+}
+
 /// What `fd` is, in the words of an error message.
 fn what(t: std::fs::FileType) -> &'static str {
     if t.is_file() {
@@ -50,22 +57,14 @@ pub(super) fn check_kind(fd: OwnedFd, kind: Kind) -> io::Result<OwnedFd> {
     if ok {
         return Ok(f.into());
     }
-    let call = match kind {
-        Kind::File => "associate_file",
-        Kind::Pipe => "associate_pipe",
-        Kind::Socket => "associate",
-    };
-    let instead = if t.is_file() || t.is_block_device() {
-        ": associate it with associate_file (reads and writes at offsets)"
+    let is = if t.is_file() || t.is_block_device() {
+        Some(Kind::File)
     } else if t.is_fifo() {
-        ": associate it with associate_pipe (a stream, no offsets)"
+        Some(Kind::Pipe)
     } else if t.is_socket() {
-        ": associate it with associate (sockets, Unix domain ones too)"
+        Some(Kind::Socket)
     } else {
-        ": a port serves regular files, block devices, pipes, FIFOs and sockets only"
+        None
     };
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{call} refused the descriptor: it is {}{instead}", what(t)),
-    ))
+    Err(kind.refusal(what(t), is))
 }

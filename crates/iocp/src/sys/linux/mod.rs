@@ -17,6 +17,6 @@ mod engine;
 mod files;
 mod port;
 
-pub(crate) use files::prepare_open;
+pub(crate) use files::{pipe, prepare_open};
 
 pub(crate) use port::{Handle, Port};

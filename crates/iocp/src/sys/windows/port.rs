@@ -32,7 +32,7 @@ use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
-use crate::sys::contract::{Kind, OsHandle, SysHandle, SysPort};
+use crate::sys::contract::{DirectIo, Kind, OsHandle, SysHandle, SysPort};
 
 pub(crate) struct Port {
     shared: Arc<Shared>,
@@ -40,6 +40,9 @@ pub(crate) struct Port {
 
 pub(crate) struct Handle {
     h: Arc<HandleShared>,
+    /// For a file opened with `FILE_FLAG_NO_BUFFERING`: the alignment its
+    /// operations need.
+    direct: Option<DirectIo>,
 }
 
 /// How long a `get` may wait.
@@ -151,15 +154,18 @@ impl SysPort for Port {
         let hid = s.next_id.fetch_add(1, Ordering::Relaxed);
         let h = HandleShared::new(hid, key, socket, s.clone());
         s.register(&h)?;
-        Ok(Handle { h })
+        Ok(Handle { h, direct: None })
     }
 
-    fn associate_os(&self, _h: OsHandle, kind: Kind, _key: u64) -> io::Result<Handle> {
-        let call = match kind {
-            Kind::File => "associate_file",
-            Kind::Pipe | Kind::Socket => "associate_pipe",
-        };
-        Err(super::files::not_yet(call))
+    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Handle> {
+        let s = &self.shared;
+        let (h, direct) = super::files::check_handle(h, kind)?;
+        let raw = std::os::windows::io::AsRawHandle::as_raw_handle(&h) as SOCKET;
+        s.cport.associate(raw, KEY_IO)?;
+        let hid = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let h = HandleShared::new_os(hid, key, h, s.clone());
+        s.register(&h)?;
+        Ok(Handle { h, direct })
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
@@ -349,6 +355,10 @@ impl SysHandle for Handle {
 
     fn is_closed(&self) -> bool {
         self.h.user_closed.load(Ordering::Acquire)
+    }
+
+    fn direct_io(&self) -> Option<DirectIo> {
+        self.direct
     }
 
     fn with_socket<R>(

@@ -13,12 +13,13 @@ use windows_sys::Win32::Networking::WinSock::SOCKET;
 
 use super::opbox::{OpBox, Slot};
 use super::ops::{Local, WOp};
-use super::{HState, HandleShared, OpCtl, Shared, SockUse, TimerItem};
+use super::{HState, HandleShared, OpCtl, Owned, Shared, SockUse, TimerItem};
 use crate::error::{self, SubmitError};
 use crate::kit::lanes::{Lanes, Next};
 use crate::kit::lock;
 use crate::kit::phase::{Phase, Stop};
 use crate::op::{OpData, OpId};
+use crate::sys::contract::OsHandle;
 use crate::sys::windows::net;
 
 impl HandleShared {
@@ -26,6 +27,25 @@ impl HandleShared {
     pub(crate) fn new(hid: u64, key: u64, sock: socket2::Socket, port: Arc<Shared>) -> Arc<Self> {
         let stream = sock.r#type().map_or(true, |t| t == socket2::Type::STREAM);
         let raw = std::os::windows::io::AsRawSocket::as_raw_socket(&sock) as SOCKET;
+        Self::with(hid, key, raw, Owned::Socket(sock), stream, port)
+    }
+
+    /// A handle for a file or a pipe `h` (associated with `port` already).
+    /// A pipe is a stream (its reads and writes take lanes); a file's
+    /// operations take none.
+    pub(crate) fn new_os(hid: u64, key: u64, h: OsHandle, port: Arc<Shared>) -> Arc<Self> {
+        let raw = std::os::windows::io::AsRawHandle::as_raw_handle(&h) as SOCKET;
+        Self::with(hid, key, raw, Owned::Os(h), true, port)
+    }
+
+    fn with(
+        hid: u64,
+        key: u64,
+        raw: SOCKET,
+        owned: Owned,
+        stream: bool,
+        port: Arc<Shared>,
+    ) -> Arc<Self> {
         Arc::new(HandleShared {
             hid,
             key,
@@ -39,7 +59,7 @@ impl HandleShared {
                 closing: false,
             }),
             sock_use: Mutex::new(SockUse {
-                owned: Some(sock),
+                owned: Some(owned),
                 readers: 0,
                 close_pending: false,
             }),
@@ -117,12 +137,6 @@ impl HandleShared {
         token: u64,
         deadline: Option<Instant>,
     ) -> Result<OpId, SubmitError> {
-        if let OpData::Read(..) | OpData::Write(..) | OpData::Flush(_) | OpData::ConnectNamedPipe =
-            data
-        {
-            // No file or pipe can be associated yet (see `files`).
-            return Err(data.refuse(crate::sys::windows::files::not_yet("this operation")));
-        }
         let port = &self.port;
         let id = port.next_id.fetch_add(1, Ordering::Relaxed);
         // Count first, then check `closed` (see `Shared::post_packet`).

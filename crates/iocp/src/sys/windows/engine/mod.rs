@@ -441,21 +441,30 @@ impl HState {
     }
 }
 
+/// What a handle owns: a socket, or a file's or a pipe's `HANDLE` (held
+/// only to be closed when dropped).
+#[allow(dead_code)]
+pub(crate) enum Owned {
+    Socket(socket2::Socket),
+    Os(crate::sys::contract::OsHandle),
+}
+
 /// Who uses the socket besides the operations: `with_socket` borrowers.
 struct SockUse {
-    /// The socket, until it is closed.
-    owned: Option<socket2::Socket>,
+    /// The socket (or file, or pipe), until it is closed.
+    owned: Option<Owned>,
     readers: usize,
     /// The last operation is done; the last borrower closes the socket.
     close_pending: bool,
 }
 
-/// A socket associated with the port.
+/// A socket, a file or a pipe associated with the port.
 pub(crate) struct HandleShared {
     pub(crate) hid: u64,
     pub(crate) key: u64,
-    /// The socket's value for Winsock calls; open while an operation or a
-    /// borrower may use it (`sock_use`).
+    /// The socket's value for Winsock calls (a file's or a pipe's `HANDLE`
+    /// value, for `ReadFile`, `WriteFile` and `CancelIoEx`); open while an
+    /// operation or a borrower may use it (`sock_use`).
     pub(crate) sock: SOCKET,
     pub(crate) port: Arc<Shared>,
     /// A stream socket: a vectored send may go out in several calls, and a

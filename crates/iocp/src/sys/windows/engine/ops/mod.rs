@@ -10,6 +10,7 @@
 mod accept;
 mod connect;
 mod datagram;
+mod file;
 mod pooled;
 mod stream;
 
@@ -31,6 +32,7 @@ use crate::sys::windows::map_win32;
 use accept::{Accept, AcceptStream};
 use connect::Connect;
 use datagram::{RecvFrom, SendTo};
+use file::{ConnectPipe, Flush, Read, Write};
 use pooled::RecvPooled;
 use stream::{Recv, Send};
 
@@ -123,6 +125,27 @@ fn pending_or(ok: bool) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(e))
+    }
+}
+
+/// What a packet means for a write that must go out whole (a stream send,
+/// a file or pipe write), `sent` of its `total` bytes out before it: done
+/// when every byte is out, else its rest goes next; a failure still counts
+/// what the kernel took of it (a cancel part-way).
+fn write_step(sent: &mut usize, total: usize, input: Input, cx: &Reap<'_>) -> Step {
+    match input {
+        Input::Kernel {
+            status: Some(code),
+            bytes,
+        } => {
+            *sent += bytes as usize;
+            Step::Done(Err(cx.error(code)))
+        }
+        Input::Kernel {
+            status: None,
+            bytes,
+        } => Step::after_send(sent, bytes as usize, total),
+        other => Step::Done(cx.result(other)),
     }
 }
 
@@ -254,6 +277,10 @@ pub(in crate::sys::windows) enum WOp {
     RecvFrom(RecvFrom),
     SendTo(SendTo),
     RecvPooled(RecvPooled),
+    ConnectPipe(ConnectPipe),
+    Read(Read),
+    Write(Write),
+    Flush(Flush),
 }
 
 /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
@@ -268,6 +295,10 @@ macro_rules! each {
             WOp::RecvFrom($o) => $e,
             WOp::SendTo($o) => $e,
             WOp::RecvPooled($o) => $e,
+            WOp::ConnectPipe($o) => $e,
+            WOp::Read($o) => $e,
+            WOp::Write($o) => $e,
+            WOp::Flush($o) => $e,
         }
     };
 }
@@ -285,9 +316,11 @@ impl WOp {
             OpData::SendV(bufs) => WOp::Send(Send::many(bufs)),
             OpData::RecvFrom(buf) => WOp::RecvFrom(RecvFrom::new(buf)),
             OpData::SendTo(buf, to) => WOp::SendTo(SendTo::new(buf, to)),
-            OpData::Read(..) | OpData::Write(..) | OpData::Flush(_) | OpData::ConnectNamedPipe => {
-                unreachable!("refused by HandleShared::start")
-            }
+            OpData::Read(buf, at) => WOp::Read(Read::new(buf, at)),
+            OpData::Write(buf, at) => WOp::Write(Write::new(buf, at)),
+            // Windows has one call for both.
+            OpData::Flush(_) => WOp::Flush(Flush::new()),
+            OpData::ConnectNamedPipe => WOp::ConnectPipe(ConnectPipe),
         }
     }
 

@@ -10,7 +10,7 @@ use std::io;
 use windows_sys::Win32::Networking::WinSock::{WSASend, SOCKET_ERROR, WSABUF};
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
-use super::{pending_or, wsa_recv, wsabuf, Input, Reap, RecvMem, WinOp};
+use super::{pending_or, write_step, wsa_recv, wsabuf, Input, Reap, RecvMem, WinOp};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
@@ -149,25 +149,8 @@ impl WinOp for Send {
     }
 
     fn on_packet(&mut self, input: Input, cx: &mut Reap<'_>) -> Step {
-        match input {
-            Input::Kernel {
-                status: Some(code),
-                bytes,
-            } => {
-                // A send cancelled (or failed) part-way: the packet still
-                // counts what the stack took of it.
-                self.sent += bytes as usize;
-                Step::Done(Err(cx.error(code)))
-            }
-            Input::Kernel {
-                status: None,
-                bytes,
-            } => {
-                let total = self.total();
-                Step::after_send(&mut self.sent, bytes as usize, total)
-            }
-            other => Step::Done(cx.result(other)),
-        }
+        let total = self.total();
+        write_step(&mut self.sent, total, input, cx)
     }
 
     fn complete(self, c: &mut Completion, _h: &HandleShared) {
