@@ -218,10 +218,12 @@ pub fn file_write_past_end_extends(t: &Target) {
 }
 
 /// Cancels, deadlines and a close with many operations in flight on a
-/// file: each operation completes exactly once — with its result, aborted,
-/// or (a deadline) `TimedOut` — its buffer handed back; nothing after.
+/// file (flushes among them): each operation completes exactly once — with
+/// its result, aborted, or (a deadline) `TimedOut` — its buffer handed
+/// back; nothing after.
 pub fn file_cancel_and_close_in_flight(t: &Target) {
     const OPS: u64 = 60;
+    const FLUSHES: u64 = 3;
     const CHUNK: usize = 64 * 1024;
     // One file thread on epoll, so most operations wait in its queue.
     let port = t.build(t.builder().concurrency(4).file_threads(1));
@@ -242,6 +244,17 @@ pub fn file_cancel_and_close_in_flight(t: &Target) {
         .unwrap();
         ids.insert(id, tok);
     }
+    // Flushes in flight too (tokens past the reads and writes; one is
+    // cancelled).
+    for tok in OPS..OPS + FLUSHES {
+        let id = if tok % 2 == 0 {
+            port.fsync(&fh, tok)
+        } else {
+            port.fdatasync(&fh, tok)
+        }
+        .unwrap();
+        ids.insert(id, tok);
+    }
     for (id, tok) in &ids {
         if tok % 2 == 0 {
             fh.cancel(*id).unwrap();
@@ -250,7 +263,7 @@ pub fn file_cancel_and_close_in_flight(t: &Target) {
     fh.close();
     let (mut ok, mut aborted, mut timed_out) = (0, 0, 0);
     let mut seen = HashMap::new();
-    for _ in 0..OPS {
+    for _ in 0..OPS + FLUSHES {
         let mut c = get(&port);
         assert_eq!(c.key, 9);
         assert_eq!(ids.get(&c.op), Some(&c.token), "{}", brief(&c));
@@ -259,14 +272,17 @@ pub fn file_cancel_and_close_in_flight(t: &Target) {
             "completed twice: {}",
             brief(&c)
         );
-        assert!(
+        let flush = c.token >= OPS;
+        assert_eq!(c.kind == OpKind::Flush, flush, "{}", brief(&c));
+        assert_eq!(
             c.take_buf().is_some(),
-            "buffer not handed back: {}",
+            !flush,
+            "buffer not handed back (or one for a flush): {}",
             brief(&c)
         );
         match &c.result {
             Ok(n) => {
-                assert_eq!(*n, CHUNK, "{}", brief(&c));
+                assert_eq!(*n, if flush { 0 } else { CHUNK }, "{}", brief(&c));
                 ok += 1;
             }
             Err(_) if c.is_aborted() => aborted += 1,
