@@ -245,3 +245,72 @@ fn a_tiny_completion_queue_overflows_without_loss() {
         port.close();
     }
 }
+
+/// One connection, closed loop, on an inline (per-core) port: the echo of a
+/// message takes two kernel entries, as a hand-written io_uring loop does —
+/// one that submits the send and returns with its completion (the socket
+/// takes 64 bytes at once), one that waits for the next message. The
+/// send's own completion costs no entry of its own, and neither does the
+/// pool buffer it gives back.
+#[test]
+fn inline_echo_takes_two_enters_per_message() {
+    const MESSAGES: u64 = 10_000;
+    for &be in Backend::available() {
+        let t = util::Target {
+            backend: be,
+            inline: true,
+        };
+        if !t.ready("inline_echo_takes_two_enters_per_message") {
+            continue;
+        }
+        let port = t.build(t.builder());
+        let (h, mut client) = util::tcp_pair(&port, 1);
+        let peer = std::thread::spawn(move || {
+            let mut msg = [0u8; 64];
+            let mut back = [0u8; 64];
+            for i in 0..=MESSAGES {
+                msg.fill(i as u8);
+                client.write_all(&msg).unwrap();
+                client.read_exact(&mut back).unwrap();
+                assert_eq!(back, msg, "message {i} came back changed");
+            }
+        });
+        port.recv_pooled(&h, 0).unwrap();
+        // Echoes until `n` messages went back whole, counting what came in.
+        let echo = |n: u64| {
+            let (mut got, mut sent) = (0usize, 0usize);
+            while sent < n as usize * 64 {
+                let mut c = port.get(WAIT).expect("echo loop: completion");
+                match c.kind {
+                    OpKind::RecvPooled => {
+                        assert!(c.more, "{be}: the receive ended: {c:?}");
+                        let b = c.take_buf().expect("pool buffer");
+                        got += b.len();
+                        port.send(&h, b, 1).unwrap();
+                    }
+                    OpKind::Send => sent += c.bytes(),
+                    _ => panic!("{be}: unexpected {c:?}"),
+                }
+            }
+            assert_eq!(got, sent, "{be}: echoed bytes");
+        };
+        // The first message (start-up: arming the receive) is not counted.
+        echo(1);
+        let before = port.engine_stats().enters;
+        echo(MESSAGES);
+        let enters = port.engine_stats().enters - before;
+        peer.join().unwrap();
+        let per = enters as f64 / MESSAGES as f64;
+        println!(
+            "{be}+inline: {per:.3} kernel entries per echoed message ({enters} for {MESSAGES})"
+        );
+        if be == Backend::Uring {
+            assert!(
+                per <= 2.05,
+                "{be}+inline: {per:.3} io_uring_enter calls per message ({enters} for {MESSAGES}); at most 2.05"
+            );
+        }
+        drop(h);
+        port.close();
+    }
+}

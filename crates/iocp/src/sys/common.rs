@@ -227,10 +227,13 @@ pub(crate) struct Core {
     /// Pool buffers the application gave back (taken each turn).
     pub returned: Vec<u16>,
     cmds: Vec<Cmd>,
+    /// The engine of an inline port: the thread that turns it is also the
+    /// one that takes the port's packets.
+    inline: bool,
 }
 
 impl Core {
-    pub(crate) fn new(shared: Arc<EngineShared>, queue: Queue<Completion>) -> Core {
+    pub(crate) fn new(shared: Arc<EngineShared>, queue: Queue<Completion>, inline: bool) -> Core {
         Core {
             shared,
             queue,
@@ -238,7 +241,24 @@ impl Core {
             timers: Timers::new(),
             returned: Vec::new(),
             cmds: Vec::with_capacity(256),
+            inline,
         }
+    }
+
+    /// The engine announces it may block ([`EngineShared::prepare_sleep`]);
+    /// `false` if it must not. An inline engine also must not block while
+    /// the port holds packets (posted by other threads): its own thread is
+    /// the one to take them. A post either lands before this look or finds
+    /// the announcement and wakes the engine.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        if !self.shared.prepare_sleep() {
+            return false;
+        }
+        if self.inline && self.queue.stats().queued > 0 {
+            self.shared.woke();
+            return false;
+        }
+        true
     }
 
     /// Hands the completions made so far to the port's queue (dropped if

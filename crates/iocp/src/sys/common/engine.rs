@@ -102,7 +102,7 @@ impl<E: LinuxEngine> kit_run::Engine for E {
     }
 
     fn prepare_sleep(&mut self) -> bool {
-        self.draining() || self.core().shared.prepare_sleep()
+        self.draining() || self.core_ref().prepare_sleep()
     }
 
     fn woke(&mut self) {

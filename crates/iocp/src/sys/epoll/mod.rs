@@ -159,7 +159,7 @@ impl EpollEngine {
             poller,
             ops: Slab::new(),
             handles: HandleMap::default(),
-            core: Core::new(shared, queue),
+            core: Core::new(shared, queue, cfg.inline),
             events: Vec::with_capacity(EVENTS),
             free_bufs: (0..count as u16).rev().collect(),
             starved: Vec::new(),

@@ -348,19 +348,13 @@ impl Port {
                 return Err(GetError::Abandoned);
             };
             let poll = timeout == Some(Duration::ZERO);
-            // Posts from other threads go straight to the queue and wake the
-            // engine only if it announced a sleep. So announce it first, then
-            // look at the queue once more: a post either lands before this
-            // look or sees the announcement and wakes the engine. (Pending
-            // commands: take them without blocking and come round again.)
-            let shared = &self.engines[0];
-            let block = !poll
-                && shared.prepare_sleep()
-                && (self.queue.stats().queued == 0 || {
-                    shared.woke();
-                    false
-                });
-            engine.turn(left, block);
+            // The turn takes in what is pending (commands, buffers given
+            // back) and then blocks only if nothing else is ready — packets
+            // other threads posted to the queue included (an inline engine
+            // looks at the queue once it announced its sleep) — so an
+            // operation started by the last handler is submitted in the same
+            // `io_uring_enter` that waits.
+            engine.turn(left, !poll);
             engine.flush_to_queue();
             drop(g);
             if poll {

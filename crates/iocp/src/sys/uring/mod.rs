@@ -127,7 +127,7 @@ impl UringEngine {
             bufring,
             ops: Slab::new(),
             handles: HandleMap::default(),
-            core: Core::new(shared, queue),
+            core: Core::new(shared, queue, cfg.inline),
             wake_buf: Box::new(0),
             wake_armed: false,
             cqes: Vec::with_capacity(256),
