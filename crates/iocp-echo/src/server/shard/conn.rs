@@ -288,15 +288,14 @@ impl Shard {
         conn.ops -= 1;
         let bytes = conn.inflight.take().unwrap_or(0);
         conn.pooled_held -= std::mem::take(&mut conn.inflight_pooled);
-        let returned = match c.take_buf() {
-            Some(b) => vec![b],
-            None => c.take_bufs(),
-        };
         match &c.result {
             Ok(_) => {
                 self.sent(conn, bytes, now);
-                // Reuse a returned receive buffer of the right size.
+                // Reuse a returned receive buffer of the right size (what
+                // comes back from a send of pool buffers just drops).
                 if !self.pooled && conn.spare.is_none() {
+                    let one = c.take_buf();
+                    let returned = one.into_iter().chain(c.take_bufs());
                     for b in returned {
                         if let Buf::Vec(mut v) = b {
                             if v.capacity() == conn.rbuf {
@@ -395,6 +394,14 @@ impl Shard {
     /// ④ WSASend: everything queued, in one (vectored) send; the next one
     /// starts from this one's completion, so the stream keeps its order.
     fn issue_send(&self, conn: &mut Conn) {
+        if conn.out.len() == 1 {
+            // The common case (one chunk received since the last send): no
+            // vector to build.
+            let b = conn.out.pop_front().expect("one buffer");
+            let (bytes, pooled) = (b.len(), usize::from(matches!(b, Buf::Pooled(_))));
+            let r = self.port.send(&conn.h, b, T_SEND);
+            return self.sending(conn, r.map(|_| ()), bytes, pooled);
+        }
         let mut bufs = Vec::with_capacity(conn.out.len().min(MAX_IOV));
         let mut bytes = 0;
         let mut pooled = 0;
@@ -404,14 +411,21 @@ impl Shard {
             pooled += usize::from(matches!(b, Buf::Pooled(_)));
             bufs.push(b);
         }
-        let r = if bufs.len() == 1 {
-            self.port
-                .send(&conn.h, bufs.pop().expect("one buffer"), T_SEND)
-        } else {
-            self.port.send_vectored(&conn.h, bufs, T_SEND)
-        };
+        let r = self.port.send_vectored(&conn.h, bufs, T_SEND);
+        self.sending(conn, r.map(|_| ()), bytes, pooled);
+    }
+
+    /// A send of `bytes` (`pooled` of its buffers from the pool) started,
+    /// or could not.
+    fn sending(
+        &self,
+        conn: &mut Conn,
+        r: Result<(), completion_port::SubmitError>,
+        bytes: usize,
+        pooled: usize,
+    ) {
         match r {
-            Ok(_) => {
+            Ok(()) => {
                 conn.ops += 1;
                 conn.inflight = Some(bytes);
                 conn.inflight_pooled = pooled;
