@@ -11,20 +11,25 @@
 #   2. the conformance suite again with every io_uring fast path switched off;
 #   3. the loom model of the port's queue;
 #   4. the teardown tests under AddressSanitizer;
-#   5. the Windows leg: cross-build, library tests, an echo round trip and
+#   5. the conformance, fastpath, smoke and teardown tests under
+#      ThreadSanitizer (ci/tsan.sh);
+#   6. the soak: the release server under bench load plus churn, 12 s for
+#      each engine and model (crates/iocp-echo/tests/soak.rs, --ignored);
+#   7. the Windows leg: cross-build, library tests, an echo round trip and
 #      the copy example (ci/copy.sh iocp) under Wine (fails if the target or Wine can't be had, unless
 #      IOCP_ALLOW_SKIP_WINDOWS=1, which CI never sets);
-#   6. the scale-out test: three servers behind HAProxy, two benches, one
+#   8. the scale-out test: three servers behind HAProxy, two benches, one
 #      server drained mid-run (ci/scaleout.sh; installs HAProxy and promtool,
 #      and fails, never skips, if they cannot be had);
-#   7. no module cycles in the library (ci/modules.py: the module graph read
+#   9. no module cycles in the library (ci/modules.py: the module graph read
 #      from the sources; Python's standard library only).
 # Set IOCP_TEST_STAGES to a subset ("workspace copy features-off loom asan
-# windows scaleout modules").
+# tsan soak windows scaleout modules").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-stages=${IOCP_TEST_STAGES:-"workspace copy features-off loom asan windows scaleout modules"}
+all_stages="workspace copy features-off loom asan tsan soak windows scaleout modules"
+stages=${IOCP_TEST_STAGES:-$all_stages}
 failed=()
 declare -A took
 
@@ -80,6 +85,14 @@ asan() { bash ci/asan.sh; }
 
 modules() { python3 ci/modules.py; }
 
+tsan() { bash ci/tsan.sh; }
+
+# The soak cases are #[ignore]d in the normal run; --release builds the
+# server binary (target/release/iocp-echo) they drive. One case at a time.
+soak() {
+  cargo test --release -p iocp-echo --test soak -- --ignored --nocapture --test-threads=1
+}
+
 windows() {
   bash ci/windows/run.sh
   local rc=$?
@@ -102,13 +115,15 @@ stage copy bash ci/copy.sh uring epoll
 stage features-off features_off
 stage loom loom
 stage asan asan
+stage tsan tsan
+stage soak soak
 stage windows windows
 stage scaleout bash ci/scaleout.sh
 stage modules modules
 
 echo
 echo "== stage times"
-for k in packages workspace features-off loom asan windows scaleout modules; do
+for k in packages $all_stages; do
   [ -n "${took[$k]:-}" ] && printf '   %-13s %s\n' "$k" "${took[$k]}"
 done
 if [ ${#failed[@]} -gt 0 ]; then
