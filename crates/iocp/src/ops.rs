@@ -100,14 +100,25 @@ impl Port {
     }
     /// `WSARecvFrom` (UDP, or a Unix datagram socket): one datagram; the
     /// sender is [`crate::Completion::addr`] ([`crate::Completion::from_addr`]
-    /// for its IP address).
+    /// for its IP address). Refused on a stream socket (TCP, a Unix stream),
+    /// which receives only from its peer and has no datagram boundaries
+    /// (use [`Port::recv`]), with an `InvalidInput` error and the buffer
+    /// handed back, as [`Port::send_to`] is.
     pub fn recv_from(
         &self,
         h: &Handle,
         buf: impl IoBuf,
         opts: impl Into<OpOptions>,
     ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvFrom(buf.into()), opts.into())
+        let data = OpData::RecvFrom(buf.into());
+        if h.is_stream() {
+            return Err(datagram_op_on_stream(
+                data,
+                format_args!("recv_from on a stream socket (handle key {})", h.key()),
+                "receives only from its peer; use recv",
+            ));
+        }
+        self.start_op(h, data, opts.into())
     }
     /// `WSASendTo` (UDP, or a Unix datagram socket): one datagram to
     /// `addr`, an IP address or a Unix socket's path. Refused on a stream
@@ -130,14 +141,14 @@ impl Port {
         };
         let data = OpData::SendTo(buf, Box::new(to));
         if h.is_stream() {
-            return Err(data.refuse(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "send_to on a stream socket (handle key {}, to {addr}): a stream sends \
-                     only to its peer; use send",
+            return Err(datagram_op_on_stream(
+                data,
+                format_args!(
+                    "send_to on a stream socket (handle key {}, to {addr})",
                     h.key()
                 ),
-            )));
+                "sends only to its peer; use send",
+            ));
         }
         self.start_op(h, data, opts.into())
     }
@@ -266,4 +277,18 @@ impl Port {
         }
         self.start_op(f.handle(), data, opts.into())
     }
+}
+
+/// Refuses a datagram operation (`recv_from`, `send_to`) on a stream
+/// socket before it starts, on every backend alike: `InvalidInput`, the
+/// message `<what>: a stream <instead>`, the buffer handed back.
+fn datagram_op_on_stream(
+    data: OpData,
+    what: std::fmt::Arguments<'_>,
+    instead: &str,
+) -> SubmitError {
+    data.refuse(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}: a stream {instead}"),
+    ))
 }

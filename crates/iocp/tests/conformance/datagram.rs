@@ -1,8 +1,8 @@
 //! UDP: round trips, truncated datagrams, vectored datagrams; `send_to`
-//! refused on a stream.
+//! and `recv_from` refused on a stream.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -217,13 +217,14 @@ pub fn send_to_stream_refused(t: &Target) {
     let port = t.port();
     let (h, mut peer) = tcp_pair(&port, 97);
     let to = peer.local_addr().unwrap();
-    let mut e = port
+    let e = port
         .send_to(&h, b"datagram?".to_vec(), to, 1)
         .expect_err("send_to on TCP must be refused");
-    assert_eq!(e.error.kind(), ErrorKind::InvalidInput, "{e:?}");
-    assert!(e.error.to_string().contains("stream"), "{e:?}");
-    let back = e.take_buf().expect("the buffer comes back");
-    assert_eq!(back.as_slice(), b"datagram?");
+    refused_on_stream(
+        e,
+        &format!("send_to on a stream socket (handle key 97, to {to}): a stream sends only to its peer; use send"),
+        b"datagram?",
+    );
     port.send(&h, b"ok".to_vec(), 2).unwrap();
     let c = get(&port);
     assert_eq!((c.token, c.result.as_ref().ok().copied()), (2, Some(2)));
@@ -231,4 +232,37 @@ pub fn send_to_stream_refused(t: &Target) {
     peer.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ok", "the peer gets only what send sent");
     no_packet(&port, Duration::from_millis(20));
+}
+
+/// `recv_from` on a stream socket (TCP) is refused at once as `send_to` is,
+/// on every backend: `InvalidInput`, its buffer back, no completion. A
+/// stream receives only from its peer and has no datagram boundaries. The
+/// handle stays usable: the bytes the peer sent are all there for `recv`.
+pub fn recv_from_stream_refused(t: &Target) {
+    let port = t.port();
+    let (h, mut peer) = tcp_pair(&port, 98);
+    peer.write_all(b"stream bytes").unwrap();
+    let mut offered = Vec::with_capacity(64);
+    offered.extend_from_slice(b"old");
+    let e = port
+        .recv_from(&h, offered, 1)
+        .expect_err("recv_from on TCP must be refused");
+    refused_on_stream(
+        e,
+        "recv_from on a stream socket (handle key 98): a stream receives only from its peer; use recv",
+        b"old",
+    );
+    no_packet(&port, Duration::from_millis(20));
+    port.recv(&h, Vec::with_capacity(64), 2).unwrap();
+    received(&port, 2, b"stream bytes", "recv gets what the peer sent");
+    no_packet(&port, Duration::from_millis(20));
+}
+
+/// A datagram operation refused on a stream: `InvalidInput`, exactly
+/// `message`, and the buffer back untouched (`content`).
+fn refused_on_stream(mut e: completion_port::SubmitError, message: &str, content: &[u8]) {
+    assert_eq!(e.error.kind(), ErrorKind::InvalidInput, "{e:?}");
+    assert_eq!(e.error.to_string(), message);
+    let back = e.take_buf().expect("the buffer comes back");
+    assert_eq!(back.as_slice(), content, "the buffer comes back untouched");
 }

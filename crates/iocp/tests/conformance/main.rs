@@ -120,6 +120,7 @@ macro_rules! for_each_clause {
             any datagram::udp_send_vectored_whole,
             any datagram::udp_send_to_recv_from,
             any datagram::send_to_stream_refused,
+            any datagram::recv_from_stream_refused,
             any pooled::pooled_stream,
             any pooled::pooled_receive_starves_and_resumes,
             linux pooled::returned_buffers_always_wake_a_starved_receive,

@@ -225,6 +225,20 @@ pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len).map(|k| ((seed + k) % 251) as u8).collect()
 }
 
+/// Takes the next packet and asserts that it is the receive `token`,
+/// complete with exactly `want` in its buffer (`what` says why it should be).
+#[track_caller]
+pub fn received(port: &Port, token: u64, want: &[u8], what: &str) {
+    let mut c = get(port);
+    assert_eq!(
+        (c.token, c.result.as_ref().ok().copied()),
+        (token, Some(want.len())),
+        "{what}: {}",
+        brief(&c)
+    );
+    assert_eq!(c.take_buf().unwrap().as_slice(), want, "{what}");
+}
+
 /// Completion summary for messages.
 pub fn brief(c: &Completion) -> String {
     format!(
