@@ -51,7 +51,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        // A log filter that cannot be parsed is bad input like any other:
+        // say which and why, exit 2, before anything is bound or sent.
+        eprintln!("{}: {e}", command_name(&args));
+        return ExitCode::from(2);
+    }
     match cli.cmd {
         Cmd::Server(a) => server::run(a),
         Cmd::Client(a) => client::run(a),
@@ -70,13 +75,39 @@ fn command_name(args: &[std::ffi::OsString]) -> String {
     }
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the log: `RUST_LOG`'s filter (unset or empty: `info`) on
+/// stderr. A `RUST_LOG` that cannot be parsed is an error naming the
+/// variable, quoting the value and saying why (`main` exits 2), rather than
+/// a silent fall-back to `info`.
+fn init_tracing() -> Result<(), String> {
     use std::io::IsTerminal;
+    let filter = log_filter(std::env::var("RUST_LOG"))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .try_init();
+    Ok(())
+}
+
+/// The valid `RUST_LOG` forms a bad value's message offers.
+const RUST_LOG_EXAMPLES: &str = "examples: info, debug, iocp_echo=debug";
+
+/// The log filter for `RUST_LOG`'s value (`var`).
+fn log_filter(
+    var: Result<String, std::env::VarError>,
+) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing_subscriber::EnvFilter;
+    match var {
+        Ok(v) if v.trim().is_empty() => Ok(EnvFilter::new("info")),
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new("info")),
+        Ok(v) => EnvFilter::builder().parse(&v).map_err(|e| {
+            values::invalid_env("RUST_LOG", &v, &format!("{e} ({RUST_LOG_EXAMPLES})"))
+        }),
+        Err(std::env::VarError::NotUnicode(v)) => Err(values::invalid_env(
+            "RUST_LOG",
+            &v.to_string_lossy(),
+            &format!("not UTF-8 ({RUST_LOG_EXAMPLES})"),
+        )),
+    }
 }

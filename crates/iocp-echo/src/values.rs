@@ -26,7 +26,8 @@
 //!   backends this build has.
 //! - **address**: `IP:PORT` for what the server binds ([`socket_addr`]),
 //!   `HOST:PORT` for what a client connects to ([`host_port`]).
-//! - **environment**: `IOCP_BACKEND` ([`check_backend_env`]) and the
+//! - **environment**: `IOCP_BACKEND` ([`check_backend_env`]), `RUST_LOG`
+//!   (checked where the log is installed, in `main`) and the
 //!   socket-activation pair `LISTEN_PID`/`LISTEN_FDS` ([`listen_fds`]).
 
 use std::fmt::Display;

@@ -1,5 +1,5 @@
 //! Bad input to the real binary, for every value it reads: each flag of
-//! `server`, `client` and `bench`, `IOCP_BACKEND`, `LISTEN_PID`/`LISTEN_FDS`
+//! `server`, `client` and `bench`, `IOCP_BACKEND`, `RUST_LOG`, `LISTEN_PID`/`LISTEN_FDS`
 //! and the files given to `bench merge`. Each must exit 2 with one line
 //! that names the command, quotes the value, names the flag or variable
 //! and ends with valid examples; none may panic. The forms every kind
@@ -227,18 +227,56 @@ fn iocp_backend_variable() {
         );
     }
     // The flag wins over the variable, so a bad variable is not read.
+    client_gets_to_connect(&["--backend", "epoll"], &[("IOCP_BACKEND", "bogus")]);
+}
+
+/// Runs `client ADDR -m x EXTRA` with `env` against a port nobody listens
+/// on and asserts that every value was taken: the client got as far as
+/// connecting (exit 1, `cannot connect`).
+fn client_gets_to_connect(extra: &[&str], env: &[(&str, &str)]) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let at = format!("127.0.0.1:{port}");
-    let o = run(
-        &["client", &at, "-m", "x", "--backend", "epoll"],
-        &[("IOCP_BACKEND", "bogus")],
-    );
-    assert_eq!(o.code, 1, "{}", o.stderr);
+    let mut args = vec!["client", &at, "-m", "x"];
+    args.extend_from_slice(extra);
+    let o = run(&args, env);
+    assert_eq!(o.code, 1, "{args:?} {env:?}: {}", o.stderr);
     assert!(o.stderr.contains("cannot connect"), "{}", o.stderr);
+}
+
+/// `RUST_LOG` that the log filter cannot parse is a usage error of every
+/// subcommand (exit 2, the parser's reason), never a silent fall-back to
+/// `info`; a valid filter, or an empty one, is taken.
+#[test]
+fn rust_log_variable() {
+    let level = "error parsing level filter: expected one of \"off\", \"error\", \"warn\", \
+                 \"info\", \"debug\", \"trace\", or a number 0-5";
+    let examples = "(examples: info, debug, iocp_echo=debug)";
+    for (sub, args) in [
+        ("server", &["server", "--listen", "127.0.0.1:0"][..]),
+        ("client", &["client", "127.0.0.1:7", "-m", "x"]),
+        ("bench", &["bench", "127.0.0.1:7", "-n", "1"]),
+    ] {
+        for (v, why) in [
+            ("iocp_echo=verbose", level),
+            ("info,completion_port=loud", level),
+            ("info,[", "invalid filter directive"),
+        ] {
+            usage(
+                args,
+                &[("RUST_LOG", v)],
+                &format!("iocp-echo {sub}: invalid value '{v}' for RUST_LOG: {why} {examples}"),
+            );
+        }
+    }
+    // Valid and empty filters are taken: the client goes on to connect. (A
+    // bare word such as `verbose` is a target name to the filter, valid.)
+    for v in ["", "debug", "warn,iocp_echo=debug", "verbose"] {
+        client_gets_to_connect(&[], &[("RUST_LOG", v)]);
+    }
 }
 
 /// `sh` sets `LISTEN_PID` to its own pid and execs the server, so the
