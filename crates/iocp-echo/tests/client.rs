@@ -629,7 +629,7 @@ fn connect_failure_is_exit_1_with_the_reason() {
     run_fails(&["bench", &addr, "-c", "3", "-n", "10"], None, &[&refused]);
 }
 
-/// The project's own server (`iocp-echo server`), if it is written yet.
+/// The project's own server (`iocp-echo server`).
 #[test]
 fn against_the_projects_own_server() {
     let mut server = Command::new(bin_path())
@@ -670,13 +670,6 @@ fn against_the_projects_own_server() {
         let _ = server.wait();
         let mut err = String::new();
         let _ = server.stderr.take().unwrap().read_to_string(&mut err);
-        if err.contains("not implemented yet") || err.contains("unexpected argument '--listen'") {
-            println!(
-                "SKIPPED: `iocp-echo server` is not written yet ({})",
-                err.trim()
-            );
-            return;
-        }
         panic!(
             "`iocp-echo server --listen 127.0.0.1:0` printed no `listening on tcp://` line: {err}"
         );

@@ -3,9 +3,9 @@
 //! `per-core`), with clients nobody here wrote (socat, nc) and small Rust
 //! clients. Every wait is bounded.
 //!
-//! A backend whose engine is not written yet makes its cases print
-//! `SKIPPED` and pass, so they start counting once it lands. Missing tools
-//! (socat, nc) fail loudly.
+//! A backend this machine cannot run (the server cannot create a port on
+//! it) fails its cases, unless `IOCP_ALLOW_MISSING_BACKEND` names it: then
+//! they print `SKIPPED` and pass. Missing tools (socat, nc) fail loudly.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_same, connect, echo_chunks, log_field, need_tool, start, Rng, Server, Spec, Started,
+    assert_same, connect, echo_chunks, log_field, missing_backend, need_tool, start, Rng, Server,
+    Spec, Started,
 };
 
 /// One (backend, model) cell of the matrix.
@@ -57,10 +58,9 @@ impl Ctx {
     fn start_spec(&self, spec: Spec) -> Option<Server> {
         match start(&self.label(), spec) {
             Started::Up(s) => Some(s),
-            Started::Skipped(why) => {
-                println!("SKIPPED: {}: {why}", self.label());
-                None
-            }
+            // `missing_backend` printed the SKIPPED line (the variable
+            // allows it) or failed the test.
+            Started::Skipped(_) => None,
         }
     }
 }
@@ -98,6 +98,39 @@ matrix!(
     udp_echo_rate_limited,
     socket_activation,
 );
+
+/// A server that exits because it cannot create a port on its backend
+/// fails the test naming the backend, the reason and the variable that
+/// would allow the skip; only `IOCP_ALLOW_MISSING_BACKEND` naming the
+/// backend turns it into a `SKIPPED` pass. Any other early exit is not a
+/// missing backend. (The log lines are the server's, as it prints them when
+/// seccomp refuses `io_uring_setup`.)
+#[test]
+fn missing_backend_fails_unless_allowed() {
+    let reason =
+        "cannot create a completion port (backend uring): Operation not permitted (os error 1)";
+    let log = format!(
+        "2026-01-01T00:00:00.000000Z ERROR iocp_echo::server: {reason}\niocp-echo server: {reason}"
+    );
+    let why = format!("the server cannot run on this machine: {reason}");
+    let r = std::panic::catch_unwind(|| missing_backend("uring/pool", &log));
+    if iocp_test_support::missing_backend_allowed("uring") {
+        assert_eq!(r.ok(), Some(Some(why)), "allowed: a skip with the reason");
+    } else {
+        let p = r.expect_err("a missing backend must fail the test");
+        let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert_eq!(
+            msg,
+            format!(
+                "uring/pool: {why}. Set IOCP_ALLOW_MISSING_BACKEND=uring to skip its tests on \
+                 this machine (CI never does)"
+            )
+        );
+    }
+    let other =
+        "iocp-echo server: cannot listen on tcp://127.0.0.1:7: Permission denied (os error 13)";
+    assert_eq!(missing_backend("epoll/pool", other), None);
+}
 
 /// Runs `cmd` with `input` on its stdin; returns its stdout (20 s at most).
 fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Vec<u8> {

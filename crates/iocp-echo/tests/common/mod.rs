@@ -60,9 +60,33 @@ impl Rng {
 /// Where a server came up, or why it did not.
 pub enum Started {
     Up(Server),
-    /// The backend is not available in this build yet (its engine says
-    /// "not written yet"); the case prints SKIPPED and passes.
+    /// The server could not create a port on its backend on this machine
+    /// (io_uring blocked by seccomp or a sysctl, too old a kernel), and
+    /// `IOCP_ALLOW_MISSING_BACKEND` names that backend: the case has printed
+    /// `SKIPPED` and passes. Without the variable the case fails instead.
     Skipped(String),
+}
+
+/// The line the server prints when it cannot create a completion port:
+/// `cannot create a completion port (backend NAME): REASON`.
+const NO_PORT: &str = "cannot create a completion port (backend ";
+
+/// Whether the stderr `log` of a server that exited before listening says
+/// that its backend does not work on this machine. If so, the test
+/// `label` FAILS here (a panic naming the backend and the reason), unless
+/// `IOCP_ALLOW_MISSING_BACKEND` names the backend: then it prints
+/// `<label> SKIPPED: <reason>` and this returns the reason. `None` for any
+/// other failure (the caller fails the test with the whole log).
+pub fn missing_backend(label: &str, log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| l.contains(NO_PORT))?;
+    let at = line.find(NO_PORT)? + NO_PORT.len();
+    let backend = line[at..].split(')').next()?;
+    let why = format!(
+        "the server cannot run on this machine: {}",
+        line[at - NO_PORT.len()..].trim()
+    );
+    iocp_test_support::backend_missing(label, backend, &why);
+    Some(why)
 }
 
 /// How to start a server.
@@ -236,13 +260,7 @@ pub fn start(label: &str, spec: Spec) -> Started {
                 let status = wait_exit(&mut child, Duration::from_secs(5));
                 log.wait_closed(Duration::from_secs(5));
                 let text = log.text();
-                if text.contains("not written yet") {
-                    let why = text
-                        .lines()
-                        .find(|l| l.contains("not written yet"))
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
+                if let Some(why) = missing_backend(label, &text) {
                     return Started::Skipped(why);
                 }
                 panic!("{label}: server exited ({status:?}) before listening; stderr:\n{text}");
