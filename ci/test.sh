@@ -13,7 +13,7 @@
 #   4. the teardown tests under AddressSanitizer;
 #   5. the conformance, fastpath, smoke and teardown tests under
 #      ThreadSanitizer (ci/tsan.sh);
-#   6. the soak: the release server under bench load plus churn, 12 s for
+#   6. the soak: the release server under bench load plus churn, 15 s for
 #      each engine and model (crates/iocp-echo/tests/soak.rs, --ignored);
 #   7. the Windows leg: cross-build, library tests, an echo round trip and
 #      the copy example (ci/copy.sh iocp) under Wine (fails if the target or Wine can't be had, unless

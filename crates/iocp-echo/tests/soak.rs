@@ -1,4 +1,4 @@
-//! Soak: the real server, built in release mode, under 12 s of mixed load for
+//! Soak: the real server, built in release mode, under 15 s of mixed load for
 //! each of {uring, epoll} × {pool, per-core}:
 //!
 //! * steady load from `iocp-echo bench` (256 connections, closed loop,
@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use common::{log_field, start, Rng, Spec, Started};
 
 /// Load time per combination.
-const LOAD: Duration = Duration::from_secs(12);
+const LOAD: Duration = Duration::from_secs(15);
 /// `iocp-echo bench --connections`.
 const BENCH_CONNS: u64 = 256;
 /// Connections per combination: at least this many (4 × 1,250 = 5,000),
@@ -64,25 +64,25 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
-#[ignore = "12 s of load; run by ci/test.sh's soak stage (--ignored)"]
+#[ignore = "15 s of load; run by ci/test.sh's soak stage (--ignored)"]
 fn uring_pool() {
     soak("uring", "pool");
 }
 
 #[test]
-#[ignore = "12 s of load; run by ci/test.sh's soak stage (--ignored)"]
+#[ignore = "15 s of load; run by ci/test.sh's soak stage (--ignored)"]
 fn uring_per_core() {
     soak("uring", "per-core");
 }
 
 #[test]
-#[ignore = "12 s of load; run by ci/test.sh's soak stage (--ignored)"]
+#[ignore = "15 s of load; run by ci/test.sh's soak stage (--ignored)"]
 fn epoll_pool() {
     soak("epoll", "pool");
 }
 
 #[test]
-#[ignore = "12 s of load; run by ci/test.sh's soak stage (--ignored)"]
+#[ignore = "15 s of load; run by ci/test.sh's soak stage (--ignored)"]
 fn epoll_per_core() {
     soak("epoll", "per-core");
 }
