@@ -102,6 +102,12 @@ pub struct BackendInfo {
     /// io_uring features in use, when the backend is io_uring.
     #[cfg(target_os = "linux")]
     pub uring: Option<UringFeatures>,
+    /// The threads waiting on the port drive its engine themselves (no
+    /// engine thread; an io_uring ring is then shared by them, without
+    /// `SINGLE_ISSUER`/`DEFER_TASKRUN`). `false` for an inline port (its
+    /// owner drives it) and for a port with engine threads.
+    #[cfg(target_os = "linux")]
+    pub driven: bool,
 }
 
 impl fmt::Display for BackendInfo {
@@ -110,6 +116,10 @@ impl fmt::Display for BackendInfo {
         #[cfg(target_os = "linux")]
         if let Some(u) = &self.uring {
             write!(f, " [{}]", u.describe())?;
+        }
+        #[cfg(target_os = "linux")]
+        if self.driven {
+            write!(f, ", driven by the waiting threads")?;
         }
         Ok(())
     }

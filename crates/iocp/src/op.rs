@@ -118,6 +118,12 @@ pub struct Completion {
     pub(crate) extra: Extra,
     /// Bytes a failed operation moved before it failed.
     pub(crate) partial: usize,
+    /// The strand of the completion (0: none): a pooled receive's
+    /// completions name their handle, so the port never hands two of them
+    /// to two threads at once.
+    // (Read by the Linux queue; the Windows port has no strands.)
+    #[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+    pub(crate) strand: u64,
 }
 
 /// Rarely used parts of a completion, kept out of line.
@@ -163,6 +169,7 @@ impl Completion {
             buf: None,
             extra: Extra::None,
             partial: 0,
+            strand: 0,
         }
     }
 
@@ -303,5 +310,14 @@ impl OpData {
             #[cfg(windows)]
             OpData::ConnectNamedPipe => (None, Vec::new()),
         }
+    }
+}
+
+/// The user-space queue orders a pooled receive's completions by their
+/// strand.
+#[cfg(any(loom, target_os = "linux"))]
+impl crate::queue::Packet for Completion {
+    fn strand(&self) -> u64 {
+        self.strand
     }
 }

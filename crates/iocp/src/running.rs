@@ -26,6 +26,15 @@ pub(crate) trait SlotOwner: Send + Sync {
     /// Puts one thread back on the running count (a blocking guard's last
     /// drop; the count may exceed the limit for a while, as on Windows).
     fn reacquire(&self);
+    /// Thread `tag` is gone from this owner (it exited, or moved to another
+    /// one): its slot is released if it was `running`, and so is whatever
+    /// else it held there (see [`note_strands`]).
+    fn thread_gone(&self, tag: u64, running: bool) {
+        let _ = tag;
+        if running {
+            self.release();
+        }
+    }
 }
 
 /// How a running record refers to its owner: weakly, so a thread-local
@@ -54,16 +63,23 @@ struct Running {
     /// place between `get`s with `armed` toggled, so the hot path touches no
     /// reference count (shared counters bounce between cores).
     armed: bool,
+    /// The thread holds more than its slot on the owner until its next `get`
+    /// (the strands of the pooled receives it took packets of).
+    strands: bool,
+    /// The thread's tag (read once: the tag's own thread-local may be gone
+    /// when the record drops at thread exit).
+    tag: u64,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed && !self.strands {
             return;
         }
-        // Thread exit, or the thread moved to another queue: the slot is freed.
+        // Thread exit, or the thread moved to another queue: the slot and
+        // the strands are freed.
         if let Some(owner) = self.owner.take().as_ref().and_then(upgrade) {
-            owner.release();
+            owner.thread_gone(self.tag, self.armed);
         }
     }
 }
@@ -83,6 +99,11 @@ struct ThreadRec {
     running: Option<Running>,
     stepped_out: Option<SteppedOut>,
     steps: u64,
+    /// The owner this thread left work for (operations it started while
+    /// running there, handed to the kernel at its next `get`); 0: none.
+    /// (Linux only: on Windows the kernel takes work at once.)
+    #[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+    deferred: u64,
 }
 
 #[cfg(loom)]
@@ -92,12 +113,18 @@ loom::thread_local! {
         running: None,
         stepped_out: None,
         steps: 0,
+        deferred: 0,
     });
 }
 #[cfg(not(loom))]
 std::thread_local! {
     static THREAD: std::cell::RefCell<ThreadRec> = const {
-        std::cell::RefCell::new(ThreadRec { running: None, stepped_out: None, steps: 0 })
+        std::cell::RefCell::new(ThreadRec {
+            running: None,
+            stepped_out: None,
+            steps: 0,
+            deferred: 0,
+        })
     };
 }
 
@@ -129,6 +156,8 @@ pub(crate) fn leave_running(owner_id: u64) -> bool {
             match t.running.as_mut() {
                 Some(rec) if rec.owner_id == owner_id => {
                     let was = std::mem::replace(&mut rec.armed, false);
+                    // The caller lets go of the thread's strands too.
+                    rec.strands = false;
                     // Under loom no record may outlive the call: loom checks
                     // that every reference is released by the model's end.
                     #[cfg(loom)]
@@ -166,11 +195,14 @@ pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> 
     }
     // The record is made inside the closure: if the thread-local is gone,
     // no armed record exists to release a slot nobody took.
+    let tag = thread_tag();
     let old = THREAD.try_with(|t| {
         t.borrow_mut().running.replace(Running {
             owner_id,
             owner: Some(owner()),
             armed: true,
+            strands: false,
+            tag,
         })
     });
     match old {
@@ -182,9 +214,44 @@ pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> 
     }
 }
 
-/// Whether the calling thread counts as running on `owner_id` (the loom
-/// models ask).
-#[cfg(loom)]
+/// The calling thread, running on `owner_id`, took packets of a strand: it
+/// holds the strand until its next `get` or its exit.
+#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+pub(crate) fn note_strands(owner_id: u64) {
+    let _ = THREAD.try_with(|t| {
+        if let Some(rec) = t.borrow_mut().running.as_mut() {
+            if rec.owner_id == owner_id {
+                rec.strands = true;
+            }
+        }
+    });
+}
+
+/// The calling thread left work for `owner_id`'s kernel (an operation
+/// started while it runs there): it goes in at the thread's next `get`.
+#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+pub(crate) fn defer_work(owner_id: u64) {
+    let _ = THREAD.try_with(|t| t.borrow_mut().deferred = owner_id);
+}
+
+/// Whether the calling thread left work for `owner_id` since it last
+/// asked (and forgets it).
+#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+pub(crate) fn take_deferred(owner_id: u64) -> bool {
+    THREAD
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            let was = t.deferred == owner_id;
+            if was {
+                t.deferred = 0;
+            }
+            was
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the calling thread counts as running on `owner_id`.
+#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
 pub(crate) fn is_running_on(owner_id: u64) -> bool {
     THREAD
         .try_with(|t| {
@@ -287,7 +354,14 @@ impl Drop for StepOut {
     }
 }
 
+// Under loom every model thread runs on one OS thread, so the tag is one of
+// loom's thread-locals there.
+#[cfg(not(loom))]
 std::thread_local! {
+    static THREAD_TAG: u64 = next_tag();
+}
+#[cfg(loom)]
+loom::thread_local! {
     static THREAD_TAG: u64 = next_tag();
 }
 
@@ -296,7 +370,8 @@ fn next_tag() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A small number naming the current thread (cheaper than `ThreadId` to compare).
+/// A small number naming the current thread (cheaper than `ThreadId` to
+/// compare); 0 once the thread's locals are gone (it is exiting).
 pub(crate) fn thread_tag() -> u64 {
-    THREAD_TAG.with(|t| *t)
+    THREAD_TAG.try_with(|t| *t).unwrap_or(0)
 }

@@ -33,6 +33,7 @@ fn run(backend: Backend, name: &str) {
     let t = Target {
         backend,
         inline: false,
+        engine_threads: false,
     };
     if std::env::var(CHILD).as_deref() != Ok(name) {
         if t.ready(&format!("accept_emfile::{name}")) {

@@ -132,7 +132,11 @@ fn echo(port: &Port, c: &Case) -> Result<(), TestCaseError> {
 }
 
 fn run(backend: Backend, inline: bool) {
-    let t = Target { backend, inline };
+    let t = Target {
+        backend,
+        inline,
+        engine_threads: false,
+    };
     if !t.ready(&format!("echo_prop[{}]", t.name())) {
         return;
     }

@@ -45,6 +45,7 @@ fn ports(b: impl Fn() -> PortBuilder) -> Vec<(Backend, Port)> {
         let t = util::Target {
             backend: be,
             inline: false,
+            engine_threads: false,
         };
         if t.ready(&format!("fastpath[{be}]")) {
             v.push((be, t.build(b().backend(be))));
@@ -259,6 +260,7 @@ fn inline_echo_takes_two_enters_per_message() {
         let t = util::Target {
             backend: be,
             inline: true,
+            engine_threads: false,
         };
         if !t.ready("inline_echo_takes_two_enters_per_message") {
             continue;

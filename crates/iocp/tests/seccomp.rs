@@ -279,10 +279,12 @@ fn missing_backend_fails_unless_allowed() {
     let uring = util::Target {
         backend: Backend::Uring,
         inline: false,
+        engine_threads: false,
     };
     let epoll = util::Target {
         backend: Backend::Epoll,
         inline: false,
+        engine_threads: false,
     };
     // What `ready` does under `allow` (None: the variable unset): Ok(ran),
     // or Err(the failure's message).

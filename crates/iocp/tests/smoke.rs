@@ -16,6 +16,7 @@ fn echo_round_trip() {
         let t = util::Target {
             backend: b,
             inline: false,
+            engine_threads: false,
         };
         // A backend that cannot build a port here (io_uring blocked by
         // seccomp or a sysctl) fails, unless the environment allows it.

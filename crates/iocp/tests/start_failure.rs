@@ -80,20 +80,23 @@ fn scenario(backend: Backend, in_thread: bool) {
     let target = util::Target {
         backend,
         inline: false,
+        engine_threads: true,
     };
     if !target.ready(&format!("start_failure {backend}")) {
         println!("CHILD-SKIP {backend}: it does not work here");
         return;
     }
-    let one = match base.clone().engines(1).build() {
+    // (A port of one engine has no engine thread: its waiting threads
+    // drive it. Two engines each run on a thread of their own.)
+    let two = match base.clone().engines(2).build() {
         Ok(p) => p,
-        Err(e) => panic!("{backend}: one engine: {e}"),
+        Err(e) => panic!("{backend}: two engines: {e}"),
     };
-    let per_engine = fds() - fd0;
-    assert_eq!(threads(), th0 + 1, "one engine, one thread");
-    drop(one);
-    assert_eq!(settle(fd0, fds), fd0, "one engine: descriptors back");
-    assert_eq!(settle(th0, threads), th0, "one engine: threads back");
+    let per_engine = (fds() - fd0) / 2;
+    assert_eq!(threads(), th0 + 2, "two engines, two threads");
+    drop(two);
+    assert_eq!(settle(fd0, fds), fd0, "two engines: descriptors back");
+    assert_eq!(settle(th0, threads), th0, "two engines: threads back");
 
     // Room for two engines and part of a third.
     let open = fds();

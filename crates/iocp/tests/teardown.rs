@@ -256,7 +256,11 @@ fn teardown_returns_every_resource() {
     let mut ran = 0;
     for &backend in Backend::available() {
         for inline in [false, true] {
-            let t = Target { backend, inline };
+            let t = Target {
+                backend,
+                inline,
+                engine_threads: false,
+            };
             if !t.ready(&format!("teardown[{}]", t.name())) {
                 continue;
             }

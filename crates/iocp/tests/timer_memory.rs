@@ -50,6 +50,7 @@ fn completed_deadlines_free_their_memory() {
         let t = Target {
             backend: b,
             inline: false,
+            engine_threads: false,
         };
         if !t.ready(&format!("timer_memory[{b}]")) {
             continue;

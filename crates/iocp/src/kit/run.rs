@@ -39,9 +39,8 @@ pub(crate) struct EngineCounters {
 impl EngineCounters {
     /// Adds `n` to counter `c`.
     pub(crate) fn bump(c: &AtomicU64, n: u64) {
-        // One writer (the thread turning the engine): a load and a store
-        // are enough.
-        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        // Several threads may turn an engine (one at a time) and wake it.
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Sets a gauge (such as `timers`).
@@ -65,8 +64,10 @@ pub(crate) trait Engine: TimerTarget {
     /// Says the engine is awake again (after [`Engine::prepare_sleep`]).
     fn woke(&mut self);
     /// Hands what was started to the kernel; blocks up to `wait` (`None`:
-    /// until something happens) if `block`, otherwise only polls.
-    fn enter(&mut self, block: bool, wait: Option<Duration>);
+    /// until something happens) if `block`, otherwise only polls. Returns
+    /// whether it entered the kernel (a poll with nothing to hand over and
+    /// nothing pending may skip the call).
+    fn enter(&mut self, block: bool, wait: Option<Duration>) -> bool;
     /// Handles what the kernel reported, then what that made possible.
     fn reap(&mut self);
     /// Completions made and not yet handed to the port.
@@ -94,18 +95,60 @@ pub(crate) trait Drive: Engine + Sized {
         self.intake();
         publish_timers(self);
         let sleep = block && !self.busy() && self.prepare_sleep();
-        if sleep {
+        let entered = if sleep {
             let mut wait = timeout;
             if let Some(t) = self.timers().next() {
                 let d = t.saturating_duration_since(Instant::now());
                 wait = Some(wait.map_or(d, |w| w.min(d)));
             }
-            self.enter(true, wait);
+            let entered = self.enter(true, wait);
             self.woke();
+            entered
         } else {
-            self.enter(false, Some(Duration::ZERO));
+            self.enter(false, Some(Duration::ZERO))
+        };
+        if entered {
+            EngineCounters::bump(&self.counters().enters, 1);
         }
-        EngineCounters::bump(&self.counters().enters, 1);
+        self.reap();
+        let made = self.made().saturating_sub(before) as u64;
+        EngineCounters::bump(&self.counters().completions, made);
+        publish_timers(self);
+    }
+
+    /// The first half of a turn whose wait happens without the engine (a
+    /// driver waits in the kernel while other threads may hand the engine
+    /// work): takes in and hands over what is ready, and says how long the
+    /// wait may last — `None` if it must not wait (work is ready, a timer
+    /// is due, someone woke the engine, or `timeout` is zero), in which case
+    /// the engine has already handed its work to the kernel. After the wait
+    /// (or none), [`Drive::turn_end`] takes what came back.
+    fn turn_begin(&mut self, timeout: Option<Duration>) -> Option<Option<Duration>> {
+        self.intake();
+        publish_timers(self);
+        let wait = timeout != Some(Duration::ZERO) && !self.busy() && self.prepare_sleep();
+        if !wait {
+            if self.enter(false, Some(Duration::ZERO)) {
+                EngineCounters::bump(&self.counters().enters, 1);
+            }
+            return None;
+        }
+        let mut wait = timeout;
+        if let Some(t) = self.timers().next() {
+            let d = t.saturating_duration_since(Instant::now());
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        }
+        Some(wait)
+    }
+
+    /// The second half of a turn begun with [`Drive::turn_begin`]: `waited`
+    /// says whether it announced a sleep (the waiter counts its own kernel
+    /// entry). Handles what the kernel reported; `before` is what
+    /// [`Engine::made`] said before the turn.
+    fn turn_end(&mut self, waited: bool, before: usize) {
+        if waited {
+            self.woke();
+        }
         self.reap();
         let made = self.made().saturating_sub(before) as u64;
         EngineCounters::bump(&self.counters().completions, made);

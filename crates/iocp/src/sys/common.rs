@@ -12,12 +12,12 @@ pub(crate) mod ops;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 pub(crate) use calls::{
-    direct_io, eventfd_drain, flush, kernel_release, read_into, read_pooled, recv_from_into,
-    recv_into, sockaddr_from_storage, write_from,
+    direct_io, eventfd, eventfd_drain, eventfd_signal, flush, kernel_release, read_into,
+    read_pooled, recv_from_into, recv_into, sockaddr_from_storage, wait_readable, write_from,
 };
 pub(crate) use engine::{take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};
@@ -78,6 +78,32 @@ impl OpReq {
     }
 }
 
+/// Why an io_uring ring cannot be one that several threads drive on this
+/// kernel (the port then gets an engine thread instead; `Auto` does not
+/// fall back to epoll for it).
+#[derive(Debug)]
+pub(crate) struct CannotDrive(pub(crate) &'static str);
+
+impl std::fmt::Display for CannotDrive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for CannotDrive {}
+
+impl CannotDrive {
+    /// The error, as an `io::Error`.
+    pub(crate) fn error(why: &'static str) -> io::Error {
+        io::Error::new(io::ErrorKind::Unsupported, CannotDrive(why))
+    }
+
+    /// Whether `e` is one.
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|r| r.is::<CannotDrive>())
+    }
+}
+
 /// Whether a socket is a stream (what it cannot say counts as one).
 pub(crate) fn is_stream(fd: &EngineFd) -> bool {
     socket2::SockRef::from(fd)
@@ -103,7 +129,31 @@ pub(crate) struct EngineShared {
     pub(crate) pool: Arc<PoolShared>,
     /// What the engine did, for tests and operators.
     pub(crate) counters: EngineCounters,
+    /// How a sleeping engine is woken, if not by the eventfd (a driven
+    /// io_uring engine: a message posted into its ring).
+    signal: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Who takes new work in, on an engine its port's waiting threads drive.
+    /// Unset: the engine is woken.
+    on_work: OnceLock<Box<dyn Fn(Work) + Send + Sync>>,
 }
+
+/// What kind of work was queued for an engine its waiting threads drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// A command whose effect shows only through a completion (a start, a
+    /// cancel, a registration, a timer): a handler's may wait for its
+    /// thread's next `get`.
+    Command,
+    /// A handle's close: the peer sees it, so it goes in at once.
+    Close,
+    /// Pool buffers given back (from a `Drop`), or results a helper thread
+    /// left (a file operation's): taken in by whoever turns the engine
+    /// next; the thread that queued them never turns it.
+    Buffers,
+}
+
+/// A hook of a driven engine (see [`EngineShared::drive_with`]).
+pub(crate) type Hook<A> = Box<dyn Fn(A) + Send + Sync>;
 
 impl EngineShared {
     pub(crate) fn new(pool: Arc<PoolShared>) -> io::Result<Arc<EngineShared>> {
@@ -115,6 +165,8 @@ impl EngineShared {
             shutdown: AtomicBool::new(false),
             pool,
             counters: EngineCounters::default(),
+            signal: OnceLock::new(),
+            on_work: OnceLock::new(),
         });
         let waker: Arc<dyn ReturnWaker> = shared.clone();
         shared.pool.set_waker(Arc::downgrade(&waker));
@@ -125,10 +177,26 @@ impl EngineShared {
         self.wake_fd.as_raw_fd()
     }
 
+    /// Makes the engine one its port's waiting threads drive: `signal`
+    /// wakes it when it sleeps in the kernel (`None`: the eventfd still
+    /// does), `on_work` decides who takes in new work. Set once, before the
+    /// engine is shared.
+    pub(crate) fn drive_with(&self, signal: Option<Hook<()>>, on_work: Hook<Work>) {
+        if let Some(signal) = signal {
+            let _ = self.signal.set(Box::new(move || signal(())));
+        }
+        let _ = self.on_work.set(on_work);
+    }
+
     /// Queues a command; gives it back if the engine has shut down.
     // The command comes back whole so its buffer is never lost.
     #[allow(clippy::result_large_err)]
     pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
+        let work = if matches!(cmd, Cmd::Close { .. }) {
+            Work::Close
+        } else {
+            Work::Command
+        };
         {
             let mut q = lock(&self.cmds);
             if self.shutdown.load(Ordering::Acquire) {
@@ -136,8 +204,17 @@ impl EngineShared {
             }
             q.push(cmd);
         }
-        self.wake();
+        self.work_queued(work);
         Ok(())
+    }
+
+    /// Work was queued for the engine: wake it, or let the driven port's
+    /// hook decide.
+    fn work_queued(&self, work: Work) {
+        match self.on_work.get() {
+            Some(f) => f(work),
+            None => self.wake(),
+        }
     }
 
     /// Takes every queued command (the engine calls this each turn).
@@ -152,8 +229,28 @@ impl EngineShared {
     /// Wakes the engine if it is (about to be) blocked.
     pub(crate) fn wake(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            calls::eventfd_signal(self.wake_fd.as_fd());
+            self.signal_now();
         }
+    }
+
+    /// Wakes the engine whether or not it announced a sleep (the signal
+    /// persists until a turn consumes it).
+    pub(crate) fn signal_now(&self) {
+        match self.signal.get() {
+            Some(s) => s(),
+            None => calls::eventfd_signal(self.wake_fd.as_fd()),
+        }
+    }
+
+    /// Whether the engine announced that it sleeps (or is about to) in the
+    /// kernel.
+    pub(crate) fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::SeqCst)
+    }
+
+    /// Whether work waits that no turn has taken in yet.
+    pub(crate) fn has_work(&self) -> bool {
+        self.has_cmds() || self.pool.has_returned() || self.nudged.load(Ordering::SeqCst)
     }
 
     /// The engine announces it may block. Returns `false` if work arrived in
@@ -177,7 +274,7 @@ impl EngineShared {
     /// wakes it, and keeps it from going to sleep without taking them.
     pub(crate) fn nudge(&self) {
         self.nudged.store(true, Ordering::SeqCst);
-        self.wake();
+        self.work_queued(Work::Buffers);
     }
 
     /// Whether a helper thread left results since the last call (the
@@ -212,15 +309,16 @@ impl EngineShared {
 
 impl ReturnWaker for EngineShared {
     fn buffers_returned(&self) {
-        self.wake();
+        self.work_queued(Work::Buffers);
     }
 }
 
 /// What every Linux engine keeps besides its operations and handles.
 pub(crate) struct Core {
     pub shared: Arc<EngineShared>,
-    /// The port the completions go to.
-    pub queue: Queue<Completion>,
+    /// The port the completions go to (`None`: the threads that drive the
+    /// engine take them from `out` themselves).
+    pub queue: Option<Queue<Completion>>,
     /// Completions made and not yet handed to the port (one batch a turn).
     pub out: Vec<Completion>,
     pub timers: Timers,
@@ -233,7 +331,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(shared: Arc<EngineShared>, queue: Queue<Completion>, inline: bool) -> Core {
+    pub(crate) fn new(
+        shared: Arc<EngineShared>,
+        queue: Option<Queue<Completion>>,
+        inline: bool,
+    ) -> Core {
         Core {
             shared,
             queue,
@@ -254,7 +356,7 @@ impl Core {
         if !self.shared.prepare_sleep() {
             return false;
         }
-        if self.inline && self.queue.stats().queued > 0 {
+        if self.inline && self.queue.as_ref().is_some_and(|q| q.stats().queued > 0) {
             self.shared.woke();
             return false;
         }
@@ -264,7 +366,10 @@ impl Core {
     /// Hands the completions made so far to the port's queue (dropped if
     /// the port is closed).
     pub(crate) fn flush_to_queue(&mut self) {
-        if !self.out.is_empty() && !self.queue.post_batch(&mut self.out) {
+        let Some(q) = &self.queue else {
+            return;
+        };
+        if !self.out.is_empty() && !q.post_batch(&mut self.out) {
             self.out.clear();
         }
     }

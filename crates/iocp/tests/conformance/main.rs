@@ -1,5 +1,6 @@
 //! The semantics contract, written once and run on every target: a backend
-//! this build has, with an engine thread or inline (per-core). Each clause
+//! this build has, driven by the threads that wait on the port, fed by
+//! engine threads, or inline (per-core). Each clause
 //! is one test per target, `conformance::<target>::<clause>` (for example
 //! `conformance::uring::lifo_wake`), so a test runner lists, filters, times
 //! and retries each one:
@@ -9,8 +10,10 @@
 //! cargo test -p completion-port --test conformance -- conformance::epoll_inline::
 //! ```
 //!
-//! Targets: `uring`, `uring_inline`, `epoll`, `epoll_inline` (Linux), `iocp`
-//! (Windows). Every clause is generated for every target; one that cannot
+//! Targets: `uring`, `uring_threads`, `uring_inline`, `epoll`,
+//! `epoll_threads`, `epoll_inline` (Linux), `iocp` (Windows). `uring` and
+//! `epoll` are ports with the default one engine, which the waiting threads
+//! drive; the `_threads` targets have two engines, each on its own thread. Every clause is generated for every target; one that cannot
 //! hold on a target is an ignored test whose reason says why (`cargo test`
 //! prints `... ignored, <reason>`; run anyway, it prints that reason and
 //! passes without running the clause). Which clause runs where is its mode
@@ -53,19 +56,15 @@ use util::Target;
 const ZERO: Option<Duration> = Some(Duration::ZERO);
 
 /// Not a clause: the child process of `files::pipe_child_stdio` on
-/// Windows, which has no `cat`. That clause runs it (`--ignored --exact`,
-/// with `IOCP_TEST_CAT=1`): it copies its stdin to its stdout after the
-/// marker line [`files::CAT_MARKER`] and exits at once, before the test
-/// harness prints anything more. Ignored in a normal run, and it refuses to
-/// run without the variable, so it is never counted as a passing test.
+/// Windows, which has no `cat`. Run with `IOCP_TEST_CAT=1` (and this
+/// test's exact name), it copies its stdin to its stdout after the marker
+/// line [`files::CAT_MARKER`] and exits at once, before the test harness
+/// prints anything more; run without, it does nothing.
 #[test]
-#[ignore = "the child process of files::pipe_child_stdio on Windows; that clause runs it"]
 fn cat_child() {
-    assert!(
-        std::env::var_os("IOCP_TEST_CAT").is_some(),
-        "cat_child is a child process of files::pipe_child_stdio: it needs IOCP_TEST_CAT=1 and stdin to copy"
-    );
-    files::cat_child();
+    if std::env::var_os("IOCP_TEST_CAT").is_some() {
+        files::cat_child();
+    }
 }
 
 /// Calls `$then!` with `$args` followed by every clause, each with its mode
@@ -139,21 +138,23 @@ macro_rules! for_each_clause {
     };
 }
 
-/// `targets! { name: Backend, kind; ... }` makes `conformance::name`, one
-/// test per clause. A kind is `threaded` (an engine thread; the library
-/// schedules the waiters), `inline` (no engine thread: the owner turns the
-/// engine inside `get`) or `kernel` (the kernel's port schedules the
-/// waiters).
+/// `targets! { name: Backend, kind, threads; ... }` makes
+/// `conformance::name`, one test per clause. A kind is `threaded` (several
+/// threads wait on the port; the library schedules them), `inline` (the
+/// owner turns the engine inside `get`) or `kernel` (the kernel's port
+/// schedules the waiters); `threads` says whether engine threads feed the
+/// port (else its waiting threads drive its engine).
 macro_rules! targets {
-    ($($target:ident: $backend:ident, $kind:ident;)*) => {
+    ($($target:ident: $backend:ident, $kind:ident, $threads:literal;)*) => {
         /// Every target this build tests.
         const TARGETS: &[Target] = &[$(Target {
             backend: Backend::$backend,
             inline: clause_test!(@inline $kind),
+            engine_threads: $threads,
         }),*];
 
         mod conformance {
-            $(for_each_clause!(target_module!($target, $backend, $kind));)*
+            $(for_each_clause!(target_module!($target, $backend, $kind, $threads));)*
 
             /// Every backend the build has is tested by one of the targets.
             #[test]
@@ -171,11 +172,13 @@ macro_rules! targets {
 
 /// The module of one target: a test per clause.
 macro_rules! target_module {
-    (($target:ident, $backend:ident, $kind:ident) $($mode:ident $family:ident::$clause:ident,)*) => {
+    (($target:ident, $backend:ident, $kind:ident, $threads:literal)
+        $($mode:ident $family:ident::$clause:ident,)*) => {
         pub mod $target {
             const TARGET: crate::Target = crate::Target {
                 backend: ::completion_port::Backend::$backend,
                 inline: clause_test!(@inline $kind),
+                engine_threads: $threads,
             };
             $(clause_test!($target $kind $mode $family $clause);)*
         }
@@ -206,7 +209,7 @@ macro_rules! clause_test {
     };
     ($target:ident threaded inline $family:ident $clause:ident) => {
         clause_test!(@skip $target $family $clause "about an inline port's owner thread; \
-            this port has an engine thread");
+            this port is no inline one");
     };
 
     ($target:ident inline any $family:ident $clause:ident) => {
@@ -289,15 +292,17 @@ macro_rules! clause_test {
 
 #[cfg(target_os = "linux")]
 targets! {
-    uring: Uring, threaded;
-    uring_inline: Uring, inline;
-    epoll: Epoll, threaded;
-    epoll_inline: Epoll, inline;
+    uring: Uring, threaded, false;
+    uring_threads: Uring, threaded, true;
+    uring_inline: Uring, inline, false;
+    epoll: Epoll, threaded, false;
+    epoll_threads: Epoll, threaded, true;
+    epoll_inline: Epoll, inline, false;
 }
 
 #[cfg(windows)]
 targets! {
-    iocp: Iocp, kernel;
+    iocp: Iocp, kernel, false;
 }
 
 /// Runs one clause on one target, once its backend is known to work here

@@ -100,11 +100,12 @@ pub fn op_deadline(t: &Target) {
 }
 
 /// `engine_stats().timers` once the engine has caught up (an inline port's
-/// engine turns only inside `get`, so poll it).
+/// engine turns only inside `get`, and a driven port's takes in what this
+/// thread started after a `get` at its next `get`: poll it).
 fn timers_settle(t: &Target, port: &Port, want: u64, what: &str) {
     let deadline = Instant::now() + T;
     loop {
-        if t.inline {
+        if t.inline || driven(port) {
             no_packet(port, Duration::ZERO);
         }
         let last = port.engine_stats().timers;

@@ -89,19 +89,29 @@ pub fn run_self_as_child(name: &str, var: &str) -> String {
 pub struct Target {
     pub backend: Backend,
     pub inline: bool,
+    /// Engine threads feed the port (two engines; by default the threads
+    /// that wait on a port drive its one engine themselves).
+    pub engine_threads: bool,
 }
 
 impl Target {
     pub fn name(&self) -> String {
         if self.inline {
             format!("{}+inline", self.backend)
+        } else if self.engine_threads {
+            format!("{}+threads", self.backend)
         } else {
             self.backend.name().to_string()
         }
     }
 
     pub fn builder(&self) -> PortBuilder {
-        Port::builder().backend(self.backend).inline(self.inline)
+        let b = Port::builder().backend(self.backend).inline(self.inline);
+        if self.engine_threads {
+            b.engines(2)
+        } else {
+            b
+        }
     }
 
     /// A port with concurrency 4 (enough that the limit never gets in the
@@ -169,6 +179,21 @@ pub fn get_of(port: &Port, kind: OpKind, key: u64, token: u64, op: OpId) -> Comp
         brief(&c)
     );
     c
+}
+
+/// Whether the threads that wait on `port` drive its engine (no engine
+/// thread: an operation a thread starts after it took a packet goes to the
+/// kernel at that thread's next `get`).
+pub fn driven(port: &Port) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        port.backend().driven
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = port;
+        false
+    }
 }
 
 /// Asserts that no packet arrives within `within`.

@@ -42,6 +42,28 @@ pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
 }
 
+/// Waits until `fd` is readable or `timeout` passes (`None`: no limit);
+/// returns whether it is readable. An interrupted wait returns `false`
+/// early (callers look at their state again).
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<std::time::Duration>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfd` and `ts` are live locals for the duration of the call;
+    // a null timeout means no limit and a null sigmask changes nothing.
+    let n = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// The running kernel's release (`uname -r`), empty if unknown.
 pub(crate) fn kernel_release() -> String {
     // SAFETY: all-zero is a valid utsname.

@@ -40,8 +40,8 @@ pub(crate) trait LinuxEngine {
         false
     }
     /// Hands what was started to the kernel; waits (see
-    /// [`kit_run::Engine::enter`]).
-    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>);
+    /// [`kit_run::Engine::enter`]). Returns whether it entered the kernel.
+    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) -> bool;
     /// Handles what the kernel reported.
     fn reap_kernel(&mut self);
 
@@ -109,8 +109,8 @@ impl<E: LinuxEngine> kit_run::Engine for E {
         self.core().shared.woke();
     }
 
-    fn enter(&mut self, block: bool, wait: Option<Duration>) {
-        self.enter_kernel(block, wait);
+    fn enter(&mut self, block: bool, wait: Option<Duration>) -> bool {
+        self.enter_kernel(block, wait)
     }
 
     fn reap(&mut self) {

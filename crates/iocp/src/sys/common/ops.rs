@@ -21,7 +21,13 @@ pub(crate) struct OpMeta {
 impl OpMeta {
     /// A completion of this operation.
     pub(crate) fn completion(&self, kind: OpKind, result: io::Result<usize>) -> Completion {
-        Completion::new(kind, self.key, self.token, OpId(self.id), result)
+        let mut c = Completion::new(kind, self.key, self.token, OpId(self.id), result);
+        if kind == OpKind::RecvPooled {
+            // A pooled receive's completions are a stream: one strand per
+            // handle, so no two threads handle two of its chunks at once.
+            c.strand = self.hid;
+        }
+        c
     }
 
     /// A completion of this standing operation with more to follow.

@@ -15,7 +15,7 @@ use crate::sys::common::{test_config, OpData, SocketFd};
 fn standing_accept_follows_the_policy() {
     let cfg = test_config();
     let shared = EngineShared::new(PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size)).unwrap();
-    let mut engine = EpollEngine::new(shared, Queue::new(1), &cfg).unwrap();
+    let mut engine = EpollEngine::new(shared, Some(Queue::new(1)), &cfg).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let (_sock, fd) = SocketFd::new(l.into());

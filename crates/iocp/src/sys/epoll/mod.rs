@@ -43,6 +43,7 @@
 //!   `TimedOut`); one a thread runs completes with its result. The
 //!   descriptor closes after the last call on it returned.
 
+mod driven;
 #[cfg(test)]
 mod engine_tests;
 mod files;
@@ -67,6 +68,7 @@ use crate::sys::common::{
     OpReq, Slab, SocketFd,
 };
 
+pub(crate) use driven::EpollWait;
 use files::{Done, FilePool, Job};
 use ops::{Attempt, EOp};
 use poller::Poller;
@@ -127,7 +129,8 @@ impl HState {
 /// The engine. Lives on one thread (it may move between threads only as a
 /// whole, e.g. an inline port shut down from elsewhere).
 pub(crate) struct EpollEngine {
-    poller: Poller,
+    /// Shared with a driver that waits in it without the engine.
+    poller: Arc<Poller>,
     ops: Slab<Op>,
     handles: HandleMap<HState>,
     core: Core,
@@ -148,10 +151,10 @@ impl EpollEngine {
     /// Creates the epoll set and registers the engine's wake-up eventfd.
     pub(crate) fn new(
         shared: Arc<EngineShared>,
-        queue: Queue<Completion>,
+        queue: Option<Queue<Completion>>,
         cfg: &Config,
     ) -> io::Result<EpollEngine> {
-        let poller = Poller::new()?;
+        let poller = Arc::new(Poller::new()?);
         poller.add(shared.wake_fd(), libc::EPOLLIN as u32, WAKE)?;
         let count = shared.pool.count;
         let files = FilePool::new(shared.clone(), cfg.file_threads);
@@ -167,6 +170,12 @@ impl EpollEngine {
             files,
             done: Vec::new(),
         })
+    }
+
+    /// Hands the engine the events a driver waited for without it (they
+    /// are handled by the turn's end).
+    pub(crate) fn take_events(&mut self, events: &mut Vec<libc::epoll_event>) {
+        std::mem::swap(&mut self.events, events);
     }
 
     fn on_event(&mut self, hid: u64, bits: u32) {
@@ -454,7 +463,7 @@ impl LinuxEngine for EpollEngine {
 
     /// Waits in `epoll_wait`, rounding the wait up to whole milliseconds so
     /// it never wakes early and spins.
-    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) {
+    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) -> bool {
         let ms = match (block, wait) {
             (false, _) => 0,
             (true, None) => -1,
@@ -465,6 +474,7 @@ impl LinuxEngine for EpollEngine {
                 tracing::warn!("epoll_wait: {e}");
             }
         }
+        true
     }
 
     fn reap_kernel(&mut self) {

@@ -33,14 +33,28 @@ impl Poller {
 
     /// `EPOLL_CTL_ADD` with `events`, reporting `data` back.
     pub(super) fn add(&self, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, data)
+    }
+
+    /// `EPOLL_CTL_MOD`: watch `fd` for `events` from now on.
+    pub(super) fn modify(&self, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, data)
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: data };
         // SAFETY: `ev` is a live, initialised epoll_event for the duration of
         // the call; the kernel copies it.
-        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The epoll descriptor (to watch this set from another one).
+    pub(super) fn fd(&self) -> RawFd {
+        self.ep.as_raw_fd()
     }
 
     /// `EPOLL_CTL_DEL` (before the descriptor is closed).

@@ -4,16 +4,17 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Backend, BackendInfo, Config};
 // The engines' run, turn and flush_to_queue.
-use crate::kit::run::{Drive as _, Engine as _};
+use crate::kit::run::{Drive as _, Engine as _, TimerTarget as _};
 use crate::op::Completion;
 use crate::queue::Queue;
-use crate::sys::common::EngineShared;
+pub(crate) use crate::sys::common::CannotDrive;
+use crate::sys::common::{EngineShared, LinuxEngine as _};
 use crate::sys::epoll::EpollEngine;
-use crate::sys::uring::UringEngine;
+use crate::sys::uring::{RingMode, UringEngine};
 
 /// One engine of either kind.
 pub(crate) enum Engine {
@@ -23,14 +24,17 @@ pub(crate) enum Engine {
 
 /// Errors from io_uring set-up that mean "use epoll instead".
 fn uring_unavailable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSYS)
-            | Some(libc::EPERM)
-            | Some(libc::EACCES)
-            | Some(libc::EINVAL)
-            | Some(libc::ENOMEM)
-    ) || e.kind() == io::ErrorKind::Unsupported
+    // A kernel that cannot have its waiters drive a ring still has
+    // io_uring: the port gets an engine thread instead.
+    !CannotDrive::is(e)
+        && (matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS)
+                | Some(libc::EPERM)
+                | Some(libc::EACCES)
+                | Some(libc::EINVAL)
+                | Some(libc::ENOMEM)
+        ) || e.kind() == io::ErrorKind::Unsupported)
 }
 
 fn uring_error_reason(e: &io::Error) -> String {
@@ -51,16 +55,25 @@ fn uring_error_reason(e: &io::Error) -> String {
 }
 
 impl Engine {
+    /// Builds an engine of the backend `want` (`Auto`: io_uring, else
+    /// epoll), on the calling thread. `mode` says who will drive an io_uring
+    /// engine; `queue` is where an engine that runs on a thread (or an
+    /// inline port's owner) hands its completions (`None`: whoever drives
+    /// it takes them).
     pub(crate) fn create(
         want: Backend,
         why: String,
         shared: Arc<EngineShared>,
-        queue: Queue<Completion>,
+        queue: Option<Queue<Completion>>,
         cfg: &Config,
+        mode: RingMode,
     ) -> io::Result<(Engine, BackendInfo)> {
         match want {
             Backend::Uring => {
-                let e = UringEngine::new(shared, queue, cfg).map_err(|e| {
+                let e = UringEngine::new(shared, queue, cfg, mode).map_err(|e| {
+                    if CannotDrive::is(&e) {
+                        return e;
+                    }
                     io::Error::new(
                         e.kind(),
                         format!("backend uring was requested but {}", uring_error_reason(&e)),
@@ -73,6 +86,7 @@ impl Engine {
                         backend: Backend::Uring,
                         reason: why,
                         uring: Some(f),
+                        driven: mode != RingMode::Owned,
                     },
                 ))
             }
@@ -84,6 +98,7 @@ impl Engine {
                         backend: Backend::Epoll,
                         reason: why,
                         uring: None,
+                        driven: mode != RingMode::Owned,
                     },
                 ))
             }
@@ -91,7 +106,7 @@ impl Engine {
                 io::ErrorKind::Unsupported,
                 "backend iocp is only available on Windows (this build has: uring, epoll)",
             )),
-            Backend::Auto => match UringEngine::new(shared.clone(), queue.clone(), cfg) {
+            Backend::Auto => match UringEngine::new(shared.clone(), queue.clone(), cfg, mode) {
                 Ok(e) => {
                     let f = e.features();
                     let info = BackendInfo {
@@ -102,6 +117,7 @@ impl Engine {
                             why
                         },
                         uring: Some(f),
+                        driven: mode != RingMode::Owned,
                     };
                     Ok((Engine::Uring(Box::new(e)), info))
                 }
@@ -118,6 +134,7 @@ impl Engine {
                             backend: Backend::Epoll,
                             reason,
                             uring: None,
+                            driven: mode != RingMode::Owned,
                         },
                     ))
                 }
@@ -144,6 +161,68 @@ impl Engine {
         match self {
             Engine::Uring(e) => e.flush_to_queue(),
             Engine::Epoll(e) => e.flush_to_queue(),
+        }
+    }
+
+    /// The first half of a turn whose wait happens without the engine (see
+    /// [`crate::kit::run::Drive::turn_begin`]).
+    pub(crate) fn turn_begin(&mut self, timeout: Option<Duration>) -> Option<Option<Duration>> {
+        match self {
+            Engine::Uring(e) => e.turn_begin(timeout),
+            Engine::Epoll(e) => e.turn_begin(timeout),
+        }
+    }
+
+    /// The second half (see [`crate::kit::run::Drive::turn_end`]).
+    pub(crate) fn turn_end(&mut self, waited: bool, before: usize) {
+        match self {
+            Engine::Uring(e) => e.turn_end(waited, before),
+            Engine::Epoll(e) => e.turn_end(waited, before),
+        }
+    }
+
+    /// Takes in what arrived and hands it to the kernel, without waiting
+    /// or taking completions (an io_uring engine submits its SQEs; an epoll
+    /// engine makes its attempts, which complete on the spot).
+    pub(crate) fn submit_only(&mut self) {
+        match self {
+            Engine::Uring(e) => {
+                e.intake();
+                e.submit_sq();
+            }
+            Engine::Epoll(e) => e.intake(),
+        }
+    }
+
+    /// Completions made and not yet taken.
+    pub(crate) fn out(&mut self) -> &mut Vec<Completion> {
+        match self {
+            Engine::Uring(e) => &mut e.core().out,
+            Engine::Epoll(e) => &mut e.core().out,
+        }
+    }
+
+    /// How many completions are waiting in `out`.
+    pub(crate) fn made(&self) -> usize {
+        match self {
+            Engine::Uring(e) => e.made(),
+            Engine::Epoll(e) => e.made(),
+        }
+    }
+
+    /// When the earliest timer is due.
+    pub(crate) fn next_timer(&mut self) -> Option<Instant> {
+        match self {
+            Engine::Uring(e) => e.timers().next(),
+            Engine::Epoll(e) => e.timers().next(),
+        }
+    }
+
+    /// Hands over what reaping queued (io_uring; see
+    /// [`UringEngine::flush_sq`]).
+    pub(crate) fn flush_sq(&mut self) {
+        if let Engine::Uring(e) = self {
+            e.flush_sq();
         }
     }
 

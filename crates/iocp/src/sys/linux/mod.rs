@@ -13,6 +13,7 @@
 //! and chooses between them; `files` says which descriptors are files and
 //! which are pipes.
 
+mod driven;
 mod engine;
 mod files;
 mod port;

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::engine::Engine;
+use super::driven::Driven;
+use super::engine::{CannotDrive, Engine};
 use super::files::check_kind;
 use crate::config::{BackendInfo, Config, Request};
 use crate::error::{self, GetError, SubmitError};
@@ -21,6 +22,7 @@ use crate::stats::{EngineStats, PoolStats, PortStats};
 use crate::sys::common::direct_io;
 use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
 use crate::sys::contract::{DirectIo, Kind, OsHandle, SysHandle, SysPort};
+use crate::sys::uring::RingMode;
 
 /// The engine of an inline port, driven by the thread that built the port.
 struct InlineEngine {
@@ -33,6 +35,8 @@ pub(crate) struct Port {
     engines: Vec<Arc<EngineShared>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     inline: Option<InlineEngine>,
+    /// The engine the port's waiting threads drive (no engine thread).
+    driven: Option<Arc<Driven>>,
     next_engine: AtomicUsize,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -67,6 +71,11 @@ impl SysPort for Port {
         if cfg.inline {
             // The per-core model: one engine, driven by the building thread.
             cfg.engines = 1;
+        } else if cfg.engines == 1 {
+            // One engine, and threads that wait on the port: they drive it.
+            if let Some(started) = Port::start_driven(&cfg, &req)? {
+                return Ok(started);
+            }
         }
         let queue = Queue::new(cfg.concurrency);
         // Dropped on an early return, this stops the engines started so far:
@@ -83,8 +92,14 @@ impl SysPort for Port {
                 None => (req.backend, req.why.clone()),
             };
             if cfg.inline {
-                let (engine, bi) =
-                    Engine::create(engine_want, engine_why, shared.clone(), queue.clone(), &cfg)?;
+                let (engine, bi) = Engine::create(
+                    engine_want,
+                    engine_why,
+                    shared.clone(),
+                    Some(queue.clone()),
+                    &cfg,
+                    RingMode::Owned,
+                )?;
                 inline = Some(InlineEngine {
                     owner: thread_tag(),
                     engine: Mutex::new(Some(engine)),
@@ -95,8 +110,15 @@ impl SysPort for Port {
                 let (s2, q2, c2) = (shared.clone(), queue.clone(), cfg.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("iocp-engine-{i}"))
-                    .spawn(
-                        move || match Engine::create(engine_want, engine_why, s2, q2, &c2) {
+                    .spawn(move || {
+                        match Engine::create(
+                            engine_want,
+                            engine_why,
+                            s2,
+                            Some(q2),
+                            &c2,
+                            RingMode::Owned,
+                        ) {
                             Ok((engine, bi)) => {
                                 let _ = tx.send(Ok(bi));
                                 engine.run();
@@ -104,8 +126,8 @@ impl SysPort for Port {
                             Err(e) => {
                                 let _ = tx.send(Err(e));
                             }
-                        },
-                    )?;
+                        }
+                    })?;
                 let reply = rx
                     .recv()
                     .unwrap_or_else(|_| Err(io::Error::other("engine thread died while starting")));
@@ -131,6 +153,7 @@ impl SysPort for Port {
             engines,
             threads: Mutex::new(threads),
             inline,
+            driven: None,
             next_engine: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -267,6 +290,9 @@ impl SysPort for Port {
         drop(self.queue.close());
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         stop_engines(&self.engines, threads);
+        if let Some(d) = &self.driven {
+            d.shutdown();
+        }
         if let Some(inl) = &self.inline {
             let engine = inl.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(mut engine) = engine {
@@ -309,6 +335,51 @@ impl Port {
             direct,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// A port whose waiting threads drive its one engine, or `None` if the
+    /// kernel cannot have several threads drive an io_uring (the port then
+    /// gets an engine thread).
+    fn start_driven(cfg: &Config, req: &Request) -> io::Result<Option<(Port, BackendInfo)>> {
+        let pool = PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size);
+        let shared = EngineShared::new(pool)?;
+        // Limit 1: one thread runs at a time, so a completion that waits
+        // for a busy thread's next kernel entry could not go to another
+        // anyway.
+        let mode = RingMode::Shared {
+            coop: cfg.concurrency == 1,
+        };
+        let created = Engine::create(
+            req.backend,
+            req.why.clone(),
+            shared.clone(),
+            None,
+            cfg,
+            mode,
+        );
+        let (engine, info) = match created {
+            Ok(x) => x,
+            Err(e) if CannotDrive::is(&e) => {
+                tracing::debug!("iocp port: {e}; an engine thread drives it");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let queue = Queue::new(cfg.concurrency);
+        let driven = Driven::new(engine, shared.clone(), queue.downgrade(), queue.id())?;
+        queue.set_kernel(driven.clone());
+        tracing::debug!("iocp port: backend {info}, driven by its waiting threads");
+        let port = Port {
+            queue,
+            engines: vec![shared],
+            threads: Mutex::new(Vec::new()),
+            inline: None,
+            driven: Some(driven),
+            next_engine: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        };
+        Ok(Some((port, info)))
     }
 
     /// The inline engine, if this port has one and the caller owns it.

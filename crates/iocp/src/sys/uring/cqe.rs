@@ -2,8 +2,9 @@
 //! handing each CQE to the operation its `user_data` names.
 
 use super::ops::Reap;
+use super::ops::UOp;
 use super::sqe::check_enter;
-use super::ud::{CANCEL_UD, POLL_BIT, WAKE_UD};
+use super::ud::{CANCEL_UD, MSG_UD, POLL_BIT, WAKE_UD};
 use super::UringEngine;
 use crate::sys::common::EngineCounters;
 
@@ -13,7 +14,7 @@ impl UringEngine {
     pub(super) fn reap_cq(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
-            for c in self.ring.completion() {
+            for c in self.cq() {
                 cqes.push((c.user_data(), c.result(), c.flags()));
             }
             if cqes.is_empty() {
@@ -24,7 +25,7 @@ impl UringEngine {
             }
             // Overflowed CQEs are flushed by the next enter; keep going while
             // the kernel says some are waiting.
-            if !self.ring.submission().cq_overflow() {
+            if !self.sq().cq_overflow() {
                 break;
             }
             EngineCounters::bump(&self.core.shared.counters.cq_overflows, 1);
@@ -39,7 +40,7 @@ impl UringEngine {
             self.wake_armed = false;
             return;
         }
-        if ud == CANCEL_UD {
+        if ud == CANCEL_UD || ud == MSG_UD {
             return;
         }
         let Some(idx) = self.slot_of(ud & !POLL_BIT) else {
@@ -50,11 +51,23 @@ impl UringEngine {
             );
             return;
         };
+        let more = io_uring::cqueue::more(flags);
+        if res == -libc::ECANCELED && !more && self.unasked_cancel(idx) {
+            return;
+        }
         if ud & POLL_BIT != 0 {
             self.on_poll_ready(idx, res);
             return;
         }
         let slot = self.ops.get_mut(idx).expect("slot_of found it live");
+        // A connect issued again after the kernel cancelled it unasked may
+        // find the socket connected by the first attempt.
+        let res =
+            if res == -libc::EISCONN && slot.reissues > 0 && matches!(slot.op, UOp::Connect(_)) {
+                0
+            } else {
+                res
+            };
         let mut cx = Reap {
             meta: &slot.meta,
             phase: slot.phase,

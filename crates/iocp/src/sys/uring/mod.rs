@@ -17,6 +17,7 @@
 
 mod bufring;
 mod cqe;
+mod driven;
 mod ops;
 mod poll;
 mod probe;
@@ -31,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{types, IoUring};
+use io_uring::{cqueue, squeue, types, IoUring};
 
 use crate::error;
 use crate::kit::lanes::Lanes;
@@ -46,8 +47,9 @@ use crate::sys::common::{
 
 pub(crate) use crate::config::UringFeatures;
 use bufring::BufRing;
+pub(crate) use driven::UringWait;
 use ops::UOp;
-pub(crate) use probe::ENV_SWITCHES;
+pub(crate) use probe::{RingMode, ENV_SWITCHES};
 use slot::Slot;
 use sqe::check_enter;
 use ud::WAKE_UD;
@@ -68,15 +70,20 @@ impl HState {
     }
 }
 
-/// The engine. Only the thread that built it enters its ring (the ring is
-/// created with `SINGLE_ISSUER` when the kernel has it); any other thread
-/// that stops or drops it [`abandon`](Self::abandon)s it instead.
+/// The engine. Either it lives on one thread for its whole life (an engine
+/// thread, or an inline port's owner: the ring is created with
+/// `SINGLE_ISSUER` when the kernel has it, and any other thread that stops
+/// or drops it [`abandon`](Self::abandon)s it instead), or the threads
+/// waiting on its port drive it one at a time (`driven`: a shared ring, see
+/// [`probe::RingMode`]).
 pub(crate) struct UringEngine {
     // `shutdown` reaps every request the kernel holds (operations and the
     // eventfd read) before anything is freed, or leaks what it could not
     // reap; the ring is still declared first so it is closed before the
-    // slots and the buffer ring go.
-    ring: IoUring,
+    // slots and the buffer ring go. A driven ring is shared with its
+    // drivers, which only enter it (never touch its queues): it closes when
+    // the last of them lets go.
+    ring: Arc<IoUring>,
     bufring: Option<BufRing>,
     ops: Slab<Slot>,
     handles: HandleMap<HState>,
@@ -96,16 +103,24 @@ pub(crate) struct UringEngine {
     /// The thread that created the ring: the only one that may enter it
     /// (a `SINGLE_ISSUER` ring refuses every other with `EEXIST`).
     owner: std::thread::ThreadId,
+    /// The port's waiting threads drive the engine (any of them may enter
+    /// the ring): nothing is bound to one thread, so no eventfd read is
+    /// armed in the ring (it would complete through the thread that armed
+    /// it, and die with it); the engine is woken by a message posted into
+    /// its ring instead.
+    driven: bool,
 }
 
 impl UringEngine {
-    /// Builds the ring on the calling thread (which becomes its only issuer).
+    /// Builds the ring on the calling thread: its only issuer (`mode`
+    /// `Owned`), or shared by the threads that will drive it.
     pub(crate) fn new(
         shared: Arc<EngineShared>,
-        queue: Queue<Completion>,
+        queue: Option<Queue<Completion>>,
         cfg: &crate::config::Config,
+        mode: RingMode,
     ) -> io::Result<UringEngine> {
-        let (ring, mut feats) = probe::build_ring(cfg)?;
+        let (ring, mut feats) = probe::build_ring(cfg, mode)?;
         let pool = shared.pool.clone();
         let mut bufring = None;
         let mut free_bufs = Vec::new();
@@ -123,7 +138,7 @@ impl UringEngine {
             free_bufs = (0..pool.count as u16).rev().collect();
         }
         Ok(UringEngine {
-            ring,
+            ring: Arc::new(ring),
             bufring,
             ops: Slab::new(),
             handles: HandleMap::default(),
@@ -137,7 +152,77 @@ impl UringEngine {
             draining: false,
             drain_limit: Duration::from_secs(10),
             owner: std::thread::current().id(),
+            driven: !matches!(mode, RingMode::Owned),
         })
+    }
+
+    /// The submission queue. Only the engine borrows the ring's queues, and
+    /// `&mut self` (the engine's thread, or its driver's lock) makes this
+    /// borrow the only one.
+    fn sq(&mut self) -> squeue::SubmissionQueue<'_> {
+        // SAFETY: no other `SubmissionQueue` of this ring exists: the engine
+        // is the only code that makes one, each lives inside one `&mut self`
+        // call, and a driven ring's drivers only enter the kernel with it.
+        unsafe { self.ring.submission_shared() }
+    }
+
+    /// The completion queue (see [`UringEngine::sq`]).
+    fn cq(&mut self) -> cqueue::CompletionQueue<'_> {
+        // SAFETY: as in `sq`, for the completion queue.
+        unsafe { self.ring.completion_shared() }
+    }
+
+    /// The ring, for a driver that waits in it without the engine.
+    pub(crate) fn ring(&self) -> Arc<IoUring> {
+        self.ring.clone()
+    }
+
+    /// SQEs pushed and not yet handed to the kernel.
+    pub(crate) fn sq_pending(&mut self) -> u32 {
+        self.sq().len() as u32
+    }
+
+    /// Hands what reaping queued (a lane's next operation, a re-arm) to the
+    /// kernel at once and takes what that completed on the spot: on a
+    /// driven ring nothing may wait in the SQ while nobody drives.
+    pub(crate) fn flush_sq(&mut self) {
+        for _ in 0..4 {
+            if !self.submit_sq() {
+                return;
+            }
+            self.reap_cq();
+            self.recycle();
+        }
+    }
+
+    /// Hands the pushed SQEs to the kernel, if there are any; returns
+    /// whether there were.
+    pub(crate) fn submit_sq(&mut self) -> bool {
+        if self.sq().is_empty() {
+            return false;
+        }
+        let r = self.ring.submit();
+        check_enter(r);
+        EngineCounters::bump(&self.core.shared.counters.enters, 1);
+        true
+    }
+
+    /// Arms (or disarms) the standby's eventfd: the kernel signals it for
+    /// completions posted while armed. Returns whether completions already
+    /// wait in the CQ (posted before the arming: nobody was signalled).
+    pub(crate) fn set_standby(&mut self, on: bool) -> bool {
+        let mut cq = self.cq();
+        if on {
+            cq.enable_eventfd();
+            // The kernel orders its CQ tail store and its read of the flag
+            // with a full barrier; the flag's read-modify-write above is
+            // one on our side, so either it sees the flag or we see the CQE.
+            cq.sync();
+            !cq.is_empty()
+        } else {
+            cq.disable_eventfd();
+            false
+        }
     }
 
     pub(crate) fn features(&self) -> UringFeatures {
@@ -155,7 +240,7 @@ impl UringEngine {
     /// every buffer, closes every descriptor. Off the owner thread this is
     /// [`abandon`](Self::abandon): it never enters the ring from there.
     pub(crate) fn shutdown(&mut self) {
-        if std::thread::current().id() != self.owner {
+        if !self.driven && std::thread::current().id() != self.owner {
             self.abandon();
             return;
         }
@@ -265,7 +350,7 @@ impl LinuxEngine for UringEngine {
     }
 
     fn settle(&mut self) {
-        if !self.wake_armed {
+        if !self.wake_armed && !self.driven {
             self.arm_wake();
         }
     }
@@ -276,8 +361,20 @@ impl LinuxEngine for UringEngine {
         self.draining
     }
 
-    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) {
+    fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) -> bool {
         let r = match (block, wait) {
+            (false, _) if self.driven && self.sq().is_empty() => {
+                // Nothing to hand over. Another thread's completions need no
+                // call to be seen; this thread's own deferred task work is
+                // flagged when there is any (TASKRUN_FLAG).
+                let sq = self.sq();
+                let needed = sq.taskrun() || sq.cq_overflow();
+                drop(sq);
+                if !needed {
+                    return false;
+                }
+                self.ring.submit()
+            }
             (false, _) => self.ring.submit(),
             (true, None) => self.ring.submit_and_wait(1),
             (true, Some(d)) => {
@@ -287,6 +384,7 @@ impl LinuxEngine for UringEngine {
             }
         };
         check_enter(r);
+        true
     }
 
     fn reap_kernel(&mut self) {
@@ -342,6 +440,7 @@ impl LinuxEngine for UringEngine {
             meta,
             phase: Phase::Queued,
             poll_first: false,
+            reissues: 0,
             op,
         });
         h.ops.push(idx);

@@ -64,6 +64,15 @@ impl UringEngine {
         }
     }
 
+    /// Whether a pooled receive would find a buffer now (in the buffer
+    /// ring, or free in user space).
+    pub(super) fn buffers_free(&self) -> bool {
+        match &self.bufring {
+            Some(br) => br.pool.in_kernel.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            None => !self.free_bufs.is_empty(),
+        }
+    }
+
     /// Takes back pool buffers the application dropped; re-arms receives
     /// that starved for them.
     pub(super) fn recycle(&mut self) {

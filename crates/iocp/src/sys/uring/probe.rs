@@ -8,6 +8,7 @@ use std::io;
 use io_uring::{opcode, IoUring, Probe};
 
 use crate::config::{Config, UringFeatures};
+use crate::sys::common::CannotDrive;
 
 use crate::sys::common::kernel_release;
 
@@ -33,7 +34,24 @@ pub const ENV_SWITCHES: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) fn build_ring(cfg: &Config) -> io::Result<(IoUring, UringFeatures)> {
+/// Who submits to a ring and waits on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RingMode {
+    /// One thread, for the ring's whole life (an engine thread, an inline
+    /// port's owner): `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has
+    /// them.
+    Owned,
+    /// Any of the port's waiting threads, one at a time (the driver). The
+    /// kernel binds both flags to one thread (another one's submissions and
+    /// waits fail with `EEXIST`, and no call moves the binding), so neither
+    /// is set. `coop` adds `COOP_TASKRUN | TASKRUN_FLAG`: a completion that
+    /// runs through a busy thread waits for its next kernel entry instead of
+    /// interrupting it — right when one thread runs at a time anyway
+    /// (concurrency limit 1), since nobody else could take the completion.
+    Shared { coop: bool },
+}
+
+pub(crate) fn build_ring(cfg: &Config, mode: RingMode) -> io::Result<(IoUring, UringFeatures)> {
     let entries = cfg.sq_entries.max(8).next_power_of_two();
     let cq = cfg.cq_entries.max(entries * 2).next_power_of_two();
     let no_defer = env_off("IOCP_NO_DEFER_TASKRUN");
@@ -41,7 +59,12 @@ pub(crate) fn build_ring(cfg: &Config) -> io::Result<(IoUring, UringFeatures)> {
     // flag"; anything else (ENOSYS, EPERM, ENOMEM) is final.
     let mut last = None;
     for step in 0..4 {
-        if no_defer && step < 2 {
+        let skip = match mode {
+            RingMode::Owned => no_defer && step < 2,
+            // No SINGLE_ISSUER/DEFER_TASKRUN; COOP only when asked.
+            RingMode::Shared { coop } => step < 2 || (step == 2 && !coop),
+        };
+        if skip {
             continue;
         }
         let mut b = IoUring::builder();
@@ -99,6 +122,20 @@ pub(crate) fn build_ring(cfg: &Config) -> io::Result<(IoUring, UringFeatures)> {
                         io::ErrorKind::Unsupported,
                         "io_uring lacks FEAT_FAST_POLL (kernel < 5.7)",
                     ));
+                }
+                if mode != RingMode::Owned {
+                    // Drivers wait with a timeout of their own, and are woken
+                    // by a message posted into the ring (affinity-free).
+                    if !f.ext_arg {
+                        return Err(CannotDrive::error(
+                            "a ring its waiters drive needs FEAT_EXT_ARG (kernel 5.11)",
+                        ));
+                    }
+                    if !probe.is_supported(opcode::MsgRingData::CODE) {
+                        return Err(CannotDrive::error(
+                            "a ring its waiters drive needs MSG_RING (kernel 5.18)",
+                        ));
+                    }
                 }
                 // Multishot accept and buffer rings came with 5.19, multishot
                 // receive with 6.0 (which also brought SINGLE_ISSUER, so a

@@ -13,12 +13,19 @@ use crate::kit::phase::{Park, Phase, Step, Stop};
 use crate::kit::run::TimerItem;
 use crate::sys::common::{EngineCounters, OpMeta};
 
+/// How many times an operation the kernel cancelled unasked is issued
+/// again before it completes aborted after all.
+const MAX_REISSUES: u8 = 16;
+
 /// An operation in flight.
 pub(super) struct Slot {
     pub meta: OpMeta,
     pub phase: Phase,
     /// The last attempt ended with `EAGAIN`: poll before trying again.
     pub poll_first: bool,
+    /// Times the kernel cancelled it unasked (see
+    /// [`UringEngine::unasked_cancel`]).
+    pub reissues: u8,
     pub op: UOp,
 }
 
@@ -69,6 +76,12 @@ impl UringEngine {
                 EngineCounters::bump(&self.core.shared.counters.starved, 1);
                 // Buffers may already be waiting to go back.
                 self.recycle();
+                // Or they went back between the kernel's last try and this
+                // CQE: then no later return would wake the receive.
+                if self.starved.contains(&idx) && self.buffers_free() {
+                    self.starved.retain(|&i| i != idx);
+                    self.again(idx);
+                }
             }
             Step::BackOff => {
                 slot.phase = Phase::Parked(Park::BackOff);
@@ -146,6 +159,30 @@ impl UringEngine {
                 }
             }
         }
+    }
+
+    /// A CQE said `ECANCELED` (without `F_MORE`) for slot `idx`. If nobody
+    /// asked for that (no cancel, close or deadline is under way), the
+    /// kernel cancelled it because the thread that submitted it exited: on a
+    /// ring several threads drive, a request that waits for its socket
+    /// completes through the thread that submitted it, and fails when that
+    /// thread is gone — with nothing transferred (the data stays in the
+    /// socket). It is issued again, by the calling thread. Returns whether
+    /// it was.
+    pub(super) fn unasked_cancel(&mut self, idx: usize) -> bool {
+        let Some(slot) = self.ops.get_mut(idx) else {
+            return false;
+        };
+        if slot.phase.stopping() || slot.reissues >= MAX_REISSUES {
+            return false;
+        }
+        slot.reissues += 1;
+        tracing::debug!(
+            "io_uring: operation {} cancelled by the kernel (its submitting thread exited); issued again",
+            slot.meta.id
+        );
+        self.again(idx);
+        true
     }
 
     /// Requests that slot `idx` end early (a cancel, a close, a deadline).

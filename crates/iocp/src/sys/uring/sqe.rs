@@ -53,7 +53,7 @@ impl UringEngine {
             // owned by an operation slot (or the engine's wake buffer) that
             // stays alive and unmoved until the entry's final CQE is reaped
             // (see the module doc).
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+            if unsafe { self.sq().push(&e) }.is_ok() {
                 return;
             }
             let r = self.ring.submit();

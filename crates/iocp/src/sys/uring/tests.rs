@@ -45,7 +45,7 @@ fn pair() -> (OwnedFd, TcpStream) {
 fn rig() -> Option<Rig> {
     let cfg = test_config();
     let shared = EngineShared::new(PoolShared::new(cfg.pool_bufs, cfg.pool_buf_size)).unwrap();
-    let engine = match UringEngine::new(shared, Queue::new(1), &cfg) {
+    let engine = match UringEngine::new(shared, Some(Queue::new(1)), &cfg, RingMode::Owned) {
         Ok(e) => e,
         Err(e) => {
             let test = std::thread::current().name().unwrap_or("?").to_string();
