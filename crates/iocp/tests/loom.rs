@@ -6,6 +6,12 @@
 //! RUSTFLAGS="--cfg loom" cargo test -p completion-port --test loom --release
 //! ```
 //!
+//! The models cover the plain queue (one waiter per packet, the limit,
+//! blocking guards, close), a queue whose waiters drive a modelled kernel
+//! (the driver role handed over, the driver's place among the waiters, the
+//! standby taking over) and strands (a pooled receive's packets never run
+//! on two threads at once).
+//!
 //! Without `--cfg loom` this file compiles to one ignored test whose reason
 //! says how to run the models. Under loom, time is abstract: a timed wait
 //! lets the other threads run and then reports a timeout, so every model
@@ -20,7 +26,7 @@ fn loom_models_need_cfg_loom() {}
 mod models {
     use std::time::Duration;
 
-    use completion_port::queue::{Empty, Queue};
+    use completion_port::queue::{Empty, Kernel, Queue};
     use loom::sync::atomic::{AtomicUsize, Ordering};
     use loom::sync::Arc;
     use loom::thread;
@@ -66,6 +72,50 @@ mod models {
         }
         got.sort_unstable();
         assert_eq!(got, want, "each packet exactly once");
+    }
+
+    /// Spawns `n` threads on a queue of limit 1, each taking a packet (or
+    /// timing out) and then polling until the queue is empty, checking all
+    /// along that no two of them run at once. Each returns what it took.
+    fn limit_one_threads(q: &Queue<u32>, n: usize) -> Vec<thread::JoinHandle<Vec<u32>>> {
+        let active = Arc::new(AtomicUsize::new(0));
+        (0..n)
+            .map(|_| {
+                let (q, active) = (q.clone(), active.clone());
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut on_packet = |p: u32, q: &Queue<u32>| {
+                        let before = active.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(before, 0, "two threads running with limit 1");
+                        assert!(q.stats().running <= 1, "running above the limit");
+                        got.push(p);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    };
+                    match q.get(SOME) {
+                        Ok(p) => on_packet(p, &q),
+                        Err(Empty::TimedOut) => {}
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                    step_out(&q, |p| on_packet(p, &q));
+                    got
+                })
+            })
+            .collect()
+    }
+
+    /// Joins the threads of [`limit_one_threads`]: none counts as running
+    /// any more, and each packet of `want` was taken exactly once.
+    fn join_limit_one_threads(
+        q: &Queue<u32>,
+        threads: Vec<thread::JoinHandle<Vec<u32>>>,
+        want: &[u32],
+    ) {
+        let got: Vec<u32> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(q.stats().running, 0, "exited threads still counted");
+        assert_each_once(q, got, want);
     }
 
     /// A post racing a `get` that times out: the packet is delivered exactly
@@ -164,40 +214,11 @@ mod models {
     fn limit_one_three_threads() {
         check("limit_one_three_threads", 3, || {
             let q = Queue::<u32>::new(1);
-            let active = Arc::new(AtomicUsize::new(0));
-            let mut threads = Vec::new();
-            const ROUNDS: usize = 1;
-            for _ in 0..3 {
-                let (q, active) = (q.clone(), active.clone());
-                threads.push(thread::spawn(move || {
-                    let mut got = Vec::new();
-                    let mut on_packet = |p: u32, q: &Queue<u32>| {
-                        let before = active.fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(before, 0, "two threads running with limit 1");
-                        assert!(q.stats().running <= 1, "running above the limit");
-                        got.push(p);
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    };
-                    for _ in 0..ROUNDS {
-                        match q.get(SOME) {
-                            Ok(p) => on_packet(p, &q),
-                            Err(Empty::TimedOut) => {}
-                            Err(e) => panic!("unexpected {e:?}"),
-                        }
-                    }
-                    step_out(&q, |p| on_packet(p, &q));
-                    got
-                }));
-            }
+            let threads = limit_one_threads(&q, 3);
             for p in 1..=3 {
                 q.post(p).unwrap();
             }
-            let got: Vec<u32> = threads
-                .into_iter()
-                .flat_map(|t| t.join().unwrap())
-                .collect();
-            assert_eq!(q.stats().running, 0, "exited threads still counted");
-            assert_each_once(&q, got, &[1, 2, 3]);
+            join_limit_one_threads(&q, threads, &[1, 2, 3]);
         });
     }
 
@@ -303,6 +324,323 @@ mod models {
             assert_eq!(q.stats().running, 0);
             got.sort_unstable();
             assert_eq!(got, [2], "packet 2 exactly once");
+        });
+    }
+
+    // ---- strands --------------------------------------------------------
+
+    /// Two packets of one strand (`0x1_0001`, `0x1_0002`) and two threads,
+    /// limit 2: the second packet's handling starts only after the first's
+    /// ended (its thread holds the strand until its next `get`), and each
+    /// is delivered once.
+    #[test]
+    fn strand_packets_never_overlap() {
+        check("strand_packets_never_overlap", 3, || {
+            let q = Queue::<u32>::new(2);
+            let log = Arc::new(loom::sync::Mutex::new(Vec::new()));
+            q.post(0x1_0001).unwrap();
+            q.post(0x1_0002).unwrap();
+            let mut threads = Vec::new();
+            for _ in 0..2 {
+                let (q, log) = (q.clone(), log.clone());
+                threads.push(thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut handle = |p: u32| {
+                        log.lock().unwrap().push((true, p));
+                        log.lock().unwrap().push((false, p));
+                        got.push(p);
+                    };
+                    if let Ok(p) = q.get(SOME) {
+                        handle(p);
+                    }
+                    step_out(&q, &mut handle);
+                    got
+                }));
+            }
+            let got: Vec<u32> = threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect();
+            assert_each_once(&q, got, &[0x1_0001, 0x1_0002]);
+            let log = log.lock().unwrap().clone();
+            assert_eq!(
+                log,
+                [
+                    (true, 0x1_0001),
+                    (false, 0x1_0001),
+                    (true, 0x1_0002),
+                    (false, 0x1_0002)
+                ],
+                "one strand's packets handled one after the other, in order"
+            );
+        });
+    }
+
+    /// A strand held by a running thread does not hold back other packets:
+    /// with strand 1's first packet taken, a waiter is handed the plain
+    /// packet queued behind strand 1's second.
+    #[test]
+    fn strand_skips_to_free_packets() {
+        check("strand_skips_to_free_packets", 2, || {
+            let q = Queue::<u32>::new(2);
+            q.post(0x1_0001).unwrap();
+            q.post(0x1_0002).unwrap();
+            q.post(7).unwrap();
+            assert_eq!(q.get(Some(Duration::ZERO)), Ok(0x1_0001));
+            let qb = q.clone();
+            let b = thread::spawn(move || {
+                let r = qb.get(SOME);
+                step_out(&qb, |_| panic!("only packet 7 is free"));
+                r
+            });
+            assert_eq!(b.join().unwrap(), Ok(7), "the free packet goes past");
+            // Our next get lets the strand go: its second packet is ours.
+            assert_eq!(q.get(Some(Duration::ZERO)), Ok(0x1_0002));
+            step_out(&q, |p| panic!("left over: {p}"));
+        });
+    }
+
+    // ---- a queue whose waiters drive the kernel --------------------------
+
+    /// What the modelled kernel holds.
+    #[derive(Default)]
+    struct KState {
+        /// Completions the kernel posted, not yet reaped.
+        cq: Vec<u32>,
+        /// `wake_driver` was called and no turn consumed it yet.
+        driver_signal: bool,
+        /// The standby's channel fired (or `wake_standby` was called).
+        standby_signal: bool,
+        /// The standby's channel is armed: a completion fires it.
+        armed: bool,
+    }
+
+    /// A kernel that completions arrive in (from a model thread), driven by
+    /// the queue's driver: a turn reaps what arrived, waiting for it if
+    /// allowed. It checks that no two turns wait or reap at once (only the
+    /// driver turns, and it holds the role until `done`); what follows
+    /// `done` it serializes itself, as the real one does with its lock.
+    #[derive(Default)]
+    struct ModelKernel {
+        st: loom::sync::Mutex<KState>,
+        cv: loom::sync::Condvar,
+        /// A turn is between its start and its `done`.
+        reaping: loom::sync::atomic::AtomicBool,
+        /// Held for a whole turn.
+        turn_lock: loom::sync::Mutex<()>,
+    }
+
+    impl ModelKernel {
+        /// The kernel completes an operation: `p` waits in the CQ, and
+        /// fires the standby's channel if it is armed.
+        fn complete(&self, p: u32) {
+            let mut st = self.st.lock().unwrap();
+            st.cq.push(p);
+            if st.armed {
+                st.standby_signal = true;
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    impl Kernel<u32> for ModelKernel {
+        fn turn(
+            &self,
+            timeout: Option<Duration>,
+            done: &mut dyn FnMut(&mut Vec<u32>, bool) -> bool,
+        ) {
+            let _turn = self.turn_lock.lock().unwrap();
+            assert!(
+                !self.reaping.swap(true, Ordering::SeqCst),
+                "two drivers turn the kernel at once"
+            );
+            let mut st = self.st.lock().unwrap();
+            st.armed = false;
+            let mut ran_out = timeout == Some(Duration::ZERO);
+            if !ran_out {
+                while st.cq.is_empty() && !st.driver_signal {
+                    if timeout.is_some() {
+                        // Time is abstract: let others run, then time out.
+                        drop(st);
+                        thread::yield_now();
+                        st = self.st.lock().unwrap();
+                        ran_out = st.cq.is_empty() && !st.driver_signal;
+                        break;
+                    }
+                    st = self.cv.wait(st).unwrap();
+                }
+            }
+            st.driver_signal = false;
+            let mut batch = std::mem::take(&mut st.cq);
+            drop(st);
+            self.reaping.store(false, Ordering::SeqCst);
+            let arm = done(&mut batch, ran_out);
+            assert!(batch.is_empty(), "the queue takes the whole batch");
+            if arm {
+                let mut st = self.st.lock().unwrap();
+                st.armed = true;
+                if !st.cq.is_empty() {
+                    st.standby_signal = true;
+                    self.cv.notify_all();
+                }
+            }
+        }
+        fn submit(&self, _done: &mut dyn FnMut(&mut Vec<u32>)) {}
+        fn pending(&self) -> bool {
+            false
+        }
+        fn wake_driver(&self) {
+            self.st.lock().unwrap().driver_signal = true;
+            self.cv.notify_all();
+        }
+        fn kick(&self) {}
+        fn standby_wait(&self, deadline: Option<std::time::Instant>) -> bool {
+            let mut st = self.st.lock().unwrap();
+            while !st.standby_signal {
+                if deadline.is_some() {
+                    drop(st);
+                    thread::yield_now();
+                    st = self.st.lock().unwrap();
+                    if !st.standby_signal {
+                        return true;
+                    }
+                    break;
+                }
+                st = self.cv.wait(st).unwrap();
+            }
+            st.standby_signal = false;
+            false
+        }
+        fn wake_standby(&self) {
+            self.st.lock().unwrap().standby_signal = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// A queue of limit `limit` whose waiters drive a modelled kernel.
+    fn driven(limit: usize) -> (Queue<u32>, std::sync::Arc<ModelKernel>) {
+        let q = Queue::<u32>::new(limit);
+        let k = std::sync::Arc::new(ModelKernel::default());
+        q.set_kernel(k.clone());
+        (q, k)
+    }
+
+    /// Lets the other model threads run until `n` threads wait on `q`.
+    fn until_waiting(q: &Queue<u32>, n: usize) {
+        while q.stats().waiting < n {
+            thread::yield_now();
+        }
+    }
+
+    /// Two threads wait forever on a driven queue; the kernel completes two
+    /// operations. Whichever thread drives, each completion is delivered
+    /// exactly once and both threads return (a driver that leaves with a
+    /// packet hands the other to the parked thread, or leaves it queued
+    /// for the thread still on its way, or that thread drives in turn).
+    #[test]
+    fn driver_hand_over_one_per_packet() {
+        check("driver_hand_over_one_per_packet", 3, || {
+            let (q, k) = driven(2);
+            let mut threads = Vec::new();
+            for _ in 0..2 {
+                let q = q.clone();
+                threads.push(thread::spawn(move || q.get(None).expect("a packet")));
+            }
+            k.complete(1);
+            k.complete(2);
+            // One packet each (a `get` takes one), none left behind.
+            let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_each_once(&q, got, &[1, 2]);
+        });
+    }
+
+    /// The driver's place among the waiters: A drives, B and C park after
+    /// it (B first). A packet posted from outside goes to the most recent
+    /// parked waiter (C), the next to B; the driver, which arrived first,
+    /// stands at the bottom for posts and is woken only when nobody else
+    /// waits.
+    #[test]
+    fn driver_lifo_among_waiters() {
+        check("driver_lifo_among_waiters", 2, || {
+            let (q, _k) = driven(3);
+            let mut threads = Vec::new();
+            for name in 0..3u32 {
+                let q2 = q.clone();
+                threads.push(thread::spawn(move || {
+                    let r = q2.get(None);
+                    (name, r)
+                }));
+                until_waiting(&q, name as usize + 1);
+            }
+            q.post(10).unwrap();
+            q.post(11).unwrap();
+            q.post(12).unwrap();
+            let got: Vec<(u32, Result<u32, Empty>)> =
+                threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(
+                got,
+                [(0, Ok(12)), (1, Ok(11)), (2, Ok(10))],
+                "posts go to the most recent waiter first, the driver last"
+            );
+        });
+    }
+
+    /// Limit 1 on a driven queue: two threads, two completions. The
+    /// driver that reaps both keeps one and the other waits for the slot;
+    /// never are two threads running at once.
+    #[test]
+    fn driver_respects_the_limit() {
+        check("driver_respects_the_limit", 3, || {
+            let (q, k) = driven(1);
+            let threads = limit_one_threads(&q, 2);
+            k.complete(1);
+            k.complete(2);
+            join_limit_one_threads(&q, threads, &[1, 2]);
+        });
+    }
+
+    /// The standby takes over: A drives and B parks as the standby. A
+    /// reaps completion 1 and leaves with it (it never calls `get` again);
+    /// completion 2 then arrives with nobody in the kernel, and must reach
+    /// B all the same — through B's channel, armed as A left, or handed
+    /// over by A if both arrived in one turn.
+    #[test]
+    fn standby_takes_over() {
+        check("standby_takes_over", 3, || {
+            let (q, k) = driven(2);
+            let qa = q.clone();
+            let a = thread::spawn(move || qa.get(None));
+            until_waiting(&q, 1);
+            let qb = q.clone();
+            let b = thread::spawn(move || qb.get(None));
+            until_waiting(&q, 2);
+            k.complete(1);
+            k.complete(2);
+            assert_eq!(
+                a.join().unwrap(),
+                Ok(1),
+                "the driver keeps what it reaped first"
+            );
+            assert_eq!(b.join().unwrap(), Ok(2), "the standby is not left waiting");
+        });
+    }
+
+    /// Close while a driver waits in the kernel and a standby parks: both
+    /// return `Abandoned`.
+    #[test]
+    fn close_wakes_driver_and_standby() {
+        check("close_wakes_driver_and_standby", 3, || {
+            let (q, _k) = driven(2);
+            let mut threads = Vec::new();
+            for n in 0..2 {
+                let q2 = q.clone();
+                threads.push(thread::spawn(move || q2.get(None)));
+                until_waiting(&q, n + 1);
+            }
+            assert!(q.close().is_empty());
+            for t in threads {
+                assert_eq!(t.join().unwrap(), Err(Empty::Abandoned));
+            }
         });
     }
 }
