@@ -246,11 +246,14 @@ fn start_pool(global: &Arc<Global>, bound: Vec<Bound>) -> Result<Running, String
             )
         })
         .collect();
-    // One worker per port thread would make the standing pooled receive
-    // safe (its completions stay in order); with several workers a pooled
-    // stream's packets go to different threads and could be handled out of
-    // order, so connections use one single-shot receive at a time.
-    let pooled = cfg.workers == 1;
+    // The standing pooled receive keeps 0 buffers per idle connection. On
+    // Linux the port never hands two chunks of one connection's stream to
+    // two workers at once (a worker holds the stream until its next `get`),
+    // so it is safe at any worker count. On Windows the kernel's port does
+    // not serialize them: with several workers two chunks could be handled
+    // out of order, so connections there use one single-shot receive at a
+    // time.
+    let pooled = cfg.workers == 1 || cfg!(target_os = "linux");
     let shard = Arc::new(
         Shard::new(0, port.clone(), global.clone(), socks, pooled)
             .map_err(|e| format!("cannot set up the port: {e}"))?,

@@ -178,6 +178,7 @@ fn scrape_changes_with_traffic(label: &str, args: &[&str], who: &str, shards: us
     for name in [
         "iocp_echo_connections_open",
         "iocp_echo_pool_buffers_in_use",
+        "iocp_echo_recv_buffers_pinned",
         "iocp_echo_pool_buffers",
         "iocp_echo_queued_packets",
         "iocp_echo_ready",
@@ -251,6 +252,50 @@ fn scrape_pool() {
         "worker",
         2,
     );
+}
+
+/// The pool model at 2 workers: on Linux every connection has the standing
+/// pooled receive (the port keeps each connection's chunks in order), so
+/// idle connections hold no receive buffer at all — none lent from the
+/// pool, none pinned by a single-shot receive. On Windows, where the
+/// kernel's port gives no such order, each holds one single-shot receive.
+#[test]
+fn pool_two_workers_idle_connections_hold_no_buffer() {
+    const CONNS: usize = 8;
+    let mut s = server("pool idle buffers", &["--model", "pool", "--workers", "2"]);
+    let m = s.metrics();
+    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| connect(s.tcp)).collect();
+    // Each connection echoes (so its receive is re-armed after data), then
+    // idles; the echoes run both ways across the two workers.
+    for round in 0..3u8 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            echo(c, 3000, round.wrapping_mul(16) ^ i as u8);
+        }
+    }
+    let want_pinned = if cfg!(windows) { CONNS as f64 } else { 0.0 };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let scrape = loop {
+        let sc = Scrape::take(m);
+        let settled = sc.get("iocp_echo_recv_buffers_pinned") == want_pinned
+            && sc.get("iocp_echo_pool_buffers_in_use{shard=\"0\"}") == 0.0;
+        if settled || Instant::now() > deadline {
+            break sc;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(scrape.get("iocp_echo_connections_open"), CONNS as f64);
+    assert_eq!(
+        scrape.get("iocp_echo_recv_buffers_pinned"),
+        want_pinned,
+        "receive buffers held by {CONNS} idle connections"
+    );
+    assert_eq!(
+        scrape.get("iocp_echo_pool_buffers_in_use{shard=\"0\"}"),
+        0.0,
+        "pool buffers lent with every connection idle"
+    );
+    drop(conns);
+    s.stop_ok();
 }
 
 #[test]

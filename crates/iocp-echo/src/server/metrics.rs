@@ -184,6 +184,14 @@ impl Collector for EchoCollector {
         )?;
         one(
             e,
+            "iocp_echo_recv_buffers_pinned",
+            "Receive buffers held by single-shot receives in flight (0 with pooled receive).",
+            None,
+            Gauge,
+            load(&c.recv_buffers_pinned),
+        )?;
+        one(
+            e,
             "iocp_echo_connections_max",
             "--max-conns: connections open at once, at most.",
             None,

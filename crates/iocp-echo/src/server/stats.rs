@@ -23,6 +23,9 @@ pub(crate) struct Counters {
     pub accept_errors: AtomicU64,
     pub accept_pauses: AtomicU64,
     pub read_pauses: AtomicU64,
+    /// Single-shot receives in flight now, each holding a receive buffer of
+    /// its connection (a gauge; 0 with pooled receive).
+    pub recv_buffers_pinned: AtomicU64,
     pub udp_in: AtomicU64,
     pub udp_out: AtomicU64,
     pub udp_dropped: AtomicU64,

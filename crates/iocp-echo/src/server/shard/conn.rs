@@ -223,6 +223,7 @@ impl Shard {
     fn on_recv(&self, conn: &mut Conn, c: &mut Completion, now: Instant) {
         conn.ops -= 1;
         conn.recv_op = None;
+        self.g.c.recv_buffers_pinned.fetch_sub(1, Ordering::Relaxed);
         let buf = c.take_buf();
         match &c.result {
             Ok(0) => {
@@ -386,6 +387,9 @@ impl Shard {
             Ok(op) => {
                 conn.recv_op = Some(op);
                 conn.ops += 1;
+                if !self.pooled {
+                    Global::add(&self.g.c.recv_buffers_pinned, 1);
+                }
             }
             Err(e) => self.fail(conn, &e.error, "recv"),
         }
