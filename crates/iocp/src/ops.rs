@@ -14,30 +14,135 @@ use crate::op::{OpData, OpId, OpOptions};
 use crate::port::Port;
 use crate::sys::SysHandle;
 
-impl Port {
+/// Writes the operations that only build their `OpData` and start it: each
+/// line names the method, its arguments after the handle, and the `OpData`;
+/// the method takes `opts` last and carries the docs written above its line.
+macro_rules! op_methods {
+    ($(
+        $(#[$attr:meta])*
+        fn $name:ident($h:ident: &$H:ty $(, $arg:ident: $T:ty)*) => $data:expr;
+    )*) => {
+        impl Port {$(
+            $(#[$attr])*
+            pub fn $name(
+                &self,
+                $h: &$H,
+                $($arg: $T,)*
+                opts: impl Into<OpOptions>,
+            ) -> Result<OpId, SubmitError> {
+                Target::start($h, self, $data, opts.into())
+            }
+        )*}
+    };
+}
+
+/// What an operation starts on: a socket's or a pipe's handle, or a file,
+/// whose reads and writes at an offset are checked first.
+trait Target {
+    fn start(&self, port: &Port, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError>;
+}
+
+impl Target for Handle {
+    fn start(&self, port: &Port, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+        port.start_op(self, data, opts)
+    }
+}
+
+impl Target for PipeHandle {
+    fn start(&self, port: &Port, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+        port.start_op(self.handle(), data, opts)
+    }
+}
+
+impl Target for FileHandle {
+    fn start(&self, port: &Port, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
+        port.start_on_file(self, data, opts)
+    }
+}
+
+op_methods! {
     /// `AcceptEx`: one incoming connection on a listening handle. The
     /// completion carries the new socket ([`crate::Completion::take_accepted`]),
     /// which is not associated with any port yet.
-    pub fn accept(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::Accept, opts.into())
-    }
+    fn accept(listener: &Handle) => OpData::Accept;
+
     /// A standing accept: a completion (with `more == true`) for every
     /// incoming connection until it is cancelled or the handle closes, then
     /// one final completion with `more == false`. On io_uring this is a
     /// multishot accept, re-armed whenever the kernel ends it; transient
     /// errors (`EMFILE`, `ENFILE`, `ECONNABORTED`, …) arrive as `more == true`
     /// completions carrying the error, and the stream goes on.
-    pub fn accept_stream(
-        &self,
-        listener: &Handle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(listener, OpData::AcceptMulti, opts.into())
-    }
+    fn accept_stream(listener: &Handle) => OpData::AcceptMulti;
+
+    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
+    /// One completion; 0 bytes means the peer closed its side.
+    fn recv(h: &Handle, buf: impl IoBuf) => OpData::Recv(buf.into());
+
+    /// A pooled, standing receive: a stream of completions, each with a
+    /// buffer lent by the library's pool (`more == true`), ending with
+    /// exactly one final completion (`more == false`: 0 bytes at the peer's
+    /// FIN, or the error). An idle connection holds no buffer. On io_uring a
+    /// multishot receive into a provided-buffer ring; on epoll a read on
+    /// readiness; on Windows a zero-byte `WSARecv`, then a non-blocking read
+    /// into a pool buffer.
+    fn recv_pooled(h: &Handle) => OpData::RecvPooled;
+
+    /// `WSASend`: completes when every byte is sent (short writes are
+    /// finished inside the library, in order), or with an error. A send
+    /// that fails part-way reports what went out in
+    /// [`crate::Completion::transferred`], and on TCP every later send on
+    /// the handle then completes aborted (see there).
+    fn send(h: &Handle, buf: impl IoBuf) => OpData::Send(buf.into());
+
+    /// `WSASend` with several buffers, sent in order as one operation
+    /// whatever their number (on a datagram socket: one datagram); they
+    /// come back with [`crate::Completion::take_bufs`].
+    fn send_vectored(h: &Handle, bufs: Vec<Buf>) => OpData::SendV(bufs);
+
+    /// `ReadFile` at an offset: reads into the buffer's spare room (see
+    /// [`Buf`]) from the file at `offset`. It completes with the bytes read:
+    /// all the room asked for, or fewer when the file ends first; a read at
+    /// or past the end of the file completes with 0 bytes (not an error).
+    /// (One read moves at most 2 GiB − 4 KiB on Linux.) The file's own
+    /// position is neither used nor moved.
+    fn read_at(f: &FileHandle, buf: impl IoBuf, offset: u64) => OpData::Read(buf.into(), Some(offset));
+
+    /// `WriteFile` at an offset: writes every byte of the buffer to the
+    /// file at `offset` (short writes are finished inside, as for
+    /// [`Port::send`]); a write past the end extends the file. A write that
+    /// fails part-way (the disk full, …) reports what was written in
+    /// [`crate::Completion::transferred`]. Writes in flight at once may
+    /// complete in any order; two that overlap leave either's bytes.
+    fn write_at(f: &FileHandle, buf: impl IoBuf, offset: u64) => OpData::Write(buf.into(), Some(offset));
+
+    /// `FlushFileBuffers` (`fsync`): the file's data and metadata reach the
+    /// disk. It covers the writes that completed before it started, not
+    /// those still in flight.
+    fn fsync(f: &FileHandle) => OpData::Flush(false);
+
+    /// `fdatasync`: as [`Port::fsync`], without the metadata a later read
+    /// does not need (times). On Windows the same as `fsync`.
+    fn fdatasync(f: &FileHandle) => OpData::Flush(true);
+
+    /// `ReadFile` on a pipe: reads what the pipe holds into the buffer's
+    /// spare room, waiting until there is something; 0 bytes means every
+    /// writer closed its end (EOF). Reads complete in issue order.
+    fn read(p: &PipeHandle, buf: impl IoBuf) => OpData::Read(buf.into(), None);
+
+    /// `WriteFile` on a pipe: completes when every byte is written (short
+    /// writes are finished inside, in issue order, as for [`Port::send`]),
+    /// or with an error (`BrokenPipe` once the reader closed; like
+    /// `write(2)` it also raises `SIGPIPE`, which Rust programs ignore).
+    fn write(p: &PipeHandle, buf: impl IoBuf) => OpData::Write(buf.into(), None);
+
+    /// `ConnectNamedPipe` (Windows): waits for a client to open the server
+    /// end of a named pipe ([`crate::fs::create_named_pipe`]); completes
+    /// with 0 bytes once one has (also when it connected before the call).
+    #[cfg(windows)]
+    fn connect_named_pipe(p: &PipeHandle) => OpData::ConnectNamedPipe;
+}
+
+impl Port {
     /// `ConnectEx`: connects an associated, unconnected socket to an IP
     /// address or, for a Unix domain socket, a path (on Windows an IP
     /// socket is first bound to the unspecified address if it is not
@@ -54,50 +159,7 @@ impl Port {
             .map_err(|e| SubmitError::with_bufs(e, None, Vec::new()))?;
         self.start_op(h, OpData::Connect(Box::new(to)), opts.into())
     }
-    /// `WSARecv` into an owned buffer (see [`Buf`] for where the bytes go).
-    /// One completion; 0 bytes means the peer closed its side.
-    pub fn recv(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Recv(buf.into()), opts.into())
-    }
-    /// A pooled, standing receive: a stream of completions, each with a
-    /// buffer lent by the library's pool (`more == true`), ending with
-    /// exactly one final completion (`more == false`: 0 bytes at the peer's
-    /// FIN, or the error). An idle connection holds no buffer. On io_uring a
-    /// multishot receive into a provided-buffer ring; on epoll a read on
-    /// readiness; on Windows a zero-byte `WSARecv`, then a non-blocking read
-    /// into a pool buffer.
-    pub fn recv_pooled(&self, h: &Handle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::RecvPooled, opts.into())
-    }
-    /// `WSASend`: completes when every byte is sent (short writes are
-    /// finished inside the library, in order), or with an error. A send
-    /// that fails part-way reports what went out in
-    /// [`crate::Completion::transferred`], and on TCP every later send on
-    /// the handle then completes aborted (see there).
-    pub fn send(
-        &self,
-        h: &Handle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::Send(buf.into()), opts.into())
-    }
-    /// `WSASend` with several buffers, sent in order as one operation
-    /// whatever their number (on a datagram socket: one datagram); they
-    /// come back with [`crate::Completion::take_bufs`].
-    pub fn send_vectored(
-        &self,
-        h: &Handle,
-        bufs: Vec<Buf>,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(h, OpData::SendV(bufs), opts.into())
-    }
+
     /// `WSARecvFrom` (UDP, or a Unix datagram socket): one datagram; the
     /// sender is [`crate::Completion::addr`] ([`crate::Completion::from_addr`]
     /// for its IP address). Refused on a stream socket (TCP, a Unix stream),
@@ -120,6 +182,7 @@ impl Port {
         }
         self.start_op(h, data, opts.into())
     }
+
     /// `WSASendTo` (UDP, or a Unix datagram socket): one datagram to
     /// `addr`, an IP address or a Unix socket's path. Refused on a stream
     /// socket (TCP), which sends only to its peer (use [`Port::send`]: it
@@ -152,130 +215,43 @@ impl Port {
         }
         self.start_op(h, data, opts.into())
     }
-
-    /// `ReadFile` at an offset: reads into the buffer's spare room (see
-    /// [`Buf`]) from the file at `offset`. It completes with the bytes read:
-    /// all the room asked for, or fewer when the file ends first; a read at
-    /// or past the end of the file completes with 0 bytes (not an error).
-    /// (One read moves at most 2 GiB − 4 KiB on Linux.) The file's own
-    /// position is neither used nor moved.
-    pub fn read_at(
-        &self,
-        f: &FileHandle,
-        buf: impl IoBuf,
-        offset: u64,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_at(f, OpData::Read(buf.into(), Some(offset)), offset, opts)
-    }
-
-    /// `WriteFile` at an offset: writes every byte of the buffer to the
-    /// file at `offset` (short writes are finished inside, as for
-    /// [`Port::send`]); a write past the end extends the file. A write that
-    /// fails part-way (the disk full, …) reports what was written in
-    /// [`crate::Completion::transferred`]. Writes in flight at once may
-    /// complete in any order; two that overlap leave either's bytes.
-    pub fn write_at(
-        &self,
-        f: &FileHandle,
-        buf: impl IoBuf,
-        offset: u64,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_at(f, OpData::Write(buf.into(), Some(offset)), offset, opts)
-    }
-
-    /// `FlushFileBuffers` (`fsync`): the file's data and metadata reach the
-    /// disk. It covers the writes that completed before it started, not
-    /// those still in flight.
-    pub fn fsync(&self, f: &FileHandle, opts: impl Into<OpOptions>) -> Result<OpId, SubmitError> {
-        self.start_op(f.handle(), OpData::Flush(false), opts.into())
-    }
-
-    /// `fdatasync`: as [`Port::fsync`], without the metadata a later read
-    /// does not need (times). On Windows the same as `fsync`.
-    pub fn fdatasync(
-        &self,
-        f: &FileHandle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(f.handle(), OpData::Flush(true), opts.into())
-    }
-
-    /// `ReadFile` on a pipe: reads what the pipe holds into the buffer's
-    /// spare room, waiting until there is something; 0 bytes means every
-    /// writer closed its end (EOF). Reads complete in issue order.
-    pub fn read(
-        &self,
-        p: &PipeHandle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(p.handle(), OpData::Read(buf.into(), None), opts.into())
-    }
-
-    /// `WriteFile` on a pipe: completes when every byte is written (short
-    /// writes are finished inside, in issue order, as for [`Port::send`]),
-    /// or with an error (`BrokenPipe` once the reader closed; like
-    /// `write(2)` it also raises `SIGPIPE`, which Rust programs ignore).
-    pub fn write(
-        &self,
-        p: &PipeHandle,
-        buf: impl IoBuf,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(p.handle(), OpData::Write(buf.into(), None), opts.into())
-    }
-
-    /// `ConnectNamedPipe` (Windows): waits for a client to open the server
-    /// end of a named pipe ([`crate::fs::create_named_pipe`]); completes
-    /// with 0 bytes once one has (also when it connected before the call).
-    #[cfg(windows)]
-    pub fn connect_named_pipe(
-        &self,
-        p: &PipeHandle,
-        opts: impl Into<OpOptions>,
-    ) -> Result<OpId, SubmitError> {
-        self.start_op(p.handle(), OpData::ConnectNamedPipe, opts.into())
-    }
 }
 
 /// The largest file offset (`off_t` is signed).
 const MAX_OFFSET: u64 = i64::MAX as u64;
 
 impl Port {
-    /// Starts a read or write at `offset` on a file, if `offset` can be a
-    /// file offset; else refused, naming it.
-    fn start_at(
+    /// Starts an operation on a file. A read or write at an offset no file
+    /// can have, or one that direct I/O cannot do, is refused, naming why.
+    fn start_on_file(
         &self,
         f: &FileHandle,
         data: OpData,
-        offset: u64,
-        opts: impl Into<OpOptions>,
+        opts: OpOptions,
     ) -> Result<OpId, SubmitError> {
-        let refusal = if offset > MAX_OFFSET {
-            Some(format!(
-                "file offset {offset} is past the largest a file can have ({MAX_OFFSET})"
-            ))
-        } else if let Some(d) = f.handle().imp().direct_io() {
-            match &data {
-                OpData::Read(b, _) => {
-                    let (addr, len) = b.room();
-                    d.refusal("read_at", addr, len, offset)
-                }
-                OpData::Write(b, _) => {
-                    let s = b.as_slice();
-                    d.refusal("write_at", s.as_ptr() as usize, s.len(), offset)
-                }
-                _ => None,
+        let direct = f.handle().imp().direct_io();
+        let refusal = match (&data, direct) {
+            (OpData::Read(_, Some(offset)) | OpData::Write(_, Some(offset)), _)
+                if *offset > MAX_OFFSET =>
+            {
+                Some(format!(
+                    "file offset {offset} is past the largest a file can have ({MAX_OFFSET})"
+                ))
             }
-        } else {
-            None
+            (OpData::Read(b, Some(offset)), Some(d)) => {
+                let (addr, len) = b.room();
+                d.refusal("read_at", addr, len, *offset)
+            }
+            (OpData::Write(b, Some(offset)), Some(d)) => {
+                let s = b.as_slice();
+                d.refusal("write_at", s.as_ptr() as usize, s.len(), *offset)
+            }
+            _ => None,
         };
         if let Some(why) = refusal {
             return Err(data.refuse(io::Error::new(io::ErrorKind::InvalidInput, why)));
         }
-        self.start_op(f.handle(), data, opts.into())
+        self.start_op(f.handle(), data, opts)
     }
 }
 
