@@ -21,7 +21,7 @@ pub(crate) use calls::{
 };
 pub(crate) use engine::{take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};
-pub(crate) use ops::{op_sum, unsent, OpBase, OpMeta};
+pub(crate) use ops::{hand_back, op_base, op_sum, unsent, OpBase, OpMeta};
 
 use crate::kit::lock;
 pub(crate) use crate::kit::run::EngineCounters;

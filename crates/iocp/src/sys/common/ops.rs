@@ -71,6 +71,53 @@ pub(crate) trait OpBase {
     }
 }
 
+/// Hands an operation's buffer back in its final completion.
+pub(crate) fn hand_back(buf: Buf, c: &mut Completion) {
+    c.buf = Some(buf);
+}
+
+/// Implements [`OpBase`] for an operation type `$t` of kind `$kind`:
+/// * `op_base!(T: Kind)`: it holds no memory to hand back;
+/// * `op_base!(T: Kind, hands back buf)`: its final completion carries its
+///   `buf` (`via f`: as `f(buf, completion)` leaves it);
+/// * `op_base!(T: Kind, sends buf)`: that, and it reports `sent`, the bytes
+///   of `buf` sent so far.
+macro_rules! op_base {
+    ($t:ident: $kind:ident) => {
+        impl $crate::sys::common::OpBase for $t {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::$kind;
+
+            fn complete(self, _c: &mut $crate::op::Completion) {}
+        }
+    };
+    ($t:ident: $kind:ident, hands back buf) => {
+        $crate::sys::common::op_base!($t: $kind, hands back buf via $crate::sys::common::hand_back);
+    };
+    ($t:ident: $kind:ident, hands back buf via $f:path) => {
+        impl $crate::sys::common::OpBase for $t {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::$kind;
+
+            fn complete(self, c: &mut $crate::op::Completion) {
+                $f(self.buf, c);
+            }
+        }
+    };
+    ($t:ident: $kind:ident, sends buf) => {
+        impl $crate::sys::common::OpBase for $t {
+            const KIND: $crate::op::OpKind = $crate::op::OpKind::$kind;
+
+            fn complete(self, c: &mut $crate::op::Completion) {
+                $crate::sys::common::hand_back(self.buf, c);
+            }
+
+            fn sent(&self) -> usize {
+                self.sent
+            }
+        }
+    };
+}
+pub(crate) use op_base;
+
 /// Declares an engine's operations, in its `ops` module:
 /// * the operation types whose memory is the same on both engines
 ///   (`Connect`, `Send`, `SendV` — whose `msg` is `$msg`, what the engine
@@ -97,11 +144,7 @@ macro_rules! op_sum {
             pub addr: Box<socket2::SockAddr>,
         }
 
-        impl $crate::sys::common::OpBase for Connect {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::Connect;
-
-            fn complete(self, _c: &mut $crate::op::Completion) {}
-        }
+        $crate::sys::common::op_base!(Connect: Connect);
 
         /// A send of `buf`, `sent` bytes of it so far.
         pub(in crate::sys) struct Send {
@@ -109,17 +152,7 @@ macro_rules! op_sum {
             pub sent: usize,
         }
 
-        impl $crate::sys::common::OpBase for Send {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::Send;
-
-            fn complete(self, c: &mut $crate::op::Completion) {
-                c.buf = Some(self.buf);
-            }
-
-            fn sent(&self) -> usize {
-                self.sent
-            }
-        }
+        $crate::sys::common::op_base!(Send: Send, sends buf);
 
         /// A vectored send of `bufs`, `sent` bytes of them so far, with what
         /// the engine keeps besides (`msg`).
@@ -146,20 +179,12 @@ macro_rules! op_sum {
         /// A standing accept: one `more` completion per connection.
         pub(in crate::sys) struct AcceptStream;
 
-        impl $crate::sys::common::OpBase for AcceptStream {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::Accept;
-
-            fn complete(self, _c: &mut $crate::op::Completion) {}
-        }
+        $crate::sys::common::op_base!(AcceptStream: Accept);
 
         /// A standing receive into pool buffers.
         pub(in crate::sys) struct RecvPooled;
 
-        impl $crate::sys::common::OpBase for RecvPooled {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::RecvPooled;
-
-            fn complete(self, _c: &mut $crate::op::Completion) {}
-        }
+        $crate::sys::common::op_base!(RecvPooled: RecvPooled);
 
         /// A write of every byte of `buf` to a file at `at`, or to a pipe
         /// (`at` `None`), `sent` bytes of it so far.
@@ -169,64 +194,18 @@ macro_rules! op_sum {
             pub sent: usize,
         }
 
-        impl $crate::sys::common::OpBase for Write {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::Write;
-
-            fn complete(self, c: &mut $crate::op::Completion) {
-                c.buf = Some(self.buf);
-            }
-
-            fn sent(&self) -> usize {
-                self.sent
-            }
-        }
+        $crate::sys::common::op_base!(Write: Write, sends buf);
 
         /// `fsync`, or `fdatasync` when `data_only`.
         pub(in crate::sys) struct Flush {
             pub data_only: bool,
         }
 
-        impl $crate::sys::common::OpBase for Flush {
-            const KIND: $crate::op::OpKind = $crate::op::OpKind::Flush;
+        $crate::sys::common::op_base!(Flush: Flush);
 
-            fn complete(self, _c: &mut $crate::op::Completion) {}
-        }
-
-        $(#[$doc])*
-        pub(super) enum $sum {
-            Accept(Accept),
-            AcceptStream(AcceptStream),
-            Connect(Connect),
-            Recv(Recv),
-            Send(Send),
-            SendV(SendV),
-            RecvFrom(RecvFrom),
-            SendTo(SendTo),
-            RecvPooled(RecvPooled),
-            Read(Read),
-            Write(Write),
-            Flush(Flush),
-        }
-
-        /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
-        macro_rules! dispatch {
-            ($s:expr, $o:ident => $e:expr) => {
-                match $s {
-                    $sum::Accept($o) => $e,
-                    $sum::AcceptStream($o) => $e,
-                    $sum::Connect($o) => $e,
-                    $sum::Recv($o) => $e,
-                    $sum::Send($o) => $e,
-                    $sum::SendV($o) => $e,
-                    $sum::RecvFrom($o) => $e,
-                    $sum::SendTo($o) => $e,
-                    $sum::RecvPooled($o) => $e,
-                    $sum::Read($o) => $e,
-                    $sum::Write($o) => $e,
-                    $sum::Flush($o) => $e,
-                }
-            };
-        }
+        $crate::sys::common::op_sum!(@enum $(#[$doc])* $sum:
+            Accept, AcceptStream, Connect, Recv, Send, SendV, RecvFrom, SendTo, RecvPooled, Read,
+            Write, Flush);
 
         impl $sum {
             /// The operation the application asked for.
@@ -259,6 +238,22 @@ macro_rules! op_sum {
             pub fn sent(&self) -> usize {
                 dispatch!(self, o => o.sent())
             }
+        }
+    };
+    // The enum of the operation types and `dispatch!`, from one list.
+    (@enum $(#[$doc:meta])* $sum:ident: $($op:ident),*) => {
+        $(#[$doc])*
+        pub(super) enum $sum {
+            $($op($op),)*
+        }
+
+        /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
+        macro_rules! dispatch {
+            ($s:expr, $o:ident => $e:expr) => {
+                match $s {
+                    $($sum::$op($o) => $e,)*
+                }
+            };
         }
     };
 }

@@ -5,14 +5,14 @@ use std::os::fd::BorrowedFd;
 
 use socket2::{SockAddr, SockRef};
 
-use super::{failed, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
+use super::{failed, outcome, Attempt, ReadyOp, RECV_FLAGS, SEND_FLAGS};
 use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, Extra, OpKind};
 use crate::sys::common::recv_from_into;
-use crate::sys::common::OpBase;
+use crate::sys::common::{op_base, OpBase};
 
 pub(in crate::sys::epoll) struct RecvFrom {
     buf: Buf,
@@ -62,21 +62,12 @@ impl SendTo {
     }
 }
 
-impl OpBase for SendTo {
-    const KIND: OpKind = OpKind::SendTo;
-
-    fn complete(self, c: &mut Completion) {
-        c.buf = Some(self.buf);
-    }
-}
+op_base!(SendTo: SendTo, hands back buf);
 
 impl ReadyOp for SendTo {
     const LANE: Lane = Lane::Write;
 
     fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
-        match SockRef::from(&fd).send_to_with_flags(self.buf.as_slice(), &self.to, SEND_FLAGS) {
-            Ok(n) => Step::Done(Ok(n)),
-            Err(e) => failed(e),
-        }
+        outcome(SockRef::from(&fd).send_to_with_flags(self.buf.as_slice(), &self.to, SEND_FLAGS))
     }
 }

@@ -12,12 +12,11 @@ use std::io;
 use std::os::fd::BorrowedFd;
 
 use super::stream::send_all;
-use super::{failed, Attempt, EOp, Flush, ReadyOp, Write};
+use super::{outcome, Attempt, EOp, Flush, ReadyOp, Write};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Completion, OpKind};
-use crate::sys::common::{flush, read_into, write_from, OpBase};
+use crate::sys::common::{flush, op_base, read_into, write_from};
 
 /// A read into `buf`'s spare room at `at` (a file) or from the stream.
 pub(in crate::sys::epoll) struct Read {
@@ -25,28 +24,11 @@ pub(in crate::sys::epoll) struct Read {
     pub at: Option<u64>,
 }
 
-impl OpBase for Read {
-    const KIND: OpKind = OpKind::Read;
-
-    fn complete(self, c: &mut Completion) {
-        c.buf = Some(self.buf);
-    }
-}
+op_base!(Read: Read, hands back buf);
 
 impl Read {
     fn step(&mut self, fd: BorrowedFd<'_>) -> Step {
-        match read_into(fd, &mut self.buf, self.at) {
-            Ok(n) => Step::Done(Ok(n)),
-            Err(e) => failed(e),
-        }
-    }
-}
-
-impl ReadyOp for Read {
-    const LANE: Lane = Lane::Read;
-
-    fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
-        self.step(fd)
+        outcome(read_into(fd, &mut self.buf, self.at))
     }
 }
 
@@ -60,30 +42,27 @@ impl Write {
     }
 }
 
-impl ReadyOp for Write {
-    const LANE: Lane = Lane::Write;
-
-    fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
-        self.step(fd)
-    }
-}
-
 impl Flush {
     fn step(&mut self, fd: BorrowedFd<'_>) -> Step {
-        match flush(fd, self.data_only) {
-            Ok(()) => Step::Done(Ok(0)),
-            Err(e) => failed(e),
+        outcome(flush(fd, self.data_only).map(|()| 0))
+    }
+}
+
+/// On a pipe each attempt on readiness is one `step`, the same that
+/// [`EOp::run_to_end`] repeats on a file; these are their lanes.
+macro_rules! ready_by_step {
+    ($($op:ident in $lane:ident),*) => {$(
+        impl ReadyOp for $op {
+            const LANE: Lane = Lane::$lane;
+
+            fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
+                self.step(fd)
+            }
         }
-    }
+    )*};
 }
 
-impl ReadyOp for Flush {
-    const LANE: Lane = Lane::Write;
-
-    fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
-        self.step(fd)
-    }
-}
+ready_by_step!(Read in Read, Write in Write, Flush in Write);
 
 impl EOp {
     /// Runs an operation on a file to its end with blocking calls (on a

@@ -58,6 +58,15 @@ fn failed(e: io::Error) -> Step {
     }
 }
 
+/// The step a syscall's result means: done with its byte count, or as
+/// [`failed`] says.
+fn outcome(r: io::Result<usize>) -> Step {
+    match r {
+        Ok(n) => Step::Done(Ok(n)),
+        Err(e) => failed(e),
+    }
+}
+
 /// One kind of epoll operation.
 pub(super) trait ReadyOp: OpBase {
     /// The lane it waits in; only the head of a lane is ever attempted.

@@ -8,34 +8,24 @@ use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
 
-use super::{failed, Attempt, ReadyOp, Send, SendV, RECV_FLAGS, SEND_FLAGS};
+use super::{failed, outcome, Attempt, ReadyOp, Send, SendV, RECV_FLAGS, SEND_FLAGS};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Completion, OpKind};
-use crate::sys::common::OpBase;
+use crate::sys::common::op_base;
 use crate::sys::common::{recv_into, unsent, IOV_MAX};
 
 pub(in crate::sys::epoll) struct Recv {
     pub buf: Buf,
 }
 
-impl OpBase for Recv {
-    const KIND: OpKind = OpKind::Recv;
-
-    fn complete(self, c: &mut Completion) {
-        c.buf = Some(self.buf);
-    }
-}
+op_base!(Recv: Recv, hands back buf);
 
 impl ReadyOp for Recv {
     const LANE: Lane = Lane::Read;
 
     fn attempt(&mut self, fd: BorrowedFd<'_>, _cx: &mut Attempt<'_>) -> Step {
-        match recv_into(&SockRef::from(&fd), &mut self.buf, RECV_FLAGS) {
-            Ok(n) => Step::Done(Ok(n)),
-            Err(e) => failed(e),
-        }
+        outcome(recv_into(&SockRef::from(&fd), &mut self.buf, RECV_FLAGS))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
 use crate::op::{Completion, Extra, OpKind};
-use crate::sys::common::OpBase;
+use crate::sys::common::{op_base, OpBase};
 use crate::sys::uring::sqe::{AddrBuf, Msg};
 
 pub(in crate::sys::uring) struct RecvFrom {
@@ -69,13 +69,7 @@ impl SendTo {
     }
 }
 
-impl OpBase for SendTo {
-    const KIND: OpKind = OpKind::SendTo;
-
-    fn complete(self, c: &mut Completion) {
-        c.buf = Some(self.buf);
-    }
-}
+op_base!(SendTo: SendTo, hands back buf);
 
 impl UringOp for SendTo {
     const LANE: Option<Lane> = Some(Lane::Write);

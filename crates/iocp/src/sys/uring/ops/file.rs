@@ -11,8 +11,7 @@ use super::{complete_read, Flush, Issue, Reap, UringOp, Write};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Completion, OpKind};
-use crate::sys::common::OpBase;
+use crate::sys::common::op_base;
 
 /// The offset of a `READ`/`WRITE`: the file's `at`, or -1 (the stream's
 /// own position, what a pipe has).
@@ -31,13 +30,7 @@ pub(in crate::sys::uring) struct Read {
     pub at: Option<u64>,
 }
 
-impl OpBase for Read {
-    const KIND: OpKind = OpKind::Read;
-
-    fn complete(self, c: &mut Completion) {
-        complete_read(self.buf, c);
-    }
-}
+op_base!(Read: Read, hands back buf via complete_read);
 
 impl UringOp for Read {
     const LANE: Option<Lane> = Some(Lane::Read);

@@ -10,8 +10,7 @@ use super::{complete_read, Issue, Reap, Send, SendV, UringOp};
 use crate::buf::Buf;
 use crate::kit::lanes::Lane;
 use crate::kit::phase::Step;
-use crate::op::{Completion, OpKind};
-use crate::sys::common::OpBase;
+use crate::sys::common::op_base;
 use crate::sys::uring::sqe::VecMsg;
 
 /// The most bytes one SQE moves.
@@ -23,13 +22,7 @@ pub(in crate::sys::uring) struct Recv {
     pub buf: Buf,
 }
 
-impl OpBase for Recv {
-    const KIND: OpKind = OpKind::Recv;
-
-    fn complete(self, c: &mut Completion) {
-        complete_read(self.buf, c);
-    }
-}
+op_base!(Recv: Recv, hands back buf via complete_read);
 
 impl UringOp for Recv {
     const LANE: Option<Lane> = Some(Lane::Read);
