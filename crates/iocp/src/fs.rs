@@ -39,53 +39,49 @@ pub struct OpenOptions {
     direct: bool,
 }
 
+/// Writes the setters of [`OpenOptions`]: each sets its flag and returns
+/// the options, and carries the docs written above its name.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $flag:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $flag(&mut self, yes: bool) -> &mut Self {
+            self.$flag = yes;
+            self
+        }
+    )*};
+}
+
 impl OpenOptions {
     /// Nothing set: say at least `read` or `write`.
     pub fn new() -> OpenOptions {
         OpenOptions::default()
     }
 
-    /// Open for reading.
-    pub fn read(&mut self, yes: bool) -> &mut Self {
-        self.read = yes;
-        self
-    }
+    setters! {
+        /// Open for reading.
+        read;
 
-    /// Open for writing.
-    pub fn write(&mut self, yes: bool) -> &mut Self {
-        self.write = yes;
-        self
-    }
+        /// Open for writing.
+        write;
 
-    /// Create the file if it does not exist (needs `write`).
-    pub fn create(&mut self, yes: bool) -> &mut Self {
-        self.create = yes;
-        self
-    }
+        /// Create the file if it does not exist (needs `write`).
+        create;
 
-    /// Create the file, failing if it exists (needs `write`).
-    pub fn create_new(&mut self, yes: bool) -> &mut Self {
-        self.create_new = yes;
-        self
-    }
+        /// Create the file, failing if it exists (needs `write`).
+        create_new;
 
-    /// Cut the file to 0 bytes when it opens (needs `write`).
-    pub fn truncate(&mut self, yes: bool) -> &mut Self {
-        self.truncate = yes;
-        self
-    }
+        /// Cut the file to 0 bytes when it opens (needs `write`).
+        truncate;
 
-    /// Direct I/O, past the page cache: `O_DIRECT` on Linux,
-    /// `FILE_FLAG_NO_BUFFERING` on Windows. Every read and write must then
-    /// use a buffer, a length and an offset aligned as the file system
-    /// requires (on Linux what `statx` reports, else its block size);
-    /// [`crate::AlignedBuf`] gives such buffers, and an operation that is not
-    /// aligned is refused before it starts with an `InvalidInput` error
-    /// naming the alignment. Some file systems (tmpfs before Linux 6.6)
-    /// refuse the open itself with `EINVAL`.
-    pub fn direct(&mut self, yes: bool) -> &mut Self {
-        self.direct = yes;
-        self
+        /// Direct I/O, past the page cache: `O_DIRECT` on Linux,
+        /// `FILE_FLAG_NO_BUFFERING` on Windows. Every read and write must then
+        /// use a buffer, a length and an offset aligned as the file system
+        /// requires (on Linux what `statx` reports, else its block size);
+        /// [`crate::AlignedBuf`] gives such buffers, and an operation that is not
+        /// aligned is refused before it starts with an `InvalidInput` error
+        /// naming the alignment. Some file systems (tmpfs before Linux 6.6)
+        /// refuse the open itself with `EINVAL`.
+        direct;
     }
 
     /// Opens `path` with these options (and close-on-exec, as `std` does).
