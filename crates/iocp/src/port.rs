@@ -295,68 +295,63 @@ pub struct PortBuilder {
     cfg: Config,
 }
 
-impl PortBuilder {
-    /// The concurrency limit: how many threads may run at once. 0 means the
-    /// number of CPUs, as on Windows.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.cfg.concurrency = n;
-        self
-    }
-    /// How many engine threads feed the port on Linux (sockets are spread
-    /// across them round-robin). Default 1. Ignored on Windows, where the
-    /// kernel is the engine.
-    pub fn engines(mut self, n: usize) -> Self {
-        self.cfg.engines = n.max(1);
-        self
-    }
-    /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
-    pub fn backend(mut self, b: Backend) -> Self {
-        self.cfg.backend = Some(b);
-        self
-    }
-    /// Pool buffers per engine (per port on Windows) for pooled receives
-    /// (default 256, at most 32768).
-    pub fn pool_buffers(mut self, n: usize) -> Self {
-        self.cfg.pool_bufs = n.clamp(1, 32768);
-        self
-    }
-    /// Bytes per pool buffer (default 16 KiB).
-    pub fn pool_buffer_size(mut self, n: usize) -> Self {
-        self.cfg.pool_buf_size = n.max(1);
-        self
-    }
-    /// Submission queue entries per io_uring (default 256; ignored elsewhere).
-    pub fn sq_entries(mut self, n: u32) -> Self {
-        self.cfg.sq_entries = n.max(8);
-        self
-    }
-    /// Completion queue entries per io_uring (default 4096; at least 2×SQ;
-    /// ignored elsewhere).
-    pub fn cq_entries(mut self, n: u32) -> Self {
-        self.cfg.cq_entries = n.max(16);
-        self
-    }
-    /// The per-core model: no engine thread; the thread that builds the port
-    /// drives its engine from inside `get` and handles its own completions,
-    /// with no hand-off. Such a port belongs to that one thread: other
-    /// threads may `post` to it (which wakes it) and start operations, but
-    /// only the owner should call `get`. On Windows it means concurrency 1:
-    /// the kernel lets one thread at a time run on the port.
-    pub fn inline(mut self, yes: bool) -> Self {
-        self.cfg.inline = yes;
-        self
-    }
+/// Writes [`PortBuilder`]'s setters: each line names the setter, its
+/// argument, and the setting it makes of it; the setter carries the docs
+/// written above its line.
+macro_rules! builder_setters {
+    ($($(#[$doc:meta])* fn $name:ident($arg:ident: $T:ty) => $field:ident = $value:expr;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, $arg: $T) -> Self {
+            self.cfg.$field = $value;
+            self
+        }
+    )*};
+}
 
-    /// The most threads that run file operations on the epoll backend
-    /// (default 4, at least 1): regular files are never "ready" for epoll,
-    /// so each read, write or flush on a file blocks one of these threads,
-    /// and operations beyond `n` wait in a queue
-    /// ([`EngineStats::file_queue`]). Threads start when work comes and
-    /// stay until the port closes. Per engine; ignored by io_uring (the
-    /// kernel runs file operations, no thread of ours) and on Windows.
-    pub fn file_threads(mut self, n: usize) -> Self {
-        self.cfg.file_threads = n.max(1);
-        self
+impl PortBuilder {
+    builder_setters! {
+        /// The concurrency limit: how many threads may run at once. 0 means the
+        /// number of CPUs, as on Windows.
+        fn concurrency(n: usize) => concurrency = n;
+
+        /// How many engine threads feed the port on Linux (sockets are spread
+        /// across them round-robin). Default 1. Ignored on Windows, where the
+        /// kernel is the engine.
+        fn engines(n: usize) => engines = n.max(1);
+
+        /// The backend; overrides `IOCP_BACKEND`. Default: `IOCP_BACKEND`, else `auto`.
+        fn backend(b: Backend) => backend = Some(b);
+
+        /// Pool buffers per engine (per port on Windows) for pooled receives
+        /// (default 256, at most 32768).
+        fn pool_buffers(n: usize) => pool_bufs = n.clamp(1, 32768);
+
+        /// Bytes per pool buffer (default 16 KiB).
+        fn pool_buffer_size(n: usize) => pool_buf_size = n.max(1);
+
+        /// Submission queue entries per io_uring (default 256; ignored elsewhere).
+        fn sq_entries(n: u32) => sq_entries = n.max(8);
+
+        /// Completion queue entries per io_uring (default 4096; at least 2×SQ;
+        /// ignored elsewhere).
+        fn cq_entries(n: u32) => cq_entries = n.max(16);
+
+        /// The per-core model: no engine thread; the thread that builds the port
+        /// drives its engine from inside `get` and handles its own completions,
+        /// with no hand-off. Such a port belongs to that one thread: other
+        /// threads may `post` to it (which wakes it) and start operations, but
+        /// only the owner should call `get`. On Windows it means concurrency 1:
+        /// the kernel lets one thread at a time run on the port.
+        fn inline(yes: bool) => inline = yes;
+
+        /// The most threads that run file operations on the epoll backend
+        /// (default 4, at least 1): regular files are never "ready" for epoll,
+        /// so each read, write or flush on a file blocks one of these threads,
+        /// and operations beyond `n` wait in a queue
+        /// ([`EngineStats::file_queue`]). Threads start when work comes and
+        /// stay until the port closes. Per engine; ignored by io_uring (the
+        /// kernel runs file operations, no thread of ours) and on Windows.
+        fn file_threads(n: usize) => file_threads = n.max(1);
     }
 
     /// Creates the port and starts its engines.
