@@ -267,41 +267,41 @@ pub(in crate::sys::windows) trait WinOp {
     }
 }
 
-/// A Windows operation in flight.
-pub(in crate::sys::windows) enum WOp {
-    Accept(Accept),
-    AcceptStream(AcceptStream),
-    Connect(Connect),
-    Recv(Recv),
-    Send(Send),
-    RecvFrom(RecvFrom),
-    SendTo(SendTo),
-    RecvPooled(RecvPooled),
-    ConnectPipe(ConnectPipe),
-    Read(Read),
-    Write(Write),
-    Flush(Flush),
-}
+/// Declares `WOp`, the operation in flight, one variant per operation type
+/// (named as its type), and `each!(self, o => expr)`, which forwards to the
+/// variant.
+macro_rules! op_enum {
+    ($($op:ident),*) => {
+        /// A Windows operation in flight.
+        pub(in crate::sys::windows) enum WOp {
+            $($op($op),)*
+        }
 
-/// Forwards `$e` to the operation inside `$s` (bound as `$o`).
-macro_rules! each {
-    ($s:expr, $o:ident => $e:expr) => {
-        match $s {
-            WOp::Accept($o) => $e,
-            WOp::AcceptStream($o) => $e,
-            WOp::Connect($o) => $e,
-            WOp::Recv($o) => $e,
-            WOp::Send($o) => $e,
-            WOp::RecvFrom($o) => $e,
-            WOp::SendTo($o) => $e,
-            WOp::RecvPooled($o) => $e,
-            WOp::ConnectPipe($o) => $e,
-            WOp::Read($o) => $e,
-            WOp::Write($o) => $e,
-            WOp::Flush($o) => $e,
+        /// Forwards `$e` to the operation inside `$s` (bound as `$o`).
+        macro_rules! each {
+            ($s:expr, $o:ident => $e:expr) => {
+                match $s {
+                    $(WOp::$op($o) => $e,)*
+                }
+            };
         }
     };
 }
+
+op_enum!(
+    Accept,
+    AcceptStream,
+    Connect,
+    Recv,
+    Send,
+    RecvFrom,
+    SendTo,
+    RecvPooled,
+    ConnectPipe,
+    Read,
+    Write,
+    Flush
+);
 
 impl WOp {
     /// The operation the application asked for.
