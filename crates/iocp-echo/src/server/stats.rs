@@ -10,38 +10,64 @@ use completion_port::Port;
 use super::config::Config;
 use super::rate_limit::RateLimiter;
 
-/// Counters, all monotonic except where noted.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub conns_total: AtomicU64,
-    pub rejected: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub idle_closed: AtomicU64,
-    pub resets: AtomicU64,
-    pub errors: AtomicU64,
-    pub accept_errors: AtomicU64,
-    pub accept_pauses: AtomicU64,
-    pub read_pauses: AtomicU64,
-    /// Single-shot receives in flight now, each holding a receive buffer of
-    /// its connection (a gauge; 0 with pooled receive).
-    pub recv_buffers_pinned: AtomicU64,
-    pub udp_in: AtomicU64,
-    pub udp_out: AtomicU64,
-    pub udp_dropped: AtomicU64,
-    /// Connections open when draining began (summed over shards). Each of
-    /// them ends as drained or cut, unless it is still closing when the
-    /// server gives up waiting 2 s after the cut.
-    pub drain_open: AtomicU64,
-    /// Connections that finished during the drain (peer closed, or closed
-    /// quiet with nothing left to echo, or failed).
-    pub drained: AtomicU64,
-    /// Bytes echoed while draining.
-    pub drain_bytes: AtomicU64,
-    /// Connections cut at the drain deadline, and the bytes they had not
-    /// echoed yet.
-    pub cut: AtomicU64,
-    pub cut_bytes: AtomicU64,
+/// Declares [`Counters`], each an `AtomicU64` named once: first those every
+/// stats line logs (in this order), then those it leaves out (a gauge the
+/// metrics endpoint reports, and the drain's, which the shutdown summary
+/// reports).
+macro_rules! counters {
+    (logged: $($logged:ident),*; unlogged: $($(#[$doc:meta])* $unlogged:ident),* $(,)?) => {
+        /// Counters, all monotonic except where noted.
+        #[derive(Default)]
+        pub(crate) struct Counters {
+            $(pub $logged: AtomicU64,)*
+            $($(#[$doc])* pub $unlogged: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// One line of counters: the logged ones, between the open
+            /// connections and the ports' figures.
+            fn log_line(
+                &self,
+                what: &str,
+                conns_now: usize,
+                completions: &[u64],
+                queued: usize,
+                pool: (usize, usize),
+            ) {
+                tracing::info!(
+                    conns_now,
+                    $($logged = n(&self.$logged),)*
+                    completions = ?completions,
+                    queued,
+                    pool_in_use = pool.0,
+                    pool_total = pool.1,
+                    "{what}"
+                );
+            }
+        }
+    };
+}
+
+counters! {
+    logged: conns_total, rejected, bytes_in, bytes_out, idle_closed, resets, errors, accept_errors,
+        accept_pauses, read_pauses, udp_in, udp_out, udp_dropped;
+    unlogged:
+        /// Single-shot receives in flight now, each holding a receive buffer of
+        /// its connection (a gauge; 0 with pooled receive).
+        recv_buffers_pinned,
+        /// Connections open when draining began (summed over shards). Each of
+        /// them ends as drained or cut, unless it is still closing when the
+        /// server gives up waiting 2 s after the cut.
+        drain_open,
+        /// Connections that finished during the drain (peer closed, or closed
+        /// quiet with nothing left to echo, or failed).
+        drained,
+        /// Bytes echoed while draining.
+        drain_bytes,
+        /// Connections cut at the drain deadline, and the bytes they had not
+        /// echoed yet.
+        cut,
+        cut_bytes,
 }
 
 pub(crate) struct Global {
@@ -158,34 +184,14 @@ impl Global {
 
     /// One line of counters.
     pub(crate) fn log_stats(&self, what: &str, ports: &[Port]) {
-        let c = &self.c;
         let completions: Vec<u64> = self.completions.iter().map(n).collect();
         let queued: usize = ports.iter().map(|p| p.stats().queued).sum();
         let pool = ports
             .iter()
             .map(|p| p.pool_stats())
             .fold((0, 0), |a, s| (a.0 + s.in_use, a.1 + s.total));
-        tracing::info!(
-            conns_now = self.active(),
-            conns_total = n(&c.conns_total),
-            rejected = n(&c.rejected),
-            bytes_in = n(&c.bytes_in),
-            bytes_out = n(&c.bytes_out),
-            idle_closed = n(&c.idle_closed),
-            resets = n(&c.resets),
-            errors = n(&c.errors),
-            accept_errors = n(&c.accept_errors),
-            accept_pauses = n(&c.accept_pauses),
-            read_pauses = n(&c.read_pauses),
-            udp_in = n(&c.udp_in),
-            udp_out = n(&c.udp_out),
-            udp_dropped = n(&c.udp_dropped),
-            completions = ?completions,
-            queued,
-            pool_in_use = pool.0,
-            pool_total = pool.1,
-            "{what}"
-        );
+        self.c
+            .log_line(what, self.active(), &completions, queued, pool);
     }
 
     /// The shutdown summary: what was drained, what was cut.
