@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Seek};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use completion_port::{Completion, OpId, OpKind, OpOptions, Port};
+use completion_port::{Completion, FileHandle, OpId, OpKind, OpOptions, Port};
 
 use crate::util::*;
 
@@ -26,6 +26,23 @@ fn file_with(dir: &TempDir, name: &str, content: &[u8]) -> (File, File) {
         .unwrap();
     let probe = f.try_clone().unwrap();
     (f, probe)
+}
+
+/// A port (concurrency 4) with at most `file_threads` file threads on epoll,
+/// and a file holding `content`, in a new directory named after `dir`,
+/// associated with `key`.
+fn pooled_file(
+    t: &Target,
+    file_threads: usize,
+    dir: &str,
+    content: &[u8],
+    key: u64,
+) -> (Port, TempDir, FileHandle) {
+    let port = t.build(t.builder().concurrency(4).file_threads(file_threads));
+    let dir = TempDir::new(dir);
+    let (f, _) = file_with(&dir, "f", content);
+    let fh = port.associate_file(f, key).unwrap();
+    (port, dir, fh)
 }
 
 /// Takes `n` completions, by token; fails if a token comes twice.
@@ -226,10 +243,7 @@ pub fn file_cancel_and_close_in_flight(t: &Target) {
     const FLUSHES: u64 = 3;
     const CHUNK: usize = 64 * 1024;
     // One file thread on epoll, so most operations wait in its queue.
-    let port = t.build(t.builder().concurrency(4).file_threads(1));
-    let dir = TempDir::new("cancel");
-    let (f, _) = file_with(&dir, "f", &pattern(0, CHUNK * 16));
-    let fh = port.associate_file(f, 9).unwrap();
+    let (port, _dir, fh) = pooled_file(t, 1, "cancel", &pattern(0, CHUNK * 16), 9);
     let mut ids: HashMap<OpId, u64> = HashMap::new();
     for tok in 0..OPS {
         let at = (tok as usize % 16 * CHUNK) as u64;
@@ -309,10 +323,7 @@ pub fn file_cancel_and_close_in_flight(t: &Target) {
 pub fn file_pool_bounded(t: &Target) {
     const OPS: u64 = 200;
     const CHUNK: usize = 256 * 1024;
-    let port = t.build(t.builder().concurrency(4).file_threads(2));
-    let dir = TempDir::new("pool");
-    let (f, _) = file_with(&dir, "f", &pattern(7, CHUNK * 4));
-    let fh = port.associate_file(f, 1).unwrap();
+    let (port, _dir, fh) = pooled_file(t, 2, "pool", &pattern(7, CHUNK * 4), 1);
     for tok in 0..OPS {
         let at = (tok as usize % 4 * CHUNK) as u64;
         port.read_at(&fh, Vec::with_capacity(CHUNK), at, tok)
