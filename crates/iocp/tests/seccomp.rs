@@ -11,10 +11,9 @@
 mod util;
 
 use std::io;
-use std::net::TcpListener;
-use std::time::Duration;
 
-use completion_port::{Backend, Completion, OpKind, Port};
+use completion_port::{Backend, OpKind, Port};
+use util::{accept_and_connect, get};
 
 /// Set in the child's environment; its value is the scenario to run.
 const CHILD: &str = "IOCP_SECCOMP_CHILD";
@@ -168,20 +167,10 @@ fn port_on(backend: Backend) -> io::Result<Port> {
     Port::builder().backend(backend).build()
 }
 
-fn get(port: &Port) -> Completion {
-    port.get(Some(Duration::from_secs(10))).expect("a packet")
-}
-
 /// A TCP echo round trip on 127.0.0.1 entirely through the port: accept,
 /// connect, receive, send back, receive the echo.
 fn echo_round_trip(port: &Port) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let lh = port.associate(l, 1).unwrap();
-    port.accept(&lh, 10).unwrap();
-    let cs = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let ch = port.associate(cs, 2).unwrap();
-    port.connect(&ch, addr, 20).unwrap();
+    let (_lh, ch, _) = accept_and_connect(port, 1, 2);
     let mut server = None;
     for _ in 0..2 {
         let mut c = get(port);

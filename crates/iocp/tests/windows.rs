@@ -13,12 +13,15 @@
 //! with `--nocapture` to see them); everything else runs everywhere.
 #![cfg(windows)]
 
+mod util;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use completion_port::{Backend, Completion, GetError, OpKind, OpOptions, Port};
+use util::{accept_and_connect, listener, recv_timing_out};
 
 const T: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -48,13 +51,6 @@ fn pair(port: &Port, key: u64) -> (completion_port::Handle, TcpStream) {
     (port.associate(s, key).unwrap(), client)
 }
 
-/// A listener on 127.0.0.1 associated with `port` under `key`, and its address.
-fn listener(port: &Port, key: u64) -> (completion_port::Handle, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    (port.associate(l, key).unwrap(), addr)
-}
-
 fn assert_none_left(port: &Port) {
     match port.get(Some(Duration::from_millis(200))) {
         Err(GetError::TimedOut) => {}
@@ -78,14 +74,8 @@ fn backend_is_iocp() {
 #[test]
 fn echo_round_trip() {
     let port = Port::new(0).unwrap();
-    let (lh, addr) = listener(&port, 1);
-    port.accept(&lh, 10).unwrap();
-
-    // The client side goes through the library too: ConnectEx on an unbound
-    // socket (the library binds it first).
-    let cs = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let ch = port.associate(cs, 3).unwrap();
-    port.connect(&ch, addr, 20).unwrap();
+    // The client side goes through the library too.
+    let (_lh, ch, addr) = accept_and_connect(&port, 1, 3);
 
     let mut server = None;
     for _ in 0..2 {
@@ -372,17 +362,9 @@ fn deadline_times_out() {
     let port = Port::new(0).unwrap();
     let (h, _client) = pair(&port, 6);
     let t0 = Instant::now();
-    port.recv(
-        &h,
-        Vec::with_capacity(64),
-        OpOptions::with_timeout(60, Duration::from_millis(100)),
-    )
-    .unwrap();
-    let c = get(&port);
+    let c = recv_timing_out(&port, &h, 64, 60, Duration::from_millis(100));
     assert!(t0.elapsed() >= Duration::from_millis(95));
     assert_eq!((c.kind, c.token), (OpKind::Recv, 60));
-    let e = c.result.as_ref().unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     assert!(!c.is_aborted(), "a deadline is not a cancel");
     // A pooled receive's deadline ends its stream with TimedOut.
     port.recv_pooled(&h, OpOptions::with_timeout(61, Duration::from_millis(50)))

@@ -156,17 +156,7 @@ pub fn timers_bounded(t: &Target) {
     timers_settle(t, &port, 3, "the cancelled receive's deadline is gone");
 
     // Timed out: the timer fired and is gone.
-    port.recv(
-        &h,
-        Vec::with_capacity(1),
-        OpOptions::with_timeout(81, Duration::from_millis(30)),
-    )
-    .unwrap();
-    let comp = get(&port);
-    assert_eq!(
-        comp.result.as_ref().unwrap_err().kind(),
-        ErrorKind::TimedOut
-    );
+    recv_timing_out(&port, &h, 1, 81, Duration::from_millis(30));
     timers_settle(t, &port, 3, "the fired deadline is gone");
 
     // A handle closed with operations in flight: their deadlines go too.

@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use completion_port::{
-    Backend, BlockingGuard, Completion, GetError, Handle, OpId, OpKind, Port, PortBuilder,
+    Backend, BlockingGuard, Completion, GetError, Handle, OpId, OpKind, OpOptions, Port,
+    PortBuilder,
 };
 
 /// The bound on every wait in the tests.
@@ -229,6 +230,55 @@ pub fn tcp_pair(port: &Port, key: u64) -> (Handle, TcpStream) {
     c.set_write_timeout(Some(T)).unwrap();
     c.set_nodelay(true).unwrap();
     (port.associate(s, key).expect("associate"), c)
+}
+
+/// A TCP listener on 127.0.0.1 associated with `port` under `key`, and its
+/// address.
+pub fn listener(port: &Port, key: u64) -> (Handle, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = l.local_addr().unwrap();
+    (port.associate(l, key).expect("associate"), addr)
+}
+
+/// Both ends of a TCP connection made through the port: a listener under
+/// `listener_key` with an accept in flight (token 10), and a new socket under
+/// `client_key` connecting to it (token 20; `ConnectEx` on an unbound socket,
+/// which the library binds first). Returns the listener, the client and the
+/// listener's address.
+pub fn accept_and_connect(
+    port: &Port,
+    listener_key: u64,
+    client_key: u64,
+) -> (Handle, Handle, SocketAddr) {
+    let (lh, addr) = listener(port, listener_key);
+    port.accept(&lh, 10).unwrap();
+    let cs = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let ch = port.associate(cs, client_key).unwrap();
+    port.connect(&ch, addr, 20).unwrap();
+    (lh, ch, addr)
+}
+
+/// Starts a receive of up to `cap` bytes on `h` (token `token`) whose
+/// deadline is `after`, and takes the next packet, which must be that
+/// receive timing out.
+#[track_caller]
+pub fn recv_timing_out(
+    port: &Port,
+    h: &Handle,
+    cap: usize,
+    token: u64,
+    after: Duration,
+) -> Completion {
+    port.recv(
+        h,
+        Vec::with_capacity(cap),
+        OpOptions::with_timeout(token, after),
+    )
+    .unwrap();
+    let c = get(port);
+    let kind = c.result.as_ref().map_err(|e| e.kind());
+    assert_eq!(kind.err(), Some(io::ErrorKind::TimedOut), "{}", brief(&c));
+    c
 }
 
 /// An address on 127.0.0.1 where nothing listens (bound, then closed).
