@@ -149,11 +149,9 @@ pub fn lifo_wake(t: &Target) {
     );
 }
 
-/// Concurrency limit 1: while A runs (holds a packet), B waits even though a
-/// packet is queued. A calling `get` again releases its slot: with a packet
-/// queued it takes it at once (no wait, B still waits); with none it waits
-/// with running == 0, and the next packet goes to it (most recent waiter).
-pub fn limit_running_blocks_waiters(t: &Target) {
+/// A port of concurrency 1 with packets 1 and 2 posted: actor A took 1 and
+/// runs, actor B waits in a `get` (`pb`, its result).
+fn a_runs_b_waits(t: &Target) -> (Port, Actor, Actor, Pending<Result<u64, GetError>>) {
     let port = t.build(t.builder().concurrency(1));
     let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
     port.post(0, 0, 1).unwrap();
@@ -161,6 +159,15 @@ pub fn limit_running_blocks_waiters(t: &Target) {
     assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
     let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
     wait_until("B waits", || port.stats().waiting == 1);
+    (port, a, b, pb)
+}
+
+/// Concurrency limit 1: while A runs (holds a packet), B waits even though a
+/// packet is queued. A calling `get` again releases its slot: with a packet
+/// queued it takes it at once (no wait, B still waits); with none it waits
+/// with running == 0, and the next packet goes to it (most recent waiter).
+pub fn limit_running_blocks_waiters(t: &Target) {
+    let (port, a, _b, pb) = a_runs_b_waits(t);
     let st = port.stats();
     assert_eq!(
         (st.running, st.waiting, st.queued),
@@ -223,13 +230,7 @@ pub fn limit_batch_counts_once(t: &Target) {
 
 /// A thread that exits releases its slot.
 pub fn limit_thread_exit_releases(t: &Target) {
-    let port = t.build(t.builder().concurrency(1));
-    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
-    port.post(0, 0, 1).unwrap();
-    port.post(0, 0, 2).unwrap();
-    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
-    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
-    wait_until("B waits", || port.stats().waiting == 1);
+    let (port, a, b, pb) = a_runs_b_waits(t);
     assert_eq!(port.stats().queued, 1);
     a.exit();
     assert_eq!(pb.wait(), Ok(2), "A's exit released its slot to B");
@@ -243,13 +244,7 @@ pub fn limit_thread_exit_releases(t: &Target) {
 /// A is inside the guard) and re-enters on drop (running may exceed the
 /// limit; no new packet is released until it falls below again).
 pub fn limit_blocking_guard(t: &Target) {
-    let port = t.build(t.builder().concurrency(1));
-    let (a, b) = (Actor::new("A", &port), Actor::new("B", &port));
-    port.post(0, 0, 1).unwrap();
-    port.post(0, 0, 2).unwrap();
-    assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
-    let pb = b.start("get", |s| token_of(s.port.get(Some(T))));
-    wait_until("B waits", || port.stats().waiting == 1);
+    let (port, a, b, pb) = a_runs_b_waits(t);
     assert!(pb.ready().is_none());
     a.call("enter blocking", |s| s.guard = Some(s.port.blocking()));
     assert_eq!(pb.wait(), Ok(2), "B released while A blocks elsewhere");
@@ -287,6 +282,14 @@ fn run_wait(port: &Port) -> (usize, usize) {
     (st.running, st.waiting)
 }
 
+/// Runs `steps` on [`running_with_posted`]`(t, n)`, then checks that the
+/// port is [`drained_and_idle`].
+fn guard_clause(t: &Target, n: u64, steps: impl FnOnce(&Port)) {
+    let port = running_with_posted(t, n);
+    steps(&port);
+    drained_and_idle(&port);
+}
+
 /// A port of concurrency 1 with packets `1..=n` posted, the first of them
 /// taken: the calling thread runs on it.
 fn running_with_posted(t: &Target, n: u64) -> Port {
@@ -312,35 +315,35 @@ fn drained_and_idle(port: &Port) {
 /// third packet comes out at once (an inflated count holds it back for good,
 /// with no thread running).
 pub fn blocking_guard_get_inside(t: &Target) {
-    let port = running_with_posted(t, 3);
-    let g = port.blocking();
-    assert_eq!(run_wait(&port), (0, 0), "inside the guard");
-    assert_eq!(token_of(port.get(Some(T))), Ok(2), "get inside the guard");
-    assert_eq!(run_wait(&port), (1, 0), "the get inside the guard runs");
-    drop(g);
-    assert_eq!(
-        run_wait(&port),
-        (1, 0),
-        "the guard's drop counted the thread twice"
-    );
-    let r = token_of(port.get(Some(Duration::from_millis(500))));
-    assert_eq!(r, Ok(3), "the last packet is stuck: {:?}", port.stats());
-    assert_eq!(run_wait(&port), (1, 0));
-    drained_and_idle(&port);
+    guard_clause(t, 3, |port| {
+        let g = port.blocking();
+        assert_eq!(run_wait(port), (0, 0), "inside the guard");
+        assert_eq!(token_of(port.get(Some(T))), Ok(2), "get inside the guard");
+        assert_eq!(run_wait(port), (1, 0), "the get inside the guard runs");
+        drop(g);
+        assert_eq!(
+            run_wait(port),
+            (1, 0),
+            "the guard's drop counted the thread twice"
+        );
+        let r = token_of(port.get(Some(Duration::from_millis(500))));
+        assert_eq!(r, Ok(3), "the last packet is stuck: {:?}", port.stats());
+        assert_eq!(run_wait(port), (1, 0));
+        drained_and_idle(port);
 
-    // A guard inside a running period, and a get_many inside a guard.
-    port.post(0, 0, 4).unwrap();
-    port.post(0, 0, 5).unwrap();
-    assert_eq!(token_of(port.get(ZERO)), Ok(4));
-    drop(port.blocking());
-    assert_eq!(run_wait(&port), (1, 0), "get, blocking(), drop");
-    let g = port.blocking();
-    let mut batch = Vec::new();
-    assert_eq!(port.get_many(&mut batch, 8, Some(T)), Ok(1));
-    assert_eq!(run_wait(&port), (1, 0));
-    drop(g);
-    assert_eq!(run_wait(&port), (1, 0), "get_many inside the guard");
-    drained_and_idle(&port);
+        // A guard inside a running period, and a get_many inside a guard.
+        port.post(0, 0, 4).unwrap();
+        port.post(0, 0, 5).unwrap();
+        assert_eq!(token_of(port.get(ZERO)), Ok(4));
+        drop(port.blocking());
+        assert_eq!(run_wait(port), (1, 0), "get, blocking(), drop");
+        let g = port.blocking();
+        let mut batch = Vec::new();
+        assert_eq!(port.get_many(&mut batch, 8, Some(T)), Ok(1));
+        assert_eq!(run_wait(port), (1, 0));
+        drop(g);
+        assert_eq!(run_wait(port), (1, 0), "get_many inside the guard");
+    });
 }
 
 /// A forgotten guard (`mem::forget`) is never dropped: the thread stays out
@@ -349,66 +352,62 @@ pub fn blocking_guard_get_inside(t: &Target) {
 /// puts nothing back. The next `get` ends it: the count is exact again, and
 /// guards work as before.
 pub fn blocking_guard_forgotten(t: &Target) {
-    let port = running_with_posted(t, 2);
-    std::mem::forget(port.blocking());
-    assert_eq!(run_wait(&port), (0, 0), "a forgotten guard");
-    drop(port.blocking());
-    assert_eq!(
-        run_wait(&port),
-        (0, 0),
-        "a guard that joined a forgotten one puts nothing back"
-    );
-    assert_eq!(token_of(port.get(ZERO)), Ok(2));
-    assert_eq!(run_wait(&port), (1, 0), "the next get counts the thread");
-    let g = port.blocking();
-    assert_eq!(run_wait(&port), (0, 0));
-    drop(g);
-    assert_eq!(run_wait(&port), (1, 0), "a guard after the get");
-    drained_and_idle(&port);
+    guard_clause(t, 2, |port| {
+        std::mem::forget(port.blocking());
+        assert_eq!(run_wait(port), (0, 0), "a forgotten guard");
+        drop(port.blocking());
+        assert_eq!(
+            run_wait(port),
+            (0, 0),
+            "a guard that joined a forgotten one puts nothing back"
+        );
+        assert_eq!(token_of(port.get(ZERO)), Ok(2));
+        assert_eq!(run_wait(port), (1, 0), "the next get counts the thread");
+        let g = port.blocking();
+        assert_eq!(run_wait(port), (0, 0));
+        drop(g);
+        assert_eq!(run_wait(port), (1, 0), "a guard after the get");
+    });
 }
 
 /// Nested guards: the thread stays out of the count until its last guard
 /// drops, in whichever order they drop; a guard left over from an earlier
 /// running period (a `get` came in between) restores nothing.
 pub fn blocking_guard_nested(t: &Target) {
-    let port = running_with_posted(t, 3);
-    for inner_first in [true, false] {
+    guard_clause(t, 3, |port| {
+        for inner_first in [true, false] {
+            let (g1, g2) = (port.blocking(), port.blocking());
+            assert_eq!(run_wait(port), (0, 0), "two guards");
+            let (first, second) = if inner_first { (g2, g1) } else { (g1, g2) };
+            drop(first);
+            assert_eq!(
+                run_wait(port),
+                (0, 0),
+                "one guard left (inner dropped first: {inner_first})"
+            );
+            drop(second);
+            assert_eq!(
+                run_wait(port),
+                (1, 0),
+                "both guards gone (inner dropped first: {inner_first})"
+            );
+        }
+        // A get inside nested guards: the thread runs from the get on.
         let (g1, g2) = (port.blocking(), port.blocking());
-        assert_eq!(run_wait(&port), (0, 0), "two guards");
-        let (first, second) = if inner_first { (g2, g1) } else { (g1, g2) };
-        drop(first);
-        assert_eq!(
-            run_wait(&port),
-            (0, 0),
-            "one guard left (inner dropped first: {inner_first})"
-        );
-        drop(second);
-        assert_eq!(
-            run_wait(&port),
-            (1, 0),
-            "both guards gone (inner dropped first: {inner_first})"
-        );
-    }
-    // A get inside nested guards: the thread runs from the get on.
-    let (g1, g2) = (port.blocking(), port.blocking());
-    assert_eq!(token_of(port.get(ZERO)), Ok(2));
-    drop(g2);
-    drop(g1);
-    assert_eq!(run_wait(&port), (1, 0), "get inside nested guards");
-    // A stale guard: taken, then a get, then a new guard.
-    let stale = port.blocking();
-    assert_eq!(token_of(port.get(ZERO)), Ok(3));
-    let fresh = port.blocking();
-    assert_eq!(run_wait(&port), (0, 0));
-    drop(stale);
-    assert_eq!(
-        run_wait(&port),
-        (0, 0),
-        "a stale guard re-entered the count"
-    );
-    drop(fresh);
-    assert_eq!(run_wait(&port), (1, 0));
-    drained_and_idle(&port);
+        assert_eq!(token_of(port.get(ZERO)), Ok(2));
+        drop(g2);
+        drop(g1);
+        assert_eq!(run_wait(port), (1, 0), "get inside nested guards");
+        // A stale guard: taken, then a get, then a new guard.
+        let stale = port.blocking();
+        assert_eq!(token_of(port.get(ZERO)), Ok(3));
+        let fresh = port.blocking();
+        assert_eq!(run_wait(port), (0, 0));
+        drop(stale);
+        assert_eq!(run_wait(port), (0, 0), "a stale guard re-entered the count");
+        drop(fresh);
+        assert_eq!(run_wait(port), (1, 0));
+    });
 }
 
 std::thread_local! {
