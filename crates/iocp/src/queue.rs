@@ -448,6 +448,42 @@ impl<T: Packet> Inner<T> {
 /// A packet `get` took for the caller, and the thread that queued it.
 type Took<T> = (T, u64);
 
+/// A `get` in progress: the calling thread's tag, how many packets it may
+/// take, and where they go.
+struct Taker<'p, T> {
+    tag: u64,
+    max: usize,
+    put: &'p mut dyn FnMut(T),
+}
+
+impl<T: Packet> Taker<'_, T> {
+    /// Moves `first` (if any) and then up to `max` packets in all that the
+    /// calling thread may take into `put`, counting them delivered; the
+    /// caller has counted the thread running. Returns how many, and whether
+    /// one of them named a strand.
+    fn deliver(&mut self, st: &mut State<T>, first: Option<Took<T>>) -> (usize, bool) {
+        let tag = self.tag;
+        let mut n = 0;
+        let mut strands = false;
+        let mut give = |st: &mut State<T>, (p, from): Took<T>| {
+            st.count(from, tag);
+            strands |= p.strand() != 0;
+            (self.put)(p);
+        };
+        if let Some(t) = first {
+            give(st, t);
+            n += 1;
+        }
+        while n < self.max {
+            let Some(i) = st.next_for(tag) else { break };
+            let t = st.take_at(i, tag);
+            give(st, t);
+            n += 1;
+        }
+        (n, strands)
+    }
+}
+
 impl<T: Packet> Queue<T> {
     /// A queue whose concurrency limit is `limit` (at least 1).
     pub fn new(limit: usize) -> Self {
@@ -570,37 +606,6 @@ impl<T: Packet> Queue<T> {
         self.get_inner(max.max(1), timeout, &mut |p| batch.push(p))
     }
 
-    /// Moves `first` (if any) and then up to `max` packets in all that the
-    /// calling thread may take into `put`, counting them delivered; the
-    /// caller has counted the thread running. Returns how many, and whether
-    /// one of them named a strand.
-    fn deliver(
-        st: &mut State<T>,
-        tag: u64,
-        max: usize,
-        first: Option<Took<T>>,
-        put: &mut dyn FnMut(T),
-    ) -> (usize, bool) {
-        let mut n = 0;
-        let mut strands = false;
-        let mut give = |st: &mut State<T>, (p, from): Took<T>| {
-            st.count(from, tag);
-            strands |= p.strand() != 0;
-            put(p);
-        };
-        if let Some(t) = first {
-            give(st, t);
-            n += 1;
-        }
-        while n < max {
-            let Some(i) = st.next_for(tag) else { break };
-            let t = st.take_at(i, tag);
-            give(st, t);
-            n += 1;
-        }
-        (n, strands)
-    }
-
     fn get_inner(
         &self,
         max: usize,
@@ -630,11 +635,12 @@ impl<T: Packet> Queue<T> {
         if st.closed {
             return Err(Empty::Abandoned);
         }
+        let mut t = Taker { tag, max, put };
         if st.running < self.inner.limit && st.next_for(tag).is_some() {
             // A thread that calls `get` while packets are queued takes them
             // at once, without blocking.
             st.running += 1;
-            let (n, strands) = Self::deliver(&mut st, tag, max, None, put);
+            let (n, strands) = t.deliver(&mut st, None);
             self.inner.dispatch(&mut st);
             if deferred && st.driver.is_none() && st.standby.is_some() {
                 // What this thread left for the kernel must not wait until
@@ -651,8 +657,8 @@ impl<T: Packet> Queue<T> {
         // packet goes to the most recent waiter before we join the stack.
         self.inner.dispatch(&mut st);
         match kernel {
-            None => self.wait_parked(st, tag, max, timeout, put),
-            Some(k) => self.wait_driven(st, k, tag, max, timeout, put),
+            None => self.wait_parked(st, t, timeout),
+            Some(k) => self.wait_driven(st, k, t, timeout),
         }
     }
 
@@ -679,11 +685,10 @@ impl<T: Packet> Queue<T> {
     fn wait_parked<'a>(
         &'a self,
         mut st: MutexGuard<'a, State<T>>,
-        tag: u64,
-        max: usize,
+        t: Taker<'_, T>,
         timeout: Option<Duration>,
-        put: &mut dyn FnMut(T),
     ) -> Result<usize, Empty> {
+        let tag = t.tag;
         if timeout == Some(Duration::ZERO) {
             return Err(Empty::TimedOut);
         }
@@ -694,7 +699,7 @@ impl<T: Packet> Queue<T> {
         });
         loop {
             if let Some(h) = st.take_handed(tag) {
-                return self.handed(st, tag, max, h, put);
+                return self.handed(st, t, h);
             }
             if st.closed {
                 st.unpark_waiter(tag);
@@ -703,13 +708,8 @@ impl<T: Packet> Queue<T> {
             drop(st);
             let timed_out = park(deadline);
             st = lock(&self.inner.state);
-            if timed_out && !st.handed.iter().any(|(t, _)| *t == tag) {
-                st.unpark_waiter(tag);
-                return Err(if st.closed {
-                    Empty::Abandoned
-                } else {
-                    Empty::TimedOut
-                });
+            if let Some(e) = self.gives_up(&mut st, tag, timed_out) {
+                return Err(e);
             }
         }
     }
@@ -718,18 +718,16 @@ impl<T: Packet> Queue<T> {
     fn handed<'a>(
         &'a self,
         mut st: MutexGuard<'a, State<T>>,
-        tag: u64,
-        max: usize,
+        mut t: Taker<'_, T>,
         h: Handed<T>,
-        put: &mut dyn FnMut(T),
     ) -> Result<usize, Empty> {
         let Handed::Packet(p, from) = h else {
             unreachable!("only a driven queue promotes a driver");
         };
         // The thread was counted running when the packet was handed over.
-        let (n, strands) = Self::deliver(&mut st, tag, max, Some((p, from)), put);
+        let (n, strands) = t.deliver(&mut st, Some((p, from)));
         drop(st);
-        self.set_running(tag, strands);
+        self.set_running(t.tag, strands);
         Ok(n)
     }
 
@@ -739,34 +737,21 @@ impl<T: Packet> Queue<T> {
         &'a self,
         mut st: MutexGuard<'a, State<T>>,
         k: &dyn Kernel<T>,
-        tag: u64,
-        max: usize,
+        t: Taker<'_, T>,
         timeout: Option<Duration>,
-        put: &mut dyn FnMut(T),
     ) -> Result<usize, Empty> {
+        let tag = t.tag;
         if timeout == Some(Duration::ZERO) {
             if st.driver.is_some() {
                 return Err(Empty::TimedOut);
             }
             // A poll turns the kernel once, without waiting, if nobody else
             // drives it.
-            st.driver = Some(DriverRole {
-                tag,
-                waits: false,
-                handed: false,
-            });
-            drop(st);
-            return self.drive(k, tag, max, Some(Instant::now()), put);
+            return self.start_driving(st, k, t, false, Some(Instant::now()));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         if st.driver.is_none() {
-            st.driver = Some(DriverRole {
-                tag,
-                waits: true,
-                handed: false,
-            });
-            drop(st);
-            return self.drive(k, tag, max, deadline, put);
+            return self.start_driving(st, k, t, true, deadline);
         }
         let standby = st.standby.is_none();
         if standby {
@@ -780,9 +765,9 @@ impl<T: Packet> Queue<T> {
             match st.take_handed(tag) {
                 Some(Handed::Drive) => {
                     drop(st);
-                    return self.drive(k, tag, max, deadline, put);
+                    return self.drive(k, t, deadline);
                 }
-                Some(h) => return self.handed(st, tag, max, h, put),
+                Some(h) => return self.handed(st, t, h),
                 None => {}
             }
             if st.closed {
@@ -796,13 +781,7 @@ impl<T: Packet> Queue<T> {
                 st.standby = None;
                 st.unpark_waiter(tag);
                 st.takeovers += 1;
-                st.driver = Some(DriverRole {
-                    tag,
-                    waits: true,
-                    handed: false,
-                });
-                drop(st);
-                return self.drive(k, tag, max, deadline, put);
+                return self.start_driving(st, k, t, true, deadline);
             }
             drop(st);
             let timed_out = if is_standby {
@@ -811,15 +790,44 @@ impl<T: Packet> Queue<T> {
                 park(deadline)
             };
             st = lock(&self.inner.state);
-            if timed_out && !st.handed.iter().any(|(t, _)| *t == tag) {
-                self.leave_stack(&mut st, tag);
-                return Err(if st.closed {
-                    Empty::Abandoned
-                } else {
-                    Empty::TimedOut
-                });
+            if let Some(e) = self.gives_up(&mut st, tag, timed_out) {
+                return Err(e);
             }
         }
+    }
+
+    /// This thread becomes the driver and turns the kernel (see
+    /// [`Self::drive`]); `waits` is false for a poll.
+    fn start_driving<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State<T>>,
+        k: &dyn Kernel<T>,
+        t: Taker<'_, T>,
+        waits: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize, Empty> {
+        st.driver = Some(DriverRole {
+            tag: t.tag,
+            waits,
+            handed: false,
+        });
+        drop(st);
+        self.drive(k, t, deadline)
+    }
+
+    /// After a wait: if it timed out and nothing was handed to the thread
+    /// meanwhile, the thread leaves the stack, and this says what its `get`
+    /// returns.
+    fn gives_up(&self, st: &mut State<T>, tag: u64, timed_out: bool) -> Option<Empty> {
+        if !timed_out || st.handed.iter().any(|(t, _)| *t == tag) {
+            return None;
+        }
+        self.leave_stack(st, tag);
+        Some(if st.closed {
+            Empty::Abandoned
+        } else {
+            Empty::TimedOut
+        })
     }
 
     /// A parked thread leaves the stack without a packet (timed out, or the
@@ -837,11 +845,10 @@ impl<T: Packet> Queue<T> {
     fn drive(
         &self,
         k: &dyn Kernel<T>,
-        tag: u64,
-        max: usize,
+        mut t: Taker<'_, T>,
         deadline: Option<Instant>,
-        put: &mut dyn FnMut(T),
     ) -> Result<usize, Empty> {
+        let tag = t.tag;
         enum Outcome {
             Took(usize, bool),
             TimedOut,
@@ -870,7 +877,7 @@ impl<T: Packet> Queue<T> {
                     first = Some(st.take_at(i, tag));
                 }
                 if let Some(f) = first {
-                    let (n, strands) = Self::deliver(&mut st, tag, max, Some(f), put);
+                    let (n, strands) = t.deliver(&mut st, Some(f));
                     outcome = Some(Outcome::Took(n, strands));
                 } else if !waits || ran_out {
                     outcome = Some(Outcome::TimedOut);
@@ -902,7 +909,7 @@ impl<T: Packet> Queue<T> {
             }
             if let Some(Handed::Packet(p, from)) = st.take_handed(tag) {
                 st.driver = None;
-                let (n, strands) = Self::deliver(&mut st, tag, max, Some((p, from)), put);
+                let (n, strands) = t.deliver(&mut st, Some((p, from)));
                 let arm = self.inner.leave_driver(&mut st);
                 drop(st);
                 if arm {
