@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::op::OpId;
-use crate::sys::{self, SysHandle};
+use crate::sys::{self, DirectIo, SysHandle};
 
 /// A socket associated with a port. Clones share the socket; it is closed
 /// when [`Handle::close`] is called, the last clone is dropped, or the port
@@ -24,6 +24,8 @@ struct HandleInner {
     imp: sys::Handle,
     /// The socket is a stream (TCP; what its type cannot say counts as one).
     stream: bool,
+    /// For a file opened for direct I/O: the alignment its operations need.
+    direct: Option<DirectIo>,
 }
 
 impl Drop for HandleInner {
@@ -44,9 +46,23 @@ impl fmt::Debug for Handle {
 
 impl Handle {
     pub(crate) fn new(imp: sys::Handle, stream: bool) -> Handle {
+        Handle::with_direct(imp, stream, None)
+    }
+
+    fn with_direct(imp: sys::Handle, stream: bool, direct: Option<DirectIo>) -> Handle {
         Handle {
-            inner: Arc::new(HandleInner { imp, stream }),
+            inner: Arc::new(HandleInner {
+                imp,
+                stream,
+                direct,
+            }),
         }
+    }
+
+    /// For a file opened for direct I/O: the alignment its operations need
+    /// (read once, at association).
+    pub(crate) fn direct_io(&self) -> Option<DirectIo> {
+        self.inner.direct
     }
 
     /// Whether the socket is a stream (read once, at association).
@@ -140,9 +156,9 @@ pub struct PipeHandle(Handle);
 macro_rules! os_handle {
     ($t:ident) => {
         impl $t {
-            pub(crate) fn new(imp: sys::Handle) -> $t {
+            pub(crate) fn new(imp: sys::Handle, direct: Option<DirectIo>) -> $t {
                 // (A file or a pipe is a stream of bytes; only sockets ask.)
-                $t(Handle::new(imp, true))
+                $t(Handle::with_direct(imp, true, direct))
             }
 
             /// The handle operations start on.

@@ -12,7 +12,6 @@ use crate::error::SubmitError;
 use crate::handle::{FileHandle, Handle, PipeHandle};
 use crate::op::{OpData, OpId, OpOptions};
 use crate::port::Port;
-use crate::sys::SysHandle;
 
 /// Writes the operations that only build their `OpData` and start it: each
 /// line names the method, its arguments after the handle, and the `OpData`;
@@ -229,7 +228,7 @@ impl Port {
         data: OpData,
         opts: OpOptions,
     ) -> Result<OpId, SubmitError> {
-        let direct = f.handle().imp().direct_io();
+        let direct = f.handle().direct_io();
         let refusal = match (&data, direct) {
             (OpData::Read(_, Some(offset)) | OpData::Write(_, Some(offset)), _)
                 if *offset > MAX_OFFSET =>

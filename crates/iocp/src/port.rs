@@ -145,8 +145,8 @@ impl Port {
         if self.is_closed() {
             return Err(error::port_closed());
         }
-        let imp = self.inner.imp.associate_os(file.into(), Kind::File, key)?;
-        Ok(FileHandle::new(imp))
+        let (imp, direct) = self.inner.imp.associate_os(file.into(), Kind::File, key)?;
+        Ok(FileHandle::new(imp, direct))
     }
 
     /// `CreateIoCompletionPort(pipe, port, key, 0)` for a pipe: an end of
@@ -167,8 +167,8 @@ impl Port {
         if self.is_closed() {
             return Err(error::port_closed());
         }
-        let imp = self.inner.imp.associate_os(pipe.into(), Kind::Pipe, key)?;
-        Ok(PipeHandle::new(imp))
+        let (imp, direct) = self.inner.imp.associate_os(pipe.into(), Kind::Pipe, key)?;
+        Ok(PipeHandle::new(imp, direct))
     }
 
     /// Starts an operation (every operation in `ops.rs` comes here): the
@@ -228,7 +228,11 @@ impl Port {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
-        self.inner.imp.get_many(batch, max, timeout)
+        let batch = sys::Batch {
+            out: batch,
+            max: max.max(1),
+        };
+        self.inner.imp.get_many(batch, timeout)
     }
 
     /// Steps the calling thread out of the concurrency count while it blocks

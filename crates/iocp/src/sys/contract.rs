@@ -66,6 +66,17 @@ impl Kind {
     }
 }
 
+/// What [`SysPort::associate_os`] gives back: the backend's handle and, for
+/// a file opened for direct I/O, the alignment its operations need.
+pub(crate) type Associated<H> = (H, Option<DirectIo>);
+
+/// Where [`SysPort::get_many`] appends its packets, and how many it takes
+/// at the most (at least 1).
+pub(crate) struct Batch<'a> {
+    pub out: &'a mut Vec<Completion>,
+    pub max: usize,
+}
+
 /// What a backend's port provides. Every method may be called from any
 /// thread, concurrently, also after `close` (then it fails or does nothing
 /// as documented, and never blocks).
@@ -98,8 +109,15 @@ pub(crate) trait SysPort: Sized + Send + Sync + 'static {
     /// under `key`, as `associate` does a socket. Anything that is not of
     /// that kind — a directory, a terminal, a socket, a pipe given as a
     /// file — or that this backend cannot serve is refused with an error
-    /// that says what it is and what to do instead, and is closed.
-    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Self::Handle>;
+    /// that says what it is and what to do instead, and is closed. For a
+    /// file opened for direct I/O it also returns the alignment the file's
+    /// operations need (the front refuses the others before they start).
+    fn associate_os(
+        &self,
+        h: OsHandle,
+        kind: Kind,
+        key: u64,
+    ) -> io::Result<Associated<Self::Handle>>;
 
     /// Starts one operation on `h`, which belongs to this port and was open
     /// (as was the port) when the front checked. Its completion comes out
@@ -126,14 +144,9 @@ pub(crate) trait SysPort: Sized + Send + Sync + 'static {
     /// it gets a packet.
     fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError>;
 
-    /// As `get`, appending up to `max` packets to `batch` (a batch counts as
-    /// one running thread); returns how many.
-    fn get_many(
-        &self,
-        batch: &mut Vec<Completion>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> Result<usize, GetError>;
+    /// As `get`, appending up to `batch.max` packets to `batch.out` (a batch
+    /// counts as one running thread); returns how many.
+    fn get_many(&self, batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError>;
 
     /// Steps the calling thread out of the port's running count until the
     /// returned step-out drops; `None` if the thread does not run here.
@@ -222,12 +235,6 @@ pub(crate) trait SysHandle: Send + Sync + 'static {
 
     /// Whether `close` was called or the port was closed.
     fn is_closed(&self) -> bool;
-
-    /// For a file opened for direct I/O: the alignment its operations
-    /// need (the front refuses the others before they start).
-    fn direct_io(&self) -> Option<DirectIo> {
-        None
-    }
 
     /// Runs `f` on the socket (only ever called on a [`Kind::Socket`]
     /// handle), which stays open while `f` runs whatever

@@ -8,8 +8,8 @@
 //!
 //! | item | what |
 //! |---|---|
-//! | `sys::Port: SysPort` | a port. `start(Config, Request) -> (Port, BackendInfo)` builds it (a failed start leaves nothing behind); `id`, `concurrency`; `associate(socket, key) -> Handle`, `associate_os(file or pipe, kind, key) -> Handle` (refuses what is not of that kind, naming it);  `start_op(&Handle, OpData, OpOptions)`; `post`, `post_after(Instant, …)`; `get`, `get_many`; `step_out` (for `blocking()`); `stats`, `engine_stats`, `pool_stats`; `close` (idempotent), `is_closed` |
-//! | `sys::Handle: SysHandle` | a socket, file or pipe associated with a port (`sys::Port`'s `Handle` type): `id`, `key`, `port_id`, `cancel`, `close` (idempotent), `is_closed`, `with_socket`, `direct_io` (the alignment a file opened for direct I/O needs) |
+//! | `sys::Port: SysPort` | a port. `start(Config, Request) -> (Port, BackendInfo)` builds it (a failed start leaves nothing behind); `id`, `concurrency`; `associate(socket, key) -> Handle`, `associate_os(file or pipe, kind, key) -> (Handle, direct I/O alignment)` (refuses what is not of that kind, naming it);  `start_op(&Handle, OpData, OpOptions)`; `post`, `post_after(Instant, …)`; `get`, `get_many`; `step_out` (for `blocking()`); `stats`, `engine_stats`, `pool_stats`; `close` (idempotent), `is_closed` |
+//! | `sys::Handle: SysHandle` | a socket, file or pipe associated with a port (`sys::Port`'s `Handle` type): `id`, `key`, `port_id`, `cancel`, `close` (idempotent), `is_closed`, `with_socket` |
 //!
 //! | `sys::prepare_open(&mut OpenOptions, direct)` | the flags a file must be opened with to be associated (Windows: `FILE_FLAG_OVERLAPPED`), and for direct I/O (`O_DIRECT`, `FILE_FLAG_NO_BUFFERING`) |
 //!
@@ -42,7 +42,7 @@ pub(crate) mod uring;
 pub(crate) mod windows;
 
 pub use contract::OsHandle;
-pub(crate) use contract::{Kind, SysHandle, SysPort};
+pub(crate) use contract::{Batch, DirectIo, Kind, SysHandle, SysPort};
 #[cfg(target_os = "linux")]
 pub(crate) use linux::{pipe, prepare_open, Handle, Port};
 #[cfg(windows)]

@@ -21,7 +21,7 @@ use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
 use crate::sys::common::direct_io;
 use crate::sys::common::{Cmd, EngineShared, OpReq, SocketFd};
-use crate::sys::contract::{DirectIo, Kind, OsHandle, SysHandle, SysPort};
+use crate::sys::contract::{Associated, Batch, DirectIo, Kind, OsHandle, SysHandle, SysPort};
 use crate::sys::uring::RingMode;
 
 /// The engine of an inline port, driven by the thread that built the port.
@@ -51,8 +51,6 @@ pub(crate) struct Handle {
     /// handle's last operation (or at the port's close) and after the last
     /// `with_socket` borrow.
     sock: Arc<SocketFd>,
-    /// A file opened with `O_DIRECT`: the alignment it needs.
-    direct: Option<DirectIo>,
     /// `close` was called (or the front's last clone dropped).
     closed: AtomicBool,
 }
@@ -173,8 +171,13 @@ impl SysPort for Port {
         self.register(socket.into(), Kind::Socket, key)
     }
 
-    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Handle> {
-        self.register(check_kind(h, kind)?, kind, key)
+    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Associated<Handle>> {
+        let fd = check_kind(h, kind)?;
+        let direct = match kind {
+            Kind::File => direct_io(fd.as_fd())?.map(|(mem, offset)| DirectIo { mem, offset }),
+            Kind::Socket | Kind::Pipe => None,
+        };
+        Ok((self.register(fd, kind, key)?, direct))
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
@@ -228,16 +231,12 @@ impl SysPort for Port {
         self.queue.get(timeout).map_err(no_packet)
     }
 
-    fn get_many(
-        &self,
-        batch: &mut Vec<Completion>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> Result<usize, GetError> {
+    fn get_many(&self, batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError> {
+        let Batch { out, max } = batch;
         if let Some(inl) = self.owned_inline() {
-            return self.get_inline(inl, batch, max, timeout);
+            return self.get_inline(inl, out, max, timeout);
         }
-        self.queue.get_many(batch, max, timeout).map_err(no_packet)
+        self.queue.get_many(out, max, timeout).map_err(no_packet)
     }
 
     fn step_out(&self) -> Option<StepOut> {
@@ -316,10 +315,6 @@ impl Port {
         let n = self.engines.len();
         let e = self.next_engine.fetch_add(1, Ordering::Relaxed) % n;
         let engine = self.engines[e].clone();
-        let direct = match kind {
-            Kind::File => direct_io(fd.as_fd())?.map(|(mem, offset)| DirectIo { mem, offset }),
-            Kind::Socket | Kind::Pipe => None,
-        };
         let hid = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sock, fd) = SocketFd::new(fd);
         // A refused command is dropped here, which closes the descriptor.
@@ -332,7 +327,6 @@ impl Port {
             port: self.id(),
             engine,
             sock,
-            direct,
             closed: AtomicBool::new(false),
         })
     }
@@ -497,10 +491,6 @@ impl SysHandle for Handle {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.engine.is_shutdown()
-    }
-
-    fn direct_io(&self) -> Option<DirectIo> {
-        self.direct
     }
 
     fn with_socket<R>(

@@ -32,7 +32,7 @@ use crate::error::{self, GetError, SubmitError};
 use crate::op::{Completion, OpData, OpId, OpKind, OpOptions};
 use crate::running::{thread_tag, StepOut};
 use crate::stats::{EngineStats, PoolStats, PortStats};
-use crate::sys::contract::{DirectIo, Kind, OsHandle, SysHandle, SysPort};
+use crate::sys::contract::{Associated, Batch, Kind, OsHandle, SysHandle, SysPort};
 
 pub(crate) struct Port {
     shared: Arc<Shared>,
@@ -40,9 +40,6 @@ pub(crate) struct Port {
 
 pub(crate) struct Handle {
     h: Arc<HandleShared>,
-    /// For a file opened with `FILE_FLAG_NO_BUFFERING`: the alignment its
-    /// operations need.
-    direct: Option<DirectIo>,
 }
 
 /// How long a `get` may wait.
@@ -154,10 +151,10 @@ impl SysPort for Port {
         let hid = s.next_id.fetch_add(1, Ordering::Relaxed);
         let h = HandleShared::new(hid, key, socket, s.clone());
         s.register(&h)?;
-        Ok(Handle { h, direct: None })
+        Ok(Handle { h })
     }
 
-    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Handle> {
+    fn associate_os(&self, h: OsHandle, kind: Kind, key: u64) -> io::Result<Associated<Handle>> {
         let s = &self.shared;
         let (h, direct) = super::files::check_handle(h, kind)?;
         let raw = std::os::windows::io::AsRawHandle::as_raw_handle(&h) as SOCKET;
@@ -165,7 +162,7 @@ impl SysPort for Port {
         let hid = s.next_id.fetch_add(1, Ordering::Relaxed);
         let h = HandleShared::new_os(hid, key, h, s.clone());
         s.register(&h)?;
-        Ok(Handle { h, direct })
+        Ok((Handle { h }, direct))
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
@@ -218,12 +215,8 @@ impl SysPort for Port {
         }
     }
 
-    fn get_many(
-        &self,
-        batch: &mut Vec<Completion>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> Result<usize, GetError> {
+    fn get_many(&self, batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError> {
+        let Batch { out: batch, max } = batch;
         let s = &self.shared;
         s.leave_running();
         let max = max.clamp(1, 1024);
@@ -355,10 +348,6 @@ impl SysHandle for Handle {
 
     fn is_closed(&self) -> bool {
         self.h.user_closed.load(Ordering::Acquire)
-    }
-
-    fn direct_io(&self) -> Option<DirectIo> {
-        self.direct
     }
 
     fn with_socket<R>(
