@@ -30,11 +30,7 @@ fn epoll() {
 }
 
 fn run(backend: Backend, name: &str) {
-    let t = Target {
-        backend,
-        inline: false,
-        engine_threads: false,
-    };
+    let t = Target::new(backend, false);
     if std::env::var(CHILD).as_deref() != Ok(name) {
         if t.ready(&format!("accept_emfile::{name}")) {
             let out = run_self_as_child(name, CHILD);

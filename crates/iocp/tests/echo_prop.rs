@@ -132,11 +132,7 @@ fn echo(port: &Port, c: &Case) -> Result<(), TestCaseError> {
 }
 
 fn run(backend: Backend, inline: bool) {
-    let t = Target {
-        backend,
-        inline,
-        engine_threads: false,
-    };
+    let t = Target::new(backend, inline);
     if !t.ready(&format!("echo_prop[{}]", t.name())) {
         return;
     }

@@ -42,11 +42,7 @@ const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 fn ports(b: impl Fn() -> PortBuilder) -> Vec<(Backend, Port)> {
     let mut v = Vec::new();
     for &be in Backend::available() {
-        let t = util::Target {
-            backend: be,
-            inline: false,
-            engine_threads: false,
-        };
+        let t = util::Target::new(be, false);
         if t.ready(&format!("fastpath[{be}]")) {
             v.push((be, t.build(b().backend(be))));
         }
@@ -257,11 +253,7 @@ fn a_tiny_completion_queue_overflows_without_loss() {
 fn inline_echo_takes_two_enters_per_message() {
     const MESSAGES: u64 = 10_000;
     for &be in Backend::available() {
-        let t = util::Target {
-            backend: be,
-            inline: true,
-            engine_threads: false,
-        };
+        let t = util::Target::new(be, true);
         if !t.ready("inline_echo_takes_two_enters_per_message") {
             continue;
         }

@@ -265,16 +265,8 @@ fn missing_backend_fails_unless_allowed() {
     if !in_filtered_child("missing_backend_fails_unless_allowed") {
         return;
     }
-    let uring = util::Target {
-        backend: Backend::Uring,
-        inline: false,
-        engine_threads: false,
-    };
-    let epoll = util::Target {
-        backend: Backend::Epoll,
-        inline: false,
-        engine_threads: false,
-    };
+    let uring = util::Target::new(Backend::Uring, false);
+    let epoll = util::Target::new(Backend::Epoll, false);
     // What `ready` does under `allow` (None: the variable unset): Ok(ran),
     // or Err(the failure's message).
     let ready_with = |t: &util::Target, allow: Option<&str>| {

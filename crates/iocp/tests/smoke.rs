@@ -13,11 +13,7 @@ use completion_port::{Backend, OpKind, Port};
 #[test]
 fn echo_round_trip() {
     for &b in Backend::available() {
-        let t = util::Target {
-            backend: b,
-            inline: false,
-            engine_threads: false,
-        };
+        let t = util::Target::new(b, false);
         // A backend that cannot build a port here (io_uring blocked by
         // seccomp or a sysctl) fails, unless the environment allows it.
         if !t.ready(&format!("smoke[{b}]")) {

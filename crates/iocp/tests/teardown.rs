@@ -256,11 +256,7 @@ fn teardown_returns_every_resource() {
     let mut ran = 0;
     for &backend in Backend::available() {
         for inline in [false, true] {
-            let t = Target {
-                backend,
-                inline,
-                engine_threads: false,
-            };
+            let t = Target::new(backend, inline);
             if !t.ready(&format!("teardown[{}]", t.name())) {
                 continue;
             }

@@ -96,6 +96,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// `backend`, threaded or `inline`, whose waiting threads drive its
+    /// engine (no engine threads).
+    pub fn new(backend: Backend, inline: bool) -> Target {
+        Target {
+            backend,
+            inline,
+            engine_threads: false,
+        }
+    }
+
     pub fn name(&self) -> String {
         if self.inline {
             format!("{}+inline", self.backend)
