@@ -705,12 +705,7 @@ impl<T: Packet> Queue<T> {
                 st.unpark_waiter(tag);
                 return Err(Empty::Abandoned);
             }
-            drop(st);
-            let timed_out = park(deadline);
-            st = lock(&self.inner.state);
-            if let Some(e) = self.gives_up(&mut st, tag, timed_out) {
-                return Err(e);
-            }
+            st = self.wait(st, tag, || park(deadline))?;
         }
     }
 
@@ -783,16 +778,13 @@ impl<T: Packet> Queue<T> {
                 st.takeovers += 1;
                 return self.start_driving(st, k, t, true, deadline);
             }
-            drop(st);
-            let timed_out = if is_standby {
-                k.standby_wait(deadline)
-            } else {
-                park(deadline)
-            };
-            st = lock(&self.inner.state);
-            if let Some(e) = self.gives_up(&mut st, tag, timed_out) {
-                return Err(e);
-            }
+            st = self.wait(st, tag, || {
+                if is_standby {
+                    k.standby_wait(deadline)
+                } else {
+                    park(deadline)
+                }
+            })?;
         }
     }
 
@@ -815,19 +807,28 @@ impl<T: Packet> Queue<T> {
         self.drive(k, t, deadline)
     }
 
-    /// After a wait: if it timed out and nothing was handed to the thread
-    /// meanwhile, the thread leaves the stack, and this says what its `get`
-    /// returns.
-    fn gives_up(&self, st: &mut State<T>, tag: u64, timed_out: bool) -> Option<Empty> {
-        if !timed_out || st.handed.iter().any(|(t, _)| *t == tag) {
-            return None;
+    /// A parked thread waits with the lock let go (`park` returns whether
+    /// its deadline passed). If it timed out and nothing was handed to it
+    /// meanwhile, it leaves the stack and its `get` returns the error;
+    /// else it looks again, under the lock.
+    fn wait<'a>(
+        &'a self,
+        st: MutexGuard<'a, State<T>>,
+        tag: u64,
+        park: impl FnOnce() -> bool,
+    ) -> Result<MutexGuard<'a, State<T>>, Empty> {
+        drop(st);
+        let timed_out = park();
+        let mut st = lock(&self.inner.state);
+        if timed_out && !st.handed.iter().any(|(t, _)| *t == tag) {
+            self.leave_stack(&mut st, tag);
+            return Err(if st.closed {
+                Empty::Abandoned
+            } else {
+                Empty::TimedOut
+            });
         }
-        self.leave_stack(st, tag);
-        Some(if st.closed {
-            Empty::Abandoned
-        } else {
-            Empty::TimedOut
-        })
+        Ok(st)
     }
 
     /// A parked thread leaves the stack without a packet (timed out, or the
