@@ -67,6 +67,7 @@ use crate::running::{
 };
 
 use crate::kit::lock;
+use crate::sys::Batch;
 
 /// Why a `get` returned without a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -595,15 +596,14 @@ impl<T: Packet> Queue<T> {
         Ok(one.expect("get_inner returns at least one"))
     }
 
-    /// Takes up to `max` packets into `batch` (appending), waiting only while
-    /// none are queued. Returns how many were taken.
-    pub fn get_many(
+    /// Takes up to `batch.max` packets into `batch.out` (appending), waiting
+    /// only while none are queued. Returns how many were taken.
+    pub(crate) fn get_many(
         &self,
-        batch: &mut Vec<T>,
-        max: usize,
+        batch: &mut Batch<'_, T>,
         timeout: Option<Duration>,
     ) -> Result<usize, Empty> {
-        self.get_inner(max.max(1), timeout, &mut |p| batch.push(p))
+        self.get_inner(batch.max.max(1), timeout, &mut |p| batch.out.push(p))
     }
 
     fn get_inner(

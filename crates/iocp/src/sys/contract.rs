@@ -70,10 +70,10 @@ impl Kind {
 /// a file opened for direct I/O, the alignment its operations need.
 pub(crate) type Associated<H> = (H, Option<DirectIo>);
 
-/// Where [`SysPort::get_many`] appends its packets, and how many it takes
-/// at the most (at least 1).
-pub(crate) struct Batch<'a> {
-    pub out: &'a mut Vec<Completion>,
+/// Where [`SysPort::get_many`] (and the queue's `get_many`) appends its
+/// packets, and how many it takes at the most (at least 1).
+pub(crate) struct Batch<'a, T = Completion> {
+    pub out: &'a mut Vec<T>,
     pub max: usize,
 }
 

@@ -225,18 +225,21 @@ impl SysPort for Port {
     fn get(&self, timeout: Option<Duration>) -> Result<Completion, GetError> {
         if let Some(inl) = self.owned_inline() {
             let mut v = Vec::with_capacity(1);
-            self.get_inline(inl, &mut v, 1, timeout)?;
+            let mut one = Batch {
+                out: &mut v,
+                max: 1,
+            };
+            self.get_inline(inl, &mut one, timeout)?;
             return Ok(v.pop().expect("one packet"));
         }
         self.queue.get(timeout).map_err(no_packet)
     }
 
-    fn get_many(&self, batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError> {
-        let Batch { out, max } = batch;
+    fn get_many(&self, mut batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError> {
         if let Some(inl) = self.owned_inline() {
-            return self.get_inline(inl, out, max, timeout);
+            return self.get_inline(inl, &mut batch, timeout);
         }
-        self.queue.get_many(out, max, timeout).map_err(no_packet)
+        self.queue.get_many(&mut batch, timeout).map_err(no_packet)
     }
 
     fn step_out(&self) -> Option<StepOut> {
@@ -387,13 +390,12 @@ impl Port {
     fn get_inline(
         &self,
         inl: &InlineEngine,
-        batch: &mut Vec<Completion>,
-        max: usize,
+        batch: &mut Batch<'_>,
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            match self.queue.get_many(batch, max, Some(Duration::ZERO)) {
+            match self.queue.get_many(batch, Some(Duration::ZERO)) {
                 Ok(n) => return Ok(n),
                 Err(Empty::Abandoned) => return Err(GetError::Abandoned),
                 Err(Empty::TimedOut) => {}
@@ -425,7 +427,7 @@ impl Port {
             if poll {
                 return self
                     .queue
-                    .get_many(batch, max, Some(Duration::ZERO))
+                    .get_many(batch, Some(Duration::ZERO))
                     .map_err(no_packet);
             }
         }
