@@ -36,11 +36,7 @@ impl Drop for HandleInner {
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle")
-            .field("key", &self.key())
-            .field("id", &self.inner.imp.id())
-            .field("closed", &self.is_closed())
-            .finish()
+        self.debug_as("Handle", f)
     }
 }
 
@@ -63,6 +59,15 @@ impl Handle {
     /// (read once, at association).
     pub(crate) fn direct_io(&self) -> Option<DirectIo> {
         self.inner.direct
+    }
+
+    /// How a handle of any kind shows in `Debug`, named `name`.
+    fn debug_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("key", &self.key())
+            .field("id", &self.inner.imp.id())
+            .field("closed", &self.is_closed())
+            .finish()
     }
 
     /// Whether the socket is a stream (read once, at association).
@@ -194,11 +199,7 @@ macro_rules! os_handle {
 
         impl fmt::Debug for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($t))
-                    .field("key", &self.key())
-                    .field("id", &self.0.inner.imp.id())
-                    .field("closed", &self.is_closed())
-                    .finish()
+                self.0.debug_as(stringify!($t), f)
             }
         }
     };
