@@ -34,6 +34,7 @@
 // No module uses one that uses it back: ARCHITECTURE.md lists them in
 // dependency order, and `ci/modules.py` checks it.
 mod addr;
+mod batch;
 mod buf;
 mod config;
 mod error;

@@ -70,12 +70,9 @@ impl Kind {
 /// a file opened for direct I/O, the alignment its operations need.
 pub(crate) type Associated<H> = (H, Option<DirectIo>);
 
-/// Where [`SysPort::get_many`] (and the queue's `get_many`) appends its
-/// packets, and how many it takes at the most (at least 1).
-pub(crate) struct Batch<'a, T = Completion> {
-    pub out: &'a mut Vec<T>,
-    pub max: usize,
-}
+/// Where [`SysPort::get_many`] appends its completions, and how many it
+/// takes at the most (at least 1).
+pub(crate) type Batch<'a> = crate::batch::Batch<'a, Completion>;
 
 /// What a backend's port provides. Every method may be called from any
 /// thread, concurrently, also after `close` (then it fails or does nothing

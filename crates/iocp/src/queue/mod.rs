@@ -14,31 +14,9 @@
 //!   receive's completions) are never handed to two threads at once: the
 //!   thread that took one holds its strand until its next `get` (or its
 //!   exit), and the strand's later packets wait for it, in order;
-//! * `close` wakes every waiter with `Abandoned`.
-//!
-//! # Waiters that drive the kernel
-//!
-//! A queue may be fed by a [`Kernel`] its waiters drive themselves, instead
-//! of an engine thread: a thread that would block in `get` on an empty queue
-//! while nobody drives becomes the **driver**. It turns the kernel (hands
-//! over what was started, waits in the kernel with its own timeout, takes
-//! what came back) and the completions go through the normal dispatch. The
-//! driver keeps the first completion it reaped when the limit allows (it is
-//! awake already); the rest go to the parked waiters, most recent first, one
-//! wake per packet. A packet *posted* by another thread goes to the most
-//! recent parked waiter, and wakes the driver out of the kernel only when
-//! nobody else waits: so for what it reaps the driver stands at the top of
-//! the stack, and for posts at the bottom (it arrived first: nobody drove
-//! then).
-//!
-//! A driver that leaves with a packet leaves nobody in the kernel. The
-//! first thread that parked while a driver drove is the **standby**: it
-//! sleeps on a channel the kernel signals when a completion arrives while
-//! nobody drives (armed only then), and takes over the driver role. So a
-//! completion that arrives while the only driver runs a handler is taken by
-//! a parked thread, as on Windows, and a parked thread is woken only when a
-//! packet is left for it. When the role is vacant with threads parked and no
-//! standby, the most recent waiter is promoted to driver.
+//! * `close` wakes every waiter with `Abandoned`;
+//! * the queue may be fed by a [`Kernel`] its waiting threads drive
+//!   themselves, with no engine thread: see [`drive`].
 //!
 //! The type is generic over the packet (and the kernel is a trait) so the
 //! `loom` model in `tests/loom.rs` can drive it with plain integers and a
@@ -66,8 +44,13 @@ use crate::running::{
     SlotOwner, StepOut,
 };
 
+use crate::batch::Batch;
 use crate::kit::lock;
-use crate::sys::Batch;
+
+mod drive;
+mod park;
+pub use drive::Kernel;
+use park::park;
 
 /// Why a `get` returned without a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,49 +93,6 @@ impl Packet for u32 {
     fn strand(&self) -> u64 {
         u64::from(*self >> 16)
     }
-}
-
-/// The kernel side of a queue whose waiters drive it (see the module docs).
-///
-/// Only the thread in the driver role turns the kernel, and it holds the
-/// role until its turn's `done` lets it go: so no two turns wait or reap at
-/// once. The next driver's turn may begin while the last one is still
-/// finishing after `done` (arming the standby's channel): the kernel
-/// serializes that part itself, and [`Kernel::submit`] must exclude turns
-/// by itself too.
-pub trait Kernel<T>: Send + Sync {
-    /// One turn, by the driver: hand the kernel what is pending, wait up to
-    /// `timeout` (`None`: until something happens; `ZERO`: not at all) for
-    /// completions, timers or [`Kernel::wake_driver`], and take what came
-    /// back. The turn disarms the standby channel before it waits. `done`
-    /// runs once at the end, before another turn can start, with the
-    /// completions and whether the wait ran out (`timeout` passed; always
-    /// for `ZERO`); it returns whether the channel must be armed (the
-    /// driver is leaving with a standby parked), which the turn does before
-    /// it ends, signalling the standby at once if completions (or a due
-    /// timer) already wait. `done` is not called if the kernel has shut
-    /// down.
-    fn turn(&self, timeout: Option<Duration>, done: &mut dyn FnMut(&mut Vec<T>, bool) -> bool);
-    /// Hands pending work to the kernel now if a driver is asleep in it
-    /// (so the driver need not be woken for it), without waiting or taking
-    /// completions; `done` takes what the hand-over completed on the spot.
-    /// Does nothing if a turn is under way (it takes the work in).
-    fn submit(&self, done: &mut dyn FnMut(&mut Vec<T>));
-    /// Work handed to the engine that no turn has taken in yet.
-    fn pending(&self) -> bool;
-    /// Makes the driver's turn return soon (a packet was handed to it, or
-    /// the queue closed). The signal persists until a turn consumes it, so
-    /// a driver that has not entered the kernel yet does not miss it.
-    fn wake_driver(&self);
-    /// Makes a driver asleep in the kernel take in pending work (nothing if
-    /// none is asleep: a driver takes it in before it sleeps).
-    fn kick(&self);
-    /// Blocks the standby until the armed channel fires, `wake_standby` is
-    /// called, a timer of the kernel is due, or `deadline` passes. Returns
-    /// whether the deadline passed.
-    fn standby_wait(&self, deadline: Option<Instant>) -> bool;
-    /// Wakes the standby (the signal persists until it waits again).
-    fn wake_standby(&self);
 }
 
 enum Handed<T> {
@@ -390,60 +330,6 @@ impl<T: Packet> Inner<T> {
             w.thread.unpark();
         }
     }
-
-    /// A thread leaves the running count (`blocking()`, or its exit) and
-    /// may have left work for the kernel: make sure a turn takes it in —
-    /// the driver's, the standby's (woken to drive), or (if `may_turn` and
-    /// nobody waits) a turn by the caller, which the caller then makes.
-    fn hand_over_work(&self, st: &mut State<T>, may_turn: bool) -> bool {
-        let Some(k) = self.kernel() else {
-            return false;
-        };
-        if st.closed || !k.pending() {
-            return false;
-        }
-        if st.driver.is_some() {
-            k.kick();
-        } else if st.standby.is_some() {
-            k.wake_standby();
-        } else if may_turn {
-            st.driver = Some(DriverRole {
-                tag: thread_tag(),
-                waits: false,
-                handed: false,
-            });
-            return true;
-        }
-        false
-    }
-
-    /// One turn without waiting by a thread that took the driver role on
-    /// the way (`driver.waits == false`), taking no packet.
-    fn turn_once(&self) {
-        let Some(k) = self.kernel.get() else {
-            return;
-        };
-        let tag = thread_tag();
-        k.turn(Some(Duration::ZERO), &mut |batch, _| {
-            let mut st = lock(&self.state);
-            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
-            self.leave_driver(&mut st)
-        });
-        // The kernel shut down: the role is vacated all the same.
-        let mut st = lock(&self.state);
-        if st.is_driver(tag) {
-            st.driver = None;
-            self.dispatch(&mut st);
-        }
-    }
-
-    /// The driver leaves the role (the lock is held inside its turn).
-    /// Returns whether the standby channel must be armed.
-    fn leave_driver(&self, st: &mut State<T>) -> bool {
-        st.driver = None;
-        self.dispatch(st);
-        st.driver.is_none() && st.standby.is_some() && !st.closed
-    }
 }
 
 /// A packet `get` took for the caller, and the thread that queued it.
@@ -662,24 +548,6 @@ impl<T: Packet> Queue<T> {
         }
     }
 
-    /// Hands this thread's deferred work to the kernel if a driver sleeps
-    /// there (what the hand-over completed goes to the queue).
-    fn submit_deferred(&self, k: &dyn Kernel<T>) {
-        let tag = thread_tag();
-        k.submit(&mut |batch| {
-            if batch.is_empty() {
-                return;
-            }
-            let mut st = lock(&self.inner.state);
-            if st.closed {
-                batch.clear();
-                return;
-            }
-            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
-            self.inner.dispatch(&mut st);
-        });
-    }
-
     /// Waits on its own (no kernel to drive): park until a packet is handed
     /// over, the queue closes, or the timeout passes.
     fn wait_parked<'a>(
@@ -726,203 +594,6 @@ impl<T: Packet> Queue<T> {
         Ok(n)
     }
 
-    /// Waits on a queue whose waiters drive the kernel: as the driver, the
-    /// standby, or a parked thread (see the module docs).
-    fn wait_driven<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State<T>>,
-        k: &dyn Kernel<T>,
-        t: Taker<'_, T>,
-        timeout: Option<Duration>,
-    ) -> Result<usize, Empty> {
-        let tag = t.tag;
-        if timeout == Some(Duration::ZERO) {
-            if st.driver.is_some() {
-                return Err(Empty::TimedOut);
-            }
-            // A poll turns the kernel once, without waiting, if nobody else
-            // drives it.
-            return self.start_driving(st, k, t, false, Some(Instant::now()));
-        }
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        if st.driver.is_none() {
-            return self.start_driving(st, k, t, true, deadline);
-        }
-        let standby = st.standby.is_none();
-        if standby {
-            st.standby = Some(tag);
-        }
-        st.waiters.push(Parked {
-            tag,
-            thread: thread::current(),
-        });
-        loop {
-            match st.take_handed(tag) {
-                Some(Handed::Drive) => {
-                    drop(st);
-                    return self.drive(k, t, deadline);
-                }
-                Some(h) => return self.handed(st, t, h),
-                None => {}
-            }
-            if st.closed {
-                self.leave_stack(&mut st, tag);
-                return Err(Empty::Abandoned);
-            }
-            let is_standby = st.standby == Some(tag);
-            if is_standby && st.driver.is_none() {
-                // Nobody drives and the kernel (or a hand-over of work)
-                // woke the standby: it takes over.
-                st.standby = None;
-                st.unpark_waiter(tag);
-                st.takeovers += 1;
-                return self.start_driving(st, k, t, true, deadline);
-            }
-            st = self.wait(st, tag, || {
-                if is_standby {
-                    k.standby_wait(deadline)
-                } else {
-                    park(deadline)
-                }
-            })?;
-        }
-    }
-
-    /// This thread becomes the driver and turns the kernel (see
-    /// [`Self::drive`]); `waits` is false for a poll.
-    fn start_driving<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State<T>>,
-        k: &dyn Kernel<T>,
-        t: Taker<'_, T>,
-        waits: bool,
-        deadline: Option<Instant>,
-    ) -> Result<usize, Empty> {
-        st.driver = Some(DriverRole {
-            tag: t.tag,
-            waits,
-            handed: false,
-        });
-        drop(st);
-        self.drive(k, t, deadline)
-    }
-
-    /// A parked thread waits with the lock let go (`park` returns whether
-    /// its deadline passed). If it timed out and nothing was handed to it
-    /// meanwhile, it leaves the stack and its `get` returns the error;
-    /// else it looks again, under the lock.
-    fn wait<'a>(
-        &'a self,
-        st: MutexGuard<'a, State<T>>,
-        tag: u64,
-        park: impl FnOnce() -> bool,
-    ) -> Result<MutexGuard<'a, State<T>>, Empty> {
-        drop(st);
-        let timed_out = park();
-        let mut st = lock(&self.inner.state);
-        if timed_out && !st.handed.iter().any(|(t, _)| *t == tag) {
-            self.leave_stack(&mut st, tag);
-            return Err(if st.closed {
-                Empty::Abandoned
-            } else {
-                Empty::TimedOut
-            });
-        }
-        Ok(st)
-    }
-
-    /// A parked thread leaves the stack without a packet (timed out, or the
-    /// queue closed): if it was the standby, someone else must watch.
-    fn leave_stack(&self, st: &mut State<T>, tag: u64) {
-        st.unpark_waiter(tag);
-        if st.standby == Some(tag) {
-            st.standby = None;
-            self.inner.cover(st);
-        }
-    }
-
-    /// Turns the kernel as the driver until a packet is this thread's, the
-    /// deadline passes (`Some(now)`: one turn) or the queue closes.
-    fn drive(
-        &self,
-        k: &dyn Kernel<T>,
-        mut t: Taker<'_, T>,
-        deadline: Option<Instant>,
-    ) -> Result<usize, Empty> {
-        let tag = t.tag;
-        enum Outcome {
-            Took(usize, bool),
-            TimedOut,
-            Abandoned,
-        }
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let mut outcome = None;
-            k.turn(left, &mut |batch, ran_out| {
-                let mut st = lock(&self.inner.state);
-                if st.closed {
-                    batch.clear();
-                    outcome = Some(Outcome::Abandoned);
-                    return self.inner.leave_driver(&mut st);
-                }
-                st.packets.extend(batch.drain(..).map(|p| (p, tag)));
-                let waits = st.driver.as_ref().is_some_and(|d| d.waits);
-                let mut first = None;
-                if let Some(h) = st.take_handed(tag) {
-                    if let Handed::Packet(p, from) = h {
-                        first = Some((p, from));
-                    }
-                } else if st.running < self.inner.limit && st.next_for(tag).is_some() {
-                    st.running += 1;
-                    let i = st.next_for(tag).expect("checked");
-                    first = Some(st.take_at(i, tag));
-                }
-                if let Some(f) = first {
-                    let (n, strands) = t.deliver(&mut st, Some(f));
-                    outcome = Some(Outcome::Took(n, strands));
-                } else if !waits || ran_out {
-                    outcome = Some(Outcome::TimedOut);
-                } else {
-                    // Keep driving (the limit holds the packets back, or
-                    // nothing came): the rest goes to whoever may take it.
-                    self.inner.dispatch(&mut st);
-                    return false;
-                }
-                self.inner.leave_driver(&mut st)
-            });
-            match outcome {
-                Some(Outcome::Took(n, strands)) => {
-                    self.set_running(tag, strands);
-                    return Ok(n);
-                }
-                Some(Outcome::TimedOut) => return Err(Empty::TimedOut),
-                Some(Outcome::Abandoned) => return Err(Empty::Abandoned),
-                None => {}
-            }
-            let mut st = lock(&self.inner.state);
-            if st.closed || !st.is_driver(tag) {
-                // The kernel has shut down (the port is closing).
-                if st.is_driver(tag) {
-                    st.driver = None;
-                }
-                self.inner.dispatch(&mut st);
-                return Err(Empty::Abandoned);
-            }
-            if let Some(Handed::Packet(p, from)) = st.take_handed(tag) {
-                st.driver = None;
-                let (n, strands) = t.deliver(&mut st, Some((p, from)));
-                let arm = self.inner.leave_driver(&mut st);
-                drop(st);
-                if arm {
-                    // Handed between two turns: the next turn arms instead.
-                    k.wake_standby();
-                }
-                self.set_running(tag, strands);
-                return Ok(n);
-            }
-        }
-    }
-
     /// Closes the queue: every waiter returns `Abandoned`, later calls return
     /// `Abandoned`, and the queued packets are returned to the caller (so it
     /// can release their buffers).
@@ -946,40 +617,6 @@ impl<T: Packet> Queue<T> {
             }
         }
         st.packets.drain(..).map(|(p, _)| p).collect()
-    }
-
-    /// Makes sure work queued for the kernel by a thread that does not run
-    /// on this queue is taken in: by the driver (woken if it sleeps), by the
-    /// standby (woken to drive), or, if nobody waits and `may_turn`, by a
-    /// turn of the caller's own, without waiting (else by the next `get`).
-    pub fn nudge(&self, may_turn: bool) {
-        let Some(k) = self.inner.kernel() else {
-            return;
-        };
-        let mut st = lock(&self.inner.state);
-        if st.closed {
-            return;
-        }
-        if st.driver.is_some() {
-            drop(st);
-            k.kick();
-            return;
-        }
-        if st.standby.is_some() {
-            drop(st);
-            k.wake_standby();
-            return;
-        }
-        if !may_turn {
-            return;
-        }
-        st.driver = Some(DriverRole {
-            tag: thread_tag(),
-            waits: false,
-            handed: false,
-        });
-        drop(st);
-        self.inner.turn_once();
     }
 
     /// Steps the calling thread out of the running count until the returned
@@ -1036,41 +673,4 @@ impl<T: Packet> Queue<T> {
 pub struct BlockingGuard<T: Send + 'static> {
     _step: Option<StepOut>,
     _queue: std::marker::PhantomData<fn() -> T>,
-}
-
-/// Parks the calling thread until it is unparked or `deadline` passes;
-/// returns whether the deadline passed. May return early (a stray unpark):
-/// callers look at their state again.
-#[cfg(not(loom))]
-fn park(deadline: Option<Instant>) -> bool {
-    match deadline {
-        None => {
-            thread::park();
-            false
-        }
-        Some(d) => {
-            let now = Instant::now();
-            if now >= d {
-                return true;
-            }
-            thread::park_timeout(d - now);
-            Instant::now() >= d
-        }
-    }
-}
-
-/// Under loom time is abstract: a timed wait lets other threads run, then
-/// reports a timeout, so the model explores a timeout firing at any point.
-#[cfg(loom)]
-fn park(deadline: Option<Instant>) -> bool {
-    match deadline {
-        None => {
-            thread::park();
-            false
-        }
-        Some(_) => {
-            thread::yield_now();
-            true
-        }
-    }
 }
