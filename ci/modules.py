@@ -111,7 +111,7 @@ def main():
                 path = os.path.join(root, name)
                 files[module_of(os.path.relpath(path, src))] = path
     modules = set(files)
-    # A file that is only a `#[path]`-less child's parent still counts: a/b.rs implies `a`.
+    # A directory of modules names a module too, even with no file of its own: a/b.rs implies `a`.
     for m in list(modules):
         parts = m.split("::")
         for k in range(1, len(parts)):
