@@ -173,3 +173,51 @@ pub fn returned_buffers_always_wake_a_starved_receive(t: &Target) {
         port.close();
     }
 }
+
+/// Receives starved for buffers resume as buffers come back, oldest first
+/// and no more of them than there are buffers: 48 connections with data
+/// waiting, a pool of 4, and an application that holds what it got and lets
+/// one buffer go per packet. Every chunk arrives, and a receive starves
+/// about once. (Resuming every starved receive on each return would make all
+/// but one starve again each time: about n²/2 starvations.)
+pub fn starved_receives_resume_one_per_buffer(t: &Target) {
+    const N: usize = 48;
+    const LEN: usize = 16;
+    let port = t.build(t.builder().pool_buffers(4).pool_buffer_size(64));
+    let mut conns = Vec::new();
+    for i in 0..N {
+        let (h, c) = tcp_pair(&port, 100 + i as u64);
+        port.recv_pooled(&h, i as u64).unwrap();
+        conns.push((h, c));
+    }
+    for (i, (_, c)) in conns.iter_mut().enumerate() {
+        c.write_all(&pattern(i, LEN)).unwrap();
+    }
+    let mut seen = [false; N];
+    let mut held = std::collections::VecDeque::new();
+    for _ in 0..N {
+        let mut p = get(&port);
+        assert_eq!((p.kind, p.more), (OpKind::RecvPooled, true), "{p:?}");
+        let i = p.token as usize;
+        let b = p.take_buf().unwrap();
+        assert_eq!(b.as_slice(), &pattern(i, LEN)[..], "connection {i}");
+        assert!(
+            !std::mem::replace(&mut seen[i], true),
+            "connection {i} twice"
+        );
+        held.push_back(b);
+        if held.len() == 4 {
+            held.pop_front();
+        }
+    }
+    drop(held);
+    let starved = port.engine_stats().starved;
+    println!("{N} connections through 4 buffers: {starved} starvations");
+    assert!(starved > 0, "the pool never ran dry");
+    assert!(
+        starved <= 3 * N as u64,
+        "{starved} starvations for {N} receives: starved receives were \
+         resumed without buffers for them"
+    );
+    port.close();
+}

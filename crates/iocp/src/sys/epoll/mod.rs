@@ -50,6 +50,7 @@ mod files;
 mod ops;
 mod poller;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -137,8 +138,9 @@ pub(crate) struct EpollEngine {
     events: Vec<libc::epoll_event>,
     /// Pool buffers the engine owns (free to read into).
     free_bufs: Vec<u16>,
-    /// Pooled receives waiting for a buffer: (slot, op id).
-    starved: Vec<(usize, u64)>,
+    /// Pooled receives waiting for a buffer, oldest first: (slot, op id);
+    /// stale entries are skipped.
+    starved: VecDeque<(usize, u64)>,
     /// Handles whose lanes ran out of budget this turn.
     deferred: Vec<u64>,
     /// Where operations on files run.
@@ -165,7 +167,7 @@ impl EpollEngine {
             core: Core::new(shared, queue, cfg.inline),
             events: Vec::with_capacity(EVENTS),
             free_bufs: (0..count as u16).rev().collect(),
-            starved: Vec::new(),
+            starved: VecDeque::new(),
             deferred: Vec::new(),
             files,
             done: Vec::new(),
@@ -246,7 +248,7 @@ impl EpollEngine {
                 }
                 Step::Starved => {
                     op.phase = Phase::Parked(Park::Starved);
-                    self.starved.push((idx, op.meta.id));
+                    self.starved.push_back((idx, op.meta.id));
                     EngineCounters::bump(&self.core.shared.counters.starved, 1);
                     return;
                 }
@@ -399,7 +401,13 @@ impl EpollEngine {
             return;
         }
         self.free_bufs.append(&mut self.core.returned);
-        for (idx, id) in std::mem::take(&mut self.starved) {
+        // Oldest first, while buffers are left: a resumed receive reads at
+        // once, taking a buffer if its socket has data (and none if not).
+        // Resuming them all would make the rest starve again at once.
+        while !self.free_bufs.is_empty() {
+            let Some((idx, id)) = self.starved.pop_front() else {
+                break;
+            };
             let Some(op) = self.ops.get_mut(idx) else {
                 continue;
             };

@@ -12,6 +12,10 @@ impl UringEngine {
     /// Handles every CQE the kernel has, including those a full CQ held
     /// back.
     pub(super) fn reap_cq(&mut self) {
+        // What the re-arms of starved receives came to is in this CQ: a
+        // starved receive had data waiting, so its re-arm completes at
+        // once (a buffer taken, or ENOBUFS again).
+        self.starve_claims = 0;
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
             for c in self.cq() {

@@ -27,6 +27,7 @@ mod sqe;
 mod tests;
 mod ud;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -91,8 +92,13 @@ pub(crate) struct UringEngine {
     wake_buf: Box<u64>,
     wake_armed: bool,
     cqes: Vec<(u64, i32, u32)>,
-    /// Pooled receives waiting for pool buffers (slots).
-    starved: Vec<usize>,
+    /// Pooled receives waiting for pool buffers, oldest first: (slot, op
+    /// id). An entry whose slot no longer holds that op parked as starved is
+    /// stale and skipped (entries are never searched or removed in place).
+    starved: VecDeque<(usize, u64)>,
+    /// Starved receives re-armed since the last reap: each may take one of
+    /// the buffers the pool has, so the next re-arms count them off.
+    starve_claims: usize,
     /// Pool buffers free in user space (poll-mode pooled receive).
     free_bufs: Vec<u16>,
     feats: UringFeatures,
@@ -146,7 +152,8 @@ impl UringEngine {
             wake_buf: Box::new(0),
             wake_armed: false,
             cqes: Vec::with_capacity(256),
-            starved: Vec::new(),
+            starved: VecDeque::new(),
+            starve_claims: 0,
             free_bufs,
             feats,
             draining: false,

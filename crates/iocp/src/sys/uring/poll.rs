@@ -10,8 +10,9 @@ use std::io::ErrorKind;
 use std::os::fd::AsFd;
 
 use super::ops::cqe_result;
+use super::slot::Slot;
 use super::UringEngine;
-use crate::kit::phase::Step;
+use crate::kit::phase::{Park, Phase, Step};
 use crate::sys::common::read_pooled;
 
 impl UringEngine {
@@ -64,31 +65,49 @@ impl UringEngine {
         }
     }
 
-    /// Whether a pooled receive would find a buffer now (in the buffer
-    /// ring, or free in user space).
-    pub(super) fn buffers_free(&self) -> bool {
+    /// How many pool buffers a pooled receive could find now (in the
+    /// buffer ring, or free in user space).
+    fn buffers_available(&self) -> usize {
         match &self.bufring {
-            Some(br) => br.pool.in_kernel.load(std::sync::atomic::Ordering::Relaxed) > 0,
-            None => !self.free_bufs.is_empty(),
+            Some(br) => br.pool.in_kernel.load(std::sync::atomic::Ordering::Relaxed),
+            None => self.free_bufs.len(),
         }
     }
 
-    /// Takes back pool buffers the application dropped; re-arms receives
-    /// that starved for them.
+    /// Takes back pool buffers the application dropped, then re-arms the
+    /// receives that starved for them.
     pub(super) fn recycle(&mut self) {
         self.core.take_returned();
-        if self.core.returned.is_empty() {
-            return;
-        }
-        if let Some(br) = self.bufring.as_mut() {
-            for bid in self.core.returned.drain(..) {
-                br.publish(bid);
+        if !self.core.returned.is_empty() {
+            if let Some(br) = self.bufring.as_mut() {
+                for bid in self.core.returned.drain(..) {
+                    br.publish(bid);
+                }
+                br.commit();
+            } else {
+                self.free_bufs.append(&mut self.core.returned);
             }
-            br.commit();
-        } else {
-            self.free_bufs.append(&mut self.core.returned);
         }
-        for idx in std::mem::take(&mut self.starved) {
+        self.rearm_starved();
+    }
+
+    /// Re-arms starved receives, oldest first, no more of them than there
+    /// are buffers not yet claimed by an earlier re-arm. Re-arming them all
+    /// whenever a few buffers come back would be a stampede: with thousands
+    /// of connections and a few hundred buffers, most would fail again at
+    /// once, each at the cost of an SQE and a CQE, round after round.
+    fn rearm_starved(&mut self) {
+        let mut budget = self.buffers_available().saturating_sub(self.starve_claims);
+        while budget > 0 {
+            let Some((idx, id)) = self.starved.pop_front() else {
+                break;
+            };
+            let parked = |s: &Slot| s.meta.id == id && s.phase == Phase::Parked(Park::Starved);
+            if !self.ops.get(idx).is_some_and(parked) {
+                continue;
+            }
+            budget -= 1;
+            self.starve_claims += 1;
             self.again(idx);
         }
     }

@@ -72,16 +72,14 @@ impl UringEngine {
             }
             Step::Starved => {
                 slot.phase = Phase::Parked(Park::Starved);
-                self.starved.push(idx);
+                let id = slot.meta.id;
+                self.starved.push_back((idx, id));
                 EngineCounters::bump(&self.core.shared.counters.starved, 1);
-                // Buffers may already be waiting to go back.
+                // Buffers may already be waiting to go back, or they went
+                // back between the kernel's last try and this CQE (then no
+                // later return would wake the receive): either way the
+                // buffers now available go to the oldest starved receives.
                 self.recycle();
-                // Or they went back between the kernel's last try and this
-                // CQE: then no later return would wake the receive.
-                if self.starved.contains(&idx) && self.buffers_free() {
-                    self.starved.retain(|&i| i != idx);
-                    self.again(idx);
-                }
             }
             Step::BackOff => {
                 slot.phase = Phase::Parked(Park::BackOff);
@@ -127,9 +125,6 @@ impl UringEngine {
         }
         slot.op.complete(&mut c);
         self.core.out.push(c);
-        if slot.phase == Phase::Parked(Park::Starved) {
-            self.starved.retain(|&i| i != idx);
-        }
         self.release(slot.meta.hid, idx, lane);
     }
 
@@ -201,7 +196,6 @@ impl UringEngine {
         slot.phase = Phase::Stopping(why);
         if !issued {
             let e = slot.phase.abort_error();
-            self.starved.retain(|&i| i != idx);
             self.finish(idx, Err(e));
             return;
         }
