@@ -21,7 +21,13 @@ pub(crate) trait ReturnWaker: Send + Sync {
     fn buffers_returned(&self);
 }
 
+/// The pool's buffers start on a page boundary.
+const PAGE: usize = 4096;
+
 pub(crate) struct PoolShared {
+    /// The allocation, as the allocator returned it.
+    alloc: *mut u8,
+    /// The first buffer: `alloc` rounded up to a page.
     base: *mut u8,
     layout: std::alloc::Layout,
     pub(crate) buf_size: usize,
@@ -46,16 +52,25 @@ impl PoolShared {
     pub(crate) fn new(count: usize, buf_size: usize) -> Arc<PoolShared> {
         assert!(count > 0 && count <= 32768, "pool buffers: 1..=32768");
         assert!(buf_size > 0, "pool buffer size must be > 0");
+        // Page-aligned buffers, from an allocation aligned only as `calloc`
+        // aligns (and a page larger, to round the start up): so the system
+        // allocator takes it from `calloc`, which maps fresh zero pages for
+        // a large size instead of writing zeros. Pages the kernel never
+        // writes then cost no memory: a pool sized for thousands of busy
+        // connections stays cheap while they idle. Zeroed so tools like
+        // valgrind never see the kernel's writes as uninitialised reads.
         let layout =
-            std::alloc::Layout::from_size_align(count * buf_size, 4096).expect("pool layout");
-        // SAFETY: the layout has a non-zero size (both factors are > 0).
-        // Zeroed so tools like valgrind never see the kernel's writes as
-        // uninitialised reads.
-        let base = unsafe { std::alloc::alloc_zeroed(layout) };
-        if base.is_null() {
+            std::alloc::Layout::from_size_align(count * buf_size + PAGE, 16).expect("pool layout");
+        // SAFETY: the layout has a non-zero size.
+        let alloc = unsafe { std::alloc::alloc_zeroed(layout) };
+        if alloc.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
+        // SAFETY: the offset is below PAGE, so `base` and the `count *
+        // buf_size` bytes after it stay inside the allocation.
+        let base = unsafe { alloc.add(alloc.align_offset(PAGE)) };
         Arc::new(PoolShared {
+            alloc,
             base,
             layout,
             buf_size,
@@ -123,7 +138,7 @@ impl Drop for PoolShared {
         // an Arc, and an engine drops its Arcs only after it reaped every
         // request that could write a pool buffer (or leaks them when it
         // cannot), so no one can reach the memory any more.
-        unsafe { std::alloc::dealloc(self.base, self.layout) }
+        unsafe { std::alloc::dealloc(self.alloc, self.layout) }
     }
 }
 
