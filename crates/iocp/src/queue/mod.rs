@@ -528,15 +528,19 @@ impl<T: Packet> Queue<T> {
             st.running += 1;
             let (n, strands) = t.deliver(&mut st, None);
             self.inner.dispatch(&mut st);
-            if deferred && st.driver.is_none() && st.standby.is_some() {
-                // What this thread left for the kernel must not wait until
-                // it comes back while others wait on the kernel.
-                if let Some(k) = kernel {
-                    k.wake_standby();
-                }
-            }
+            // What this thread left for the kernel must not wait until the
+            // queue runs dry: the standby takes it in, else (nobody waits
+            // on the kernel) this thread turns it once without waiting, its
+            // completions queueing behind these packets. Otherwise a lone
+            // worker would hold every reply of a batch back until it had
+            // handled the whole batch, and the load would come back as one
+            // wave needing a pool buffer per connection.
+            let turn = deferred && self.inner.hand_over_work(&mut st, true);
             drop(st);
             self.set_running(tag, strands);
+            if turn {
+                self.inner.turn_once();
+            }
             return Ok(n);
         }
         // Our own slot may have been what blocked a queued packet; if so the
