@@ -231,7 +231,11 @@ fn serve(cfg: Config) -> Result<(), String> {
 /// `--model pool`: one port, `workers` threads waiting on it.
 fn start_pool(global: &Arc<Global>, bound: Vec<Bound>) -> Result<Running, String> {
     let cfg = &global.cfg;
-    let mut b = Port::builder().concurrency(cfg.workers).engines(1);
+    let mut b = Port::builder()
+        .concurrency(cfg.workers)
+        .engines(1)
+        .pool_buffers(cfg.pool_buffers)
+        .pool_buffer_size(cfg.pool_buffer_size);
     if let Some(be) = cfg.backend {
         b = b.backend(be);
     }
@@ -346,7 +350,10 @@ fn shard_thread(
     go: mpsc::Receiver<bool>,
 ) {
     let cfg = &global.cfg;
-    let mut b = Port::builder().inline(true);
+    let mut b = Port::builder()
+        .inline(true)
+        .pool_buffers(cfg.pool_buffers)
+        .pool_buffer_size(cfg.pool_buffer_size);
     if let Some(be) = cfg.backend {
         b = b.backend(be);
     }

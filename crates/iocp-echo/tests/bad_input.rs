@@ -110,6 +110,9 @@ fn server_flags() {
     server | --max-pending <BYTES> | 12XB | unknown unit 'XB' {SIZE}
     server | --max-pending <BYTES> | 0 | must be at least 1 byte {SIZE}
     server | --max-pending <BYTES> | 1..2 | a range is not accepted here {SIZE}
+    server | --pool-buffers <N> | 0 | must be from 1 to 32768 (examples: 1, 32768)
+    server | --pool-buffers <N> | 40000 | must be from 1 to 32768 (examples: 1, 32768)
+    server | --pool-buffer-size <BYTES> | 12XB | unknown unit 'XB' {SIZE}
     server | --drain-timeout <D> | soon | expected a number at 'soon' {DUR}
     server | --udp-rate <N[/s]> | 0 | must be at least 1 {RATE}
     server | --udp-rate <N[/s]> | 1.5/s | must be a whole number {RATE}
@@ -121,6 +124,17 @@ fn server_flags() {
     server | --drain-delay <D> | 101y | too large: at most 100y {DUR}
         ",
     );
+    for v in ["63", "2MiB"] {
+        usage(
+            &["server", "--pool-buffer-size", v],
+            &[],
+            &format!(
+                "iocp-echo server: invalid value '{}' for '--pool-buffer-size <BYTES>': \
+                 must be from 64 B to 1 MiB (examples: 4KiB, 16KiB)",
+                if v == "63" { "63" } else { "2097152" }
+            ),
+        );
+    }
     usage(
         &["server", "--model", "weird"],
         &[],
@@ -574,6 +588,8 @@ fn odd_values_never_crash() {
     ];
     let flags = [
         ("server", "--max-pending"),
+        ("server", "--pool-buffers"),
+        ("server", "--pool-buffer-size"),
         ("server", "--idle-timeout"),
         ("server", "--udp-rate"),
         ("server", "--listen"),

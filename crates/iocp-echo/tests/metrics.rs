@@ -294,7 +294,36 @@ fn pool_two_workers_idle_connections_hold_no_buffer() {
         0.0,
         "pool buffers lent with every connection idle"
     );
+    // The pool model's default pool: about a buffer per busy connection.
+    assert_eq!(scrape.get("iocp_echo_pool_buffers{shard=\"0\"}"), 2048.0);
     drop(conns);
+    s.stop_ok();
+}
+
+/// `--pool-buffers` sizes each shard's pool (per-core needs SO_REUSEPORT
+/// listeners: Linux only).
+#[cfg(target_os = "linux")]
+#[test]
+fn pool_buffers_flag_sizes_each_pool() {
+    let mut s = server(
+        "pool buffers flag",
+        &[
+            "--model",
+            "per-core",
+            "--workers",
+            "2",
+            "--pool-buffers",
+            "100",
+        ],
+    );
+    let sc = Scrape::take(s.metrics());
+    for shard in 0..2 {
+        assert_eq!(
+            sc.get(&format!("iocp_echo_pool_buffers{{shard=\"{shard}\"}}")),
+            100.0,
+            "shard {shard}"
+        );
+    }
     s.stop_ok();
 }
 

@@ -57,6 +57,18 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "256KiB", value_parser = values::size)]
     pub max_pending: usize,
 
+    /// Receive buffers in each port's pool (per shard with per-core), 1 to
+    /// 32768. Idle connections hold none; data that lands in a connection
+    /// holds one until it is copied out or echoed. [default: pool 2048,
+    /// per-core 256]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u16>(1, 32768))]
+    pub pool_buffers: Option<u16>,
+
+    /// Size of each pool buffer (a size, 64 B to 1 MiB); a receive takes
+    /// at most this much at once. [default: pool 4KiB, per-core 16KiB]
+    #[arg(long, value_name = "BYTES", value_parser = values::size)]
+    pub pool_buffer_size: Option<usize>,
+
     /// On SIGINT/SIGTERM, how long in-flight echoes may take to finish
     /// before the remaining connections are cut (a duration; 0 cuts at once).
     #[arg(long, value_name = "D", default_value = "10s", value_parser = values::duration)]
@@ -87,6 +99,19 @@ pub struct Args {
     #[arg(long, value_name = "D", default_value = "0s", value_parser = values::duration)]
     pub drain_delay: Duration,
 }
+
+/// Pool buffers (count, size) of a per-core shard's port. On io_uring its
+/// ring defers the kernel's receive work to the shard's own wait, so a
+/// buffer is taken only when the shard is about to handle what lands in it:
+/// a few hundred cover thousands of connections.
+const POOL_DEFAULTS_PER_CORE: (usize, usize) = (256, 16 << 10);
+/// Pool buffers (count, size) of the pool model's port. Its ring is shared
+/// by the workers (no deferred task work), so the kernel fills a buffer as
+/// soon as data lands: with every connection busy it takes about one per
+/// connection, or receives starve and must be re-armed (an extra CQE and
+/// SQE each). More and smaller buffers, for the same memory bound: what a
+/// client that never reads can make the server touch is count × size.
+const POOL_DEFAULTS_POOL: (usize, usize) = (2048, 4 << 10);
 
 /// The threading model.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +144,8 @@ pub(crate) struct Config {
     pub max_conns: usize,
     pub idle_timeout: Option<Duration>,
     pub max_pending: usize,
+    pub pool_buffers: usize,
+    pub pool_buffer_size: usize,
     pub drain_timeout: Duration,
     pub udp: bool,
     pub udp_rate: u32,
@@ -156,6 +183,17 @@ impl Config {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let (default_bufs, default_size) = match a.model {
+            Model::Pool => POOL_DEFAULTS_POOL,
+            Model::PerCore => POOL_DEFAULTS_PER_CORE,
+        };
+        let pool_buffer_size = a.pool_buffer_size.unwrap_or(default_size);
+        if !(64..=1 << 20).contains(&pool_buffer_size) {
+            return Err(format!(
+                "invalid value '{pool_buffer_size}' for '--pool-buffer-size <BYTES>': \
+                 must be from 64 B to 1 MiB (examples: 4KiB, 16KiB)"
+            ));
+        }
         Ok(Config {
             listen,
             listen_explicit,
@@ -165,6 +203,8 @@ impl Config {
             max_conns: a.max_conns as usize,
             idle_timeout: a.idle_timeout.0,
             max_pending: a.max_pending,
+            pool_buffers: a.pool_buffers.map_or(default_bufs, usize::from),
+            pool_buffer_size,
             drain_timeout: a.drain_timeout,
             udp: a.udp,
             udp_rate: a.udp_rate,
