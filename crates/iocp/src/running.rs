@@ -28,7 +28,7 @@ pub(crate) trait SlotOwner: Send + Sync {
     fn reacquire(&self);
     /// Thread `tag` is gone from this owner (it exited, or moved to another
     /// one): its slot is released if it was `running`, and so is whatever
-    /// else it held there (see [`note_strands`]).
+    /// else it held there (the strands it took packets of, see [`run_on`]).
     fn thread_gone(&self, tag: u64, running: bool) {
         let _ = tag;
         if running {
@@ -104,6 +104,9 @@ struct ThreadRec {
     /// (Linux only: on Windows the kernel takes work at once.)
     #[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
     deferred: u64,
+    /// The thread's tag, copied here on first use so a `get` reads it with
+    /// the rest of the record (0: not yet).
+    tag: u64,
 }
 
 #[cfg(loom)]
@@ -114,6 +117,7 @@ loom::thread_local! {
         stepped_out: None,
         steps: 0,
         deferred: 0,
+        tag: 0,
     });
 }
 #[cfg(not(loom))]
@@ -124,6 +128,7 @@ std::thread_local! {
             stepped_out: None,
             steps: 0,
             deferred: 0,
+            tag: 0,
         })
     };
 }
@@ -143,47 +148,99 @@ pub(crate) fn next_id() -> u64 {
     }
 }
 
-/// The calling thread calls `get` on `owner_id`: its running period ends.
-/// Returns whether it was counted there, so the caller takes it off its
-/// count. A record of another owner is dropped, which releases that slot (a
-/// thread is associated with one port at a time, as on Windows). A step-out
-/// ends too: what its guards would have restored is over.
-pub(crate) fn leave_running(owner_id: u64) -> bool {
-    let (was, old) = THREAD
-        .try_with(|t| {
-            let mut t = t.borrow_mut();
-            t.stepped_out = None;
-            match t.running.as_mut() {
-                Some(rec) if rec.owner_id == owner_id => {
-                    let was = std::mem::replace(&mut rec.armed, false);
-                    // The caller lets go of the thread's strands too.
-                    rec.strands = false;
-                    // Under loom no record may outlive the call: loom checks
-                    // that every reference is released by the model's end.
-                    #[cfg(loom)]
-                    let old = t.running.take();
-                    #[cfg(not(loom))]
-                    let old = None;
-                    (was, old)
-                }
-                Some(_) => (false, t.running.take()),
-                None => (false, None),
+/// What a `get` on a user-space queue learns from the calling thread's
+/// record, in one look (the `get` path's only thread-local access before it
+/// takes a packet).
+#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
+pub(crate) struct GetStart {
+    /// The thread's tag ([`thread_tag`]).
+    pub(crate) tag: u64,
+    /// The thread was counted running on the owner: the caller takes it off
+    /// its count.
+    pub(crate) was_running: bool,
+    /// The thread left work for the owner's kernel (see [`defer_work`])
+    /// since it last asked.
+    pub(crate) deferred: bool,
+}
+
+/// The start of a `get` on `owner_id`: the thread's running period ends (a
+/// record of another owner is dropped, which releases that slot: a thread is
+/// associated with one port at a time, as on Windows; a step-out ends too:
+/// what its guards would have restored is over), the work it left for the
+/// owner's kernel is claimed (and forgotten), and its tag is read, all in
+/// one look at the record.
+pub(crate) fn begin_get(owner_id: u64) -> GetStart {
+    let r = THREAD.try_with(|t| {
+        let mut t = t.borrow_mut();
+        let t = &mut *t;
+        if t.tag == 0 {
+            t.tag = thread_tag();
+        }
+        let deferred = t.deferred == owner_id;
+        if deferred {
+            t.deferred = 0;
+        }
+        t.stepped_out = None;
+        let (was_running, old) = match t.running.as_mut() {
+            Some(rec) if rec.owner_id == owner_id => {
+                let was = std::mem::replace(&mut rec.armed, false);
+                // The caller lets go of the thread's strands too.
+                rec.strands = false;
+                // Under loom no record may outlive the call: loom checks
+                // that every reference is released by the model's end.
+                #[cfg(loom)]
+                let old = t.running.take();
+                #[cfg(not(loom))]
+                let old = None;
+                (was, old)
             }
-        })
-        .unwrap_or((false, None));
-    // Outside the borrow: dropping an armed record of another owner
-    // releases that owner's slot.
-    drop(old);
-    was
+            Some(_) => (false, t.running.take()),
+            None => (false, None),
+        };
+        let start = GetStart {
+            tag: t.tag,
+            was_running,
+            deferred,
+        };
+        (start, old)
+    });
+    match r {
+        Ok((start, old)) => {
+            // Outside the borrow: dropping an armed record of another owner
+            // releases that owner's slot.
+            drop(old);
+            start
+        }
+        Err(_) => GetStart {
+            tag: thread_tag(),
+            was_running: false,
+            deferred: false,
+        },
+    }
+}
+
+/// The calling thread calls `get` on `owner_id` (see [`begin_get`]). Returns
+/// whether it was counted there, so the caller takes it off its count.
+#[cfg_attr(any(loom, target_os = "linux"), allow(dead_code))]
+pub(crate) fn leave_running(owner_id: u64) -> bool {
+    begin_get(owner_id).was_running
 }
 
 /// The calling thread now runs on `owner_id` (the caller has counted it).
 /// Returns `false` if the thread-local record is gone (the thread is
 /// exiting): the caller then takes the thread off its count again.
 pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> bool {
+    run_on(owner_id, false, owner)
+}
+
+/// [`enter_running`]; with `strands` the thread also holds the strands of
+/// the packets it took until its next `get` or its exit. One look at the
+/// record when the thread ran on `owner_id` before (the usual case).
+pub(crate) fn run_on(owner_id: u64, strands: bool, owner: impl FnOnce() -> OwnerRef) -> bool {
     let rearmed = THREAD.try_with(|t| match t.borrow_mut().running.as_mut() {
         Some(rec) if rec.owner_id == owner_id => {
             rec.armed = true;
+            rec.strands |= strands;
             true
         }
         _ => false,
@@ -201,7 +258,7 @@ pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> 
             owner_id,
             owner: Some(owner()),
             armed: true,
-            strands: false,
+            strands,
             tag,
         })
     });
@@ -214,40 +271,11 @@ pub(crate) fn enter_running(owner_id: u64, owner: impl FnOnce() -> OwnerRef) -> 
     }
 }
 
-/// The calling thread, running on `owner_id`, took packets of a strand: it
-/// holds the strand until its next `get` or its exit.
-#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
-pub(crate) fn note_strands(owner_id: u64) {
-    let _ = THREAD.try_with(|t| {
-        if let Some(rec) = t.borrow_mut().running.as_mut() {
-            if rec.owner_id == owner_id {
-                rec.strands = true;
-            }
-        }
-    });
-}
-
 /// The calling thread left work for `owner_id`'s kernel (an operation
 /// started while it runs there): it goes in at the thread's next `get`.
 #[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
 pub(crate) fn defer_work(owner_id: u64) {
     let _ = THREAD.try_with(|t| t.borrow_mut().deferred = owner_id);
-}
-
-/// Whether the calling thread left work for `owner_id` since it last
-/// asked (and forgets it).
-#[cfg_attr(not(any(loom, target_os = "linux")), allow(dead_code))]
-pub(crate) fn take_deferred(owner_id: u64) -> bool {
-    THREAD
-        .try_with(|t| {
-            let mut t = t.borrow_mut();
-            let was = t.deferred == owner_id;
-            if was {
-                t.deferred = 0;
-            }
-            was
-        })
-        .unwrap_or(false)
 }
 
 /// Whether the calling thread counts as running on `owner_id`.

@@ -40,8 +40,7 @@ use std::thread::{self, Thread};
 #[cfg(loom)]
 use crate::running::is_running_on;
 use crate::running::{
-    enter_running, leave_running, next_id, note_strands, take_deferred, thread_tag, OwnerRef,
-    SlotOwner, StepOut,
+    begin_get, next_id, run_on, thread_tag, GetStart, OwnerRef, SlotOwner, StepOut,
 };
 
 use crate::batch::Batch;
@@ -118,8 +117,47 @@ struct DriverRole {
     handed: bool,
 }
 
+/// The queued packets, FIFO, and the tag of the thread that queued each.
+/// Two rings rather than one of pairs: a packet (a `Completion` is large)
+/// then moves in and out of the queue in one copy each way.
+struct Packets<T> {
+    items: VecDeque<T>,
+    from: VecDeque<u64>,
+}
+
+impl<T> Packets<T> {
+    fn push(&mut self, p: T, from: u64) {
+        self.items.push_back(p);
+        self.from.push_back(from);
+    }
+
+    fn extend(&mut self, it: impl IntoIterator<Item = (T, u64)>) {
+        for (p, from) in it {
+            self.push(p, from);
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<(T, u64)> {
+        let p = self.items.remove(i)?;
+        Some((p, self.from.remove(i).unwrap_or(0)))
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn take_all(&mut self) -> Vec<T> {
+        self.from.clear();
+        self.items.drain(..).collect()
+    }
+}
+
 struct State<T> {
-    packets: VecDeque<(T, u64)>,
+    packets: Packets<T>,
     /// Parked threads, most recent last (the standby among them).
     waiters: Vec<Parked>,
     /// What was handed to threads taken off `waiters` (or to the driver),
@@ -143,7 +181,7 @@ impl<T: Packet> State<T> {
         if self.held.is_empty() {
             return (!self.packets.is_empty()).then_some(0);
         }
-        self.packets.iter().position(|(p, _)| {
+        self.packets.items.iter().position(|p| {
             let s = p.strand();
             s == 0 || !self.held.iter().any(|&(h, t)| h == s && t != tag)
         })
@@ -157,6 +195,34 @@ impl<T: Packet> State<T> {
             self.held.push((s, tag));
         }
         (p, from)
+    }
+
+    /// The first packet `tag` may take if the limit lets it run: it is
+    /// counted running, and the packet delivered.
+    #[inline(always)]
+    fn take_first(&mut self, limit: usize, tag: u64) -> Option<T> {
+        if self.running >= limit {
+            return None;
+        }
+        let p = if self.held.is_empty() {
+            // The common case: the packet moves straight out of the queue.
+            let p = self.packets.items.pop_front()?;
+            let from = self.packets.from.pop_front().unwrap_or(0);
+            self.count(from, tag);
+            let s = p.strand();
+            if s != 0 {
+                // No strand is held: this thread holds it now.
+                self.held.push((s, tag));
+            }
+            p
+        } else {
+            let i = self.next_for(tag)?;
+            let (p, from) = self.take_at(i, tag);
+            self.count(from, tag);
+            p
+        };
+        self.running += 1;
+        Some(p)
     }
 
     fn count(&mut self, from: u64, tag: u64) {
@@ -379,7 +445,10 @@ impl<T: Packet> Queue<T> {
                 id: next_id(),
                 limit: limit.max(1),
                 state: Mutex::new(State {
-                    packets: VecDeque::new(),
+                    packets: Packets {
+                        items: VecDeque::new(),
+                        from: VecDeque::new(),
+                    },
                     waiters: Vec::new(),
                     handed: Vec::new(),
                     driver: None,
@@ -427,7 +496,7 @@ impl<T: Packet> Queue<T> {
         if st.closed {
             return Err(pkt);
         }
-        st.packets.push_back((pkt, tag));
+        st.packets.push(pkt, tag);
         if !st.waiters.is_empty() || st.driver.is_some() {
             self.inner.dispatch(&mut st);
         }
@@ -465,21 +534,42 @@ impl<T: Packet> Queue<T> {
     /// The calling thread took packets: it runs on this queue (counted by
     /// the caller under the lock), holding the strands it took.
     fn set_running(&self, tag: u64, strands: bool) {
-        if !enter_running(self.inner.id, || self.owner_ref()) {
+        if !run_on(self.inner.id, strands, || self.owner_ref()) {
             // Thread-local storage is gone (the thread is exiting).
             self.inner.thread_gone(tag, true);
-            return;
-        }
-        if strands {
-            note_strands(self.inner.id);
         }
     }
 
     /// Waits for one packet. `None` waits forever; `Some(ZERO)` polls.
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn get(&self, timeout: Option<Duration>) -> Result<T, Empty> {
+        self.get_or(timeout, |e| e)
+    }
+
+    /// [`Queue::get`], its error turned into the caller's by `err` (so the
+    /// packet, which may be large, is not moved once more to map it).
+    #[inline]
+    pub(crate) fn get_or<E>(
+        &self,
+        timeout: Option<Duration>,
+        err: impl FnOnce(Empty) -> E,
+    ) -> Result<T, E> {
+        let (mut st, g) = match self.begin_get() {
+            Ok(x) => x,
+            Err(e) => return Err(err(e)),
+        };
+        if let Some(p) = st.take_first(self.inner.limit, g.tag) {
+            // The fast path: no closure, and the packet moves straight to
+            // the caller.
+            let strands = p.strand() != 0;
+            self.took(st, &g, strands);
+            return Ok(p);
+        }
         let mut one = None;
-        self.get_inner(1, timeout, &mut |p| one = Some(p))?;
-        Ok(one.expect("get_inner returns at least one"))
+        if let Err(e) = self.wait_for(st, g, 1, &mut |p| one = Some(p), timeout) {
+            return Err(err(e));
+        }
+        Ok(one.expect("wait_for returns at least one"))
     }
 
     /// Takes up to `batch.max` packets into `batch.out` (appending), waiting
@@ -489,64 +579,91 @@ impl<T: Packet> Queue<T> {
         batch: &mut Batch<'_, T>,
         timeout: Option<Duration>,
     ) -> Result<usize, Empty> {
-        self.get_inner(batch.max.max(1), timeout, &mut |p| batch.out.push(p))
+        let (mut st, g) = self.begin_get()?;
+        let max = batch.max.max(1);
+        let out = &mut *batch.out;
+        if let Some(first) = st.take_first(self.inner.limit, g.tag) {
+            let first_strand = first.strand() != 0;
+            out.push(first);
+            let mut t = Taker {
+                tag: g.tag,
+                max: max - 1,
+                put: &mut |p| out.push(p),
+            };
+            let (n, strands) = t.deliver(&mut st, None);
+            self.took(st, &g, first_strand || strands);
+            return Ok(n + 1);
+        }
+        self.wait_for(st, g, max, &mut |p| out.push(p), timeout)
     }
 
-    fn get_inner(
-        &self,
-        max: usize,
-        timeout: Option<Duration>,
-        put: &mut dyn FnMut(T),
-    ) -> Result<usize, Empty> {
-        let kernel = self.inner.kernel();
+    /// The start of every `get`: the thread's running period ends (it
+    /// leaves the count and lets go of its strands), and work it left for
+    /// the kernel goes in. Returns the locked state, or `Abandoned`.
+    fn begin_get(&self) -> Result<(MutexGuard<'_, State<T>>, GetStart), Empty> {
+        let g = begin_get(self.inner.id);
         // Work this thread started while running (operations, buffers given
         // back) goes to the kernel at its next get: now, if a driver sleeps
         // there; else in the turn this get is about to make, or with the
         // driver's next one.
-        let deferred = kernel.is_some() && take_deferred(self.inner.id);
-        if deferred {
-            if let Some(k) = kernel {
+        if g.deferred {
+            if let Some(k) = self.inner.kernel() {
                 self.submit_deferred(k);
             }
         }
-        let was_running = leave_running(self.inner.id);
-        let tag = thread_tag();
         let mut st = lock(&self.inner.state);
-        if was_running {
+        if g.was_running {
             st.running = st.running.saturating_sub(1);
         }
         if !st.held.is_empty() {
-            st.held.retain(|&(_, t)| t != tag);
+            st.held.retain(|&(_, t)| t != g.tag);
         }
         if st.closed {
             return Err(Empty::Abandoned);
         }
-        let mut t = Taker { tag, max, put };
-        if st.running < self.inner.limit && st.next_for(tag).is_some() {
-            // A thread that calls `get` while packets are queued takes them
-            // at once, without blocking.
-            st.running += 1;
-            let (n, strands) = t.deliver(&mut st, None);
+        Ok((st, g))
+    }
+
+    /// A `get` took packets without blocking (it counted itself running):
+    /// the rest goes to whoever waits, then the thread runs on the queue.
+    fn took(&self, mut st: MutexGuard<'_, State<T>>, g: &GetStart, strands: bool) {
+        if !st.waiters.is_empty() || st.driver.is_some() {
+            // Letting go of strands may have freed packets for them.
             self.inner.dispatch(&mut st);
-            // What this thread left for the kernel must not wait until the
-            // queue runs dry: the standby takes it in, else (nobody waits
-            // on the kernel) this thread turns it once without waiting, its
-            // completions queueing behind these packets. Otherwise a lone
-            // worker would hold every reply of a batch back until it had
-            // handled the whole batch, and the load would come back as one
-            // wave needing a pool buffer per connection.
-            let turn = deferred && self.inner.hand_over_work(&mut st, true);
-            drop(st);
-            self.set_running(tag, strands);
-            if turn {
-                self.inner.turn_once();
-            }
-            return Ok(n);
         }
+        // What this thread left for the kernel must not wait until the
+        // queue runs dry: the standby takes it in, else (nobody waits on
+        // the kernel) this thread turns it once without waiting, its
+        // completions queueing behind these packets. Otherwise a lone
+        // worker would hold every reply of a batch back until it had
+        // handled the whole batch, and the load would come back as one wave
+        // needing a pool buffer per connection.
+        let turn = g.deferred && self.inner.hand_over_work(&mut st, true);
+        drop(st);
+        self.set_running(g.tag, strands);
+        if turn {
+            self.inner.turn_once();
+        }
+    }
+
+    /// Nothing for the caller now: wait for packets (see [`Self::get_many`]).
+    fn wait_for(
+        &self,
+        mut st: MutexGuard<'_, State<T>>,
+        g: GetStart,
+        max: usize,
+        put: &mut dyn FnMut(T),
+        timeout: Option<Duration>,
+    ) -> Result<usize, Empty> {
+        let t = Taker {
+            tag: g.tag,
+            max,
+            put,
+        };
         // Our own slot may have been what blocked a queued packet; if so the
         // packet goes to the most recent waiter before we join the stack.
         self.inner.dispatch(&mut st);
-        match kernel {
+        match self.inner.kernel() {
             None => self.wait_parked(st, t, timeout),
             Some(k) => self.wait_driven(st, k, t, timeout),
         }
@@ -620,7 +737,7 @@ impl<T: Packet> Queue<T> {
                 k.wake_driver();
             }
         }
-        st.packets.drain(..).map(|(p, _)| p).collect()
+        st.packets.take_all()
     }
 
     /// Steps the calling thread out of the running count until the returned

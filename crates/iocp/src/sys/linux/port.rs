@@ -232,7 +232,7 @@ impl SysPort for Port {
             self.get_inline(inl, &mut one, timeout)?;
             return Ok(v.pop().expect("one packet"));
         }
-        self.queue.get(timeout).map_err(no_packet)
+        self.queue.get_or(timeout, no_packet)
     }
 
     fn get_many(&self, mut batch: Batch<'_>, timeout: Option<Duration>) -> Result<usize, GetError> {
