@@ -55,6 +55,15 @@ pub(crate) struct Handle {
     closed: AtomicBool,
 }
 
+/// How many operation ids a thread takes from a port's counter at once.
+const ID_BLOCK: u64 = 256;
+
+std::thread_local! {
+    /// The block of operation ids the thread took last: (port id, next,
+    /// end).
+    static IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
 fn no_packet(e: Empty) -> GetError {
     match e {
         Empty::TimedOut => GetError::TimedOut,
@@ -181,7 +190,7 @@ impl SysPort for Port {
     }
 
     fn start_op(&self, h: &Handle, data: OpData, opts: OpOptions) -> Result<OpId, SubmitError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.op_id();
         let req = OpReq {
             hid: h.hid,
             key: h.key,
@@ -202,7 +211,7 @@ impl SysPort for Port {
     }
 
     fn post(&self, key: u64, bytes: usize, token: u64) -> io::Result<()> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.op_id();
         let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
         self.queue.post(c).map_err(|_| error::port_closed())?;
         if let Some(inl) = &self.inline {
@@ -214,7 +223,7 @@ impl SysPort for Port {
     }
 
     fn post_after(&self, at: Instant, key: u64, token: u64) -> io::Result<OpId> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.op_id();
         let c = Completion::new(OpKind::Timer, key, token, OpId(id), Ok(0));
         self.engines[0]
             .send(Cmd::Timer { at, pkt: c })
@@ -313,6 +322,26 @@ impl SysPort for Port {
 }
 
 impl Port {
+    /// A fresh operation id. Each thread takes ids from the port's counter
+    /// a block at a time, so posts and starts from several threads do not
+    /// all write one shared counter (whose cache line also holds what every
+    /// `get` and `post` reads). Ids stay unique for the port's lifetime, but
+    /// do not tell in which order operations started.
+    fn op_id(&self) -> u64 {
+        let port = self.queue.id();
+        IDS.try_with(|ids| {
+            let (p, next, end) = ids.get();
+            if p == port && next < end {
+                ids.set((p, next + 1, end));
+                return next;
+            }
+            let start = self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            ids.set((port, start + 1, start + ID_BLOCK));
+            start
+        })
+        .unwrap_or_else(|_| self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Hands `fd` (of `kind`) to the next engine, round-robin.
     fn register(&self, fd: OwnedFd, kind: Kind, key: u64) -> io::Result<Handle> {
         let n = self.engines.len();
