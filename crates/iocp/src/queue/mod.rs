@@ -204,23 +204,22 @@ impl<T: Packet> State<T> {
         if self.running >= limit {
             return None;
         }
-        let p = if self.held.is_empty() {
-            // The common case: the packet moves straight out of the queue.
-            let p = self.packets.items.pop_front()?;
-            let from = self.packets.from.pop_front().unwrap_or(0);
-            self.count(from, tag);
-            let s = p.strand();
+        if self.held.is_empty() {
+            // The common case: the packet moves straight out of the queue
+            // (its bookkeeping first, so the packet is not moved twice).
+            let s = self.packets.items.front()?.strand();
             if s != 0 {
                 // No strand is held: this thread holds it now.
                 self.held.push((s, tag));
             }
-            p
-        } else {
-            let i = self.next_for(tag)?;
-            let (p, from) = self.take_at(i, tag);
+            let from = self.packets.from.pop_front().unwrap_or(0);
             self.count(from, tag);
-            p
-        };
+            self.running += 1;
+            return self.packets.items.pop_front();
+        }
+        let i = self.next_for(tag)?;
+        let (p, from) = self.take_at(i, tag);
+        self.count(from, tag);
         self.running += 1;
         Some(p)
     }
@@ -562,8 +561,9 @@ impl<T: Packet> Queue<T> {
             // The fast path: no closure, and the packet moves straight to
             // the caller.
             let strands = p.strand() != 0;
+            let r = Ok(p);
             self.took(st, &g, strands);
-            return Ok(p);
+            return r;
         }
         let mut one = None;
         if let Err(e) = self.wait_for(st, g, 1, &mut |p| one = Some(p), timeout) {
