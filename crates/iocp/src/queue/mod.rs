@@ -197,16 +197,18 @@ impl<T: Packet> State<T> {
         (p, from)
     }
 
-    /// The first packet `tag` may take if the limit lets it run: it is
-    /// counted running, and the packet delivered.
+    /// Claims the first packet `tag` may take, if the limit lets it run:
+    /// the thread is counted running and the packet delivered, and the
+    /// packet is left at the front of the ring for the caller to pop under
+    /// the same lock (the tags' ring is one shorter until then). Returns
+    /// whether the packet names a strand.
     #[inline(always)]
-    fn take_first(&mut self, limit: usize, tag: u64) -> Option<T> {
+    fn claim_first(&mut self, limit: usize, tag: u64) -> Option<bool> {
         if self.running >= limit {
             return None;
         }
-        if self.held.is_empty() {
-            // The common case: the packet moves straight out of the queue
-            // (its bookkeeping first, so the packet is not moved twice).
+        let s = if self.held.is_empty() {
+            // The common case: bookkeeping only, so the packet moves once.
             let s = self.packets.items.front()?.strand();
             if s != 0 {
                 // No strand is held: this thread holds it now.
@@ -214,14 +216,17 @@ impl<T: Packet> State<T> {
             }
             let from = self.packets.from.pop_front().unwrap_or(0);
             self.count(from, tag);
-            self.running += 1;
-            return self.packets.items.pop_front();
-        }
-        let i = self.next_for(tag)?;
-        let (p, from) = self.take_at(i, tag);
-        self.count(from, tag);
+            s
+        } else {
+            let i = self.next_for(tag)?;
+            let (p, from) = self.take_at(i, tag);
+            self.count(from, tag);
+            let s = p.strand();
+            self.packets.items.push_front(p);
+            s
+        };
         self.running += 1;
-        Some(p)
+        Some(s != 0)
     }
 
     fn count(&mut self, from: u64, tag: u64) {
@@ -397,6 +402,50 @@ impl<T: Packet> Inner<T> {
     }
 }
 
+/// A `get` that claimed a packet without blocking (it counted itself
+/// running). Its drop ends the `get`: the rest goes to whoever waits, the
+/// lock is let go and the thread runs on the queue. A guard, so the packet
+/// moves from the ring straight into the caller's result before that runs.
+struct Claimed<'a, T: Packet> {
+    queue: &'a Queue<T>,
+    st: Option<MutexGuard<'a, State<T>>>,
+    tag: u64,
+    deferred: bool,
+    strands: bool,
+}
+
+impl<T: Packet> Claimed<'_, T> {
+    /// The packet [`State::claim_first`] claimed.
+    fn pop(&mut self) -> T {
+        let st = self.st.as_mut().expect("held until drop");
+        st.packets.items.pop_front().expect("claimed")
+    }
+}
+
+impl<T: Packet> Drop for Claimed<'_, T> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.st.take() else { return };
+        let inner = &self.queue.inner;
+        if !st.waiters.is_empty() || st.driver.is_some() {
+            // Letting go of strands may have freed packets for them.
+            inner.dispatch(&mut st);
+        }
+        // What this thread left for the kernel must not wait until the
+        // queue runs dry: the standby takes it in, else (nobody waits on
+        // the kernel) this thread turns it once without waiting, its
+        // completions queueing behind these packets. Otherwise a lone
+        // worker would hold every reply of a batch back until it had
+        // handled the whole batch, and the load would come back as one wave
+        // needing a pool buffer per connection.
+        let turn = self.deferred && inner.hand_over_work(&mut st, true);
+        drop(st);
+        self.queue.set_running(self.tag, self.strands);
+        if turn {
+            inner.turn_once();
+        }
+    }
+}
+
 /// A packet `get` took for the caller, and the thread that queued it.
 type Took<T> = (T, u64);
 
@@ -557,13 +606,11 @@ impl<T: Packet> Queue<T> {
             Ok(x) => x,
             Err(e) => return Err(err(e)),
         };
-        if let Some(p) = st.take_first(self.inner.limit, g.tag) {
-            // The fast path: no closure, and the packet moves straight to
-            // the caller.
-            let strands = p.strand() != 0;
-            let r = Ok(p);
-            self.took(st, &g, strands);
-            return r;
+        if let Some(strands) = st.claim_first(self.inner.limit, g.tag) {
+            // The fast path: no closure, and the packet moves straight from
+            // the ring into the result (the guard finishes after that).
+            let mut took = self.took(st, &g, strands);
+            return Ok(took.pop());
         }
         let mut one = None;
         if let Err(e) = self.wait_for(st, g, 1, &mut |p| one = Some(p), timeout) {
@@ -582,16 +629,16 @@ impl<T: Packet> Queue<T> {
         let (mut st, g) = self.begin_get()?;
         let max = batch.max.max(1);
         let out = &mut *batch.out;
-        if let Some(first) = st.take_first(self.inner.limit, g.tag) {
-            let first_strand = first.strand() != 0;
-            out.push(first);
+        if let Some(first_strand) = st.claim_first(self.inner.limit, g.tag) {
+            let mut took = self.took(st, &g, first_strand);
+            out.push(took.pop());
             let mut t = Taker {
                 tag: g.tag,
                 max: max - 1,
                 put: &mut |p| out.push(p),
             };
-            let (n, strands) = t.deliver(&mut st, None);
-            self.took(st, &g, first_strand || strands);
+            let (n, strands) = t.deliver(took.st.as_mut().expect("held until drop"), None);
+            took.strands |= strands;
             return Ok(n + 1);
         }
         self.wait_for(st, g, max, &mut |p| out.push(p), timeout)
@@ -624,25 +671,19 @@ impl<T: Packet> Queue<T> {
         Ok((st, g))
     }
 
-    /// A `get` took packets without blocking (it counted itself running):
-    /// the rest goes to whoever waits, then the thread runs on the queue.
-    fn took(&self, mut st: MutexGuard<'_, State<T>>, g: &GetStart, strands: bool) {
-        if !st.waiters.is_empty() || st.driver.is_some() {
-            // Letting go of strands may have freed packets for them.
-            self.inner.dispatch(&mut st);
-        }
-        // What this thread left for the kernel must not wait until the
-        // queue runs dry: the standby takes it in, else (nobody waits on
-        // the kernel) this thread turns it once without waiting, its
-        // completions queueing behind these packets. Otherwise a lone
-        // worker would hold every reply of a batch back until it had
-        // handled the whole batch, and the load would come back as one wave
-        // needing a pool buffer per connection.
-        let turn = g.deferred && self.inner.hand_over_work(&mut st, true);
-        drop(st);
-        self.set_running(g.tag, strands);
-        if turn {
-            self.inner.turn_once();
+    /// The guard that ends a `get` that claimed a packet (see [`Claimed`]).
+    fn took<'a>(
+        &'a self,
+        st: MutexGuard<'a, State<T>>,
+        g: &GetStart,
+        strands: bool,
+    ) -> Claimed<'a, T> {
+        Claimed {
+            queue: self,
+            st: Some(st),
+            tag: g.tag,
+            deferred: g.deferred,
+            strands,
         }
     }
 
