@@ -32,6 +32,43 @@ const RBUF_MAX: usize = 64 * 1024;
 const MAX_POOLED_HELD: usize = 4;
 /// Buffers per vectored send.
 const MAX_IOV: usize = 64;
+/// Room in a buffer that pooled chunks are copied out into (later chunks
+/// of the same connection are appended while it has room).
+const COPY_CAP: usize = 16 * 1024;
+/// Copy-out buffers a worker keeps for reuse once their send completed.
+const COPY_KEEP: usize = 64;
+
+std::thread_local! {
+    /// Copy-out buffers this thread got back from completed sends: copying
+    /// out is the normal path when the pool runs low (many connections
+    /// busy at once), so it must not allocate per chunk. Per thread, as
+    /// any worker may handle any connection; at most `COPY_KEEP` of them.
+    static COPY_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for `n` bytes to copy out into.
+fn copy_buf(n: usize) -> Vec<u8> {
+    if n <= COPY_CAP {
+        if let Ok(Some(v)) = COPY_BUFS.try_with(|b| b.borrow_mut().pop()) {
+            return v;
+        }
+    }
+    Vec::with_capacity(n.max(COPY_CAP))
+}
+
+/// Keeps a copy-out buffer whose send completed, for the next copy.
+fn keep_copy_buf(mut v: Vec<u8>) {
+    if v.capacity() != COPY_CAP {
+        return;
+    }
+    v.clear();
+    let _ = COPY_BUFS.try_with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < COPY_KEEP {
+            b.push(v);
+        }
+    });
+}
 
 /// Why a connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +303,7 @@ impl Shard {
                 match conn.out.back_mut() {
                     Some(Buf::Vec(v)) if v.capacity() - v.len() >= n => v.extend_from_slice(&p),
                     _ => {
-                        let mut v = Vec::with_capacity(n.max(RBUF_MAX));
+                        let mut v = copy_buf(n);
                         v.extend_from_slice(&p);
                         conn.out.push_back(Buf::Vec(v));
                     }
@@ -294,7 +331,16 @@ impl Shard {
                 self.sent(conn, bytes, now);
                 // Reuse a returned receive buffer of the right size (what
                 // comes back from a send of pool buffers just drops).
-                if !self.pooled && conn.spare.is_none() {
+                if self.pooled {
+                    // What came back: pool buffers (dropped here, back to
+                    // the pool) and the buffers chunks were copied out into.
+                    let one = c.take_buf();
+                    for b in one.into_iter().chain(c.take_bufs()) {
+                        if let Buf::Vec(v) = b {
+                            keep_copy_buf(v);
+                        }
+                    }
+                } else if conn.spare.is_none() {
                     let one = c.take_buf();
                     let returned = one.into_iter().chain(c.take_bufs());
                     for b in returned {
@@ -467,5 +513,35 @@ impl Shard {
         conn.h.close();
         conn.out.clear();
         conn.spare = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_buffers_are_reused_not_reallocated() {
+        let v = copy_buf(64);
+        assert_eq!(v.capacity(), COPY_CAP);
+        let mut v = v;
+        v.extend_from_slice(&[7; 64]);
+        let ptr = v.as_ptr();
+        keep_copy_buf(v);
+        let again = copy_buf(100);
+        assert_eq!(again.as_ptr(), ptr, "the kept buffer comes back");
+        assert!(again.is_empty());
+        // A chunk larger than the kept buffers gets its own, never kept.
+        let big = copy_buf(COPY_CAP + 1);
+        assert!(big.capacity() > COPY_CAP);
+        keep_copy_buf(big);
+        keep_copy_buf(again);
+        let n = COPY_BUFS.with(|b| b.borrow().len());
+        assert_eq!(n, 1);
+        // At most COPY_KEEP are kept.
+        for _ in 0..COPY_KEEP + 10 {
+            keep_copy_buf(Vec::with_capacity(COPY_CAP));
+        }
+        assert_eq!(COPY_BUFS.with(|b| b.borrow().len()), COPY_KEEP);
     }
 }
