@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::kit::lock;
@@ -33,6 +33,10 @@ pub(crate) struct PoolShared {
     pub(crate) buf_size: usize,
     pub(crate) count: usize,
     returned: Mutex<Vec<u16>>,
+    /// Whether `returned` holds anything (set and cleared under its lock):
+    /// the engine looks here first, so a turn with nothing given back
+    /// takes no lock.
+    any_returned: AtomicBool,
     in_use: AtomicUsize,
     pub(crate) in_kernel: AtomicUsize,
     /// Weak: the engine owns the pool, not the other way round.
@@ -76,6 +80,7 @@ impl PoolShared {
             buf_size,
             count,
             returned: Mutex::new(Vec::with_capacity(count)),
+            any_returned: AtomicBool::new(false),
             in_use: AtomicUsize::new(0),
             in_kernel: AtomicUsize::new(0),
             waker: Mutex::new(None),
@@ -111,15 +116,22 @@ impl PoolShared {
 
     /// Takes the ids of buffers dropped since the last call.
     pub(crate) fn take_returned(&self, out: &mut Vec<u16>) {
+        if !self.any_returned.load(Ordering::SeqCst) {
+            return;
+        }
         let mut r = lock(&self.returned);
         out.append(&mut r);
+        self.any_returned.store(false, Ordering::SeqCst);
     }
 
     /// Whether buffers are waiting to be taken back (checked by an engine
     /// before it sleeps, so a buffer dropped just then is not missed).
     #[cfg(target_os = "linux")]
     pub(crate) fn has_returned(&self) -> bool {
-        !lock(&self.returned).is_empty()
+        // Stored (SeqCst) before the dropper looks whether the engine
+        // sleeps: an engine that announced its sleep first is woken, one
+        // that announced it after sees this.
+        self.any_returned.load(Ordering::SeqCst)
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -179,6 +191,7 @@ impl Drop for PooledBuf {
         let first = {
             let mut r = lock(&self.pool.returned);
             r.push(self.bid);
+            self.pool.any_returned.store(true, Ordering::SeqCst);
             r.len() == 1
         };
         if first {

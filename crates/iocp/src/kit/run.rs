@@ -92,15 +92,13 @@ pub(crate) trait Drive: Engine + Sized {
     /// back.
     fn turn(&mut self, timeout: Option<Duration>, block: bool) {
         let before = self.made();
+        // The clock reading a last turn left is stale.
+        self.timers().checked = None;
         self.intake();
         publish_timers(self);
         let sleep = block && !self.busy() && self.prepare_sleep();
         let entered = if sleep {
-            let mut wait = timeout;
-            if let Some(t) = self.timers().next() {
-                let d = t.saturating_duration_since(Instant::now());
-                wait = Some(wait.map_or(d, |w| w.min(d)));
-            }
+            let wait = self.timers().bound(timeout);
             let entered = self.enter(true, wait);
             self.woke();
             entered
@@ -124,6 +122,7 @@ pub(crate) trait Drive: Engine + Sized {
     /// the engine has already handed its work to the kernel. After the wait
     /// (or none), [`Drive::turn_end`] takes what came back.
     fn turn_begin(&mut self, timeout: Option<Duration>) -> Option<Option<Duration>> {
+        self.timers().checked = None;
         self.intake();
         publish_timers(self);
         let wait = timeout != Some(Duration::ZERO) && !self.busy() && self.prepare_sleep();
@@ -133,12 +132,7 @@ pub(crate) trait Drive: Engine + Sized {
             }
             return None;
         }
-        let mut wait = timeout;
-        if let Some(t) = self.timers().next() {
-            let d = t.saturating_duration_since(Instant::now());
-            wait = Some(wait.map_or(d, |w| w.min(d)));
-        }
-        Some(wait)
+        Some(self.timers().bound(timeout))
     }
 
     /// The second half of a turn begun with [`Drive::turn_begin`]: `waited`
@@ -203,6 +197,10 @@ impl OpTimer for TimerItem {
 pub(crate) struct Timers {
     set: TimerSet<TimerItem>,
     due: Vec<TimerItem>,
+    /// When [`fire_timers`] last looked at the clock in the current turn
+    /// (cleared as a turn begins): the turn's wait is bounded from that
+    /// reading instead of a second one.
+    checked: Option<Instant>,
 }
 
 impl Timers {
@@ -210,6 +208,7 @@ impl Timers {
         Timers {
             set: TimerSet::new(),
             due: Vec::new(),
+            checked: None,
         }
     }
 
@@ -226,6 +225,19 @@ impl Timers {
     /// When the earliest timer is due.
     pub(crate) fn next(&self) -> Option<Instant> {
         self.set.next()
+    }
+
+    /// `timeout`, shortened to end when the earliest timer is due (measured
+    /// from the clock reading this turn's [`fire_timers`] made, if any: the
+    /// instants between that reading and the wait only make the timer
+    /// fire that much later).
+    pub(crate) fn bound(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let Some(t) = self.set.next() else {
+            return timeout;
+        };
+        let now = self.checked.unwrap_or_else(Instant::now);
+        let d = t.saturating_duration_since(now);
+        Some(timeout.map_or(d, |w| w.min(d)))
     }
 
     /// Timers pending.
@@ -253,11 +265,21 @@ pub(crate) trait TimerTarget {
 }
 
 /// Fires every timer that is due, earliest first.
+#[inline]
 pub(crate) fn fire_timers<T: TimerTarget>(t: &mut T) {
-    let now = Instant::now();
-    if t.timers().next().is_none_or(|at| at > now) {
+    let Some(at) = t.timers().next() else {
         return;
+    };
+    let now = Instant::now();
+    t.timers().checked = Some(now);
+    if at <= now {
+        fire_due(t, now);
     }
+}
+
+/// Fires the timers due at `now` (out of line: most turns fire none).
+#[inline(never)]
+fn fire_due<T: TimerTarget>(t: &mut T, now: Instant) {
     let mut due = std::mem::take(&mut t.timers().due);
     t.timers().set.expired(now, &mut due);
     for item in due.drain(..) {

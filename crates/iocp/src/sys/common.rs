@@ -119,11 +119,18 @@ pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 /// The part of an engine other threads may touch.
 pub(crate) struct EngineShared {
     cmds: Mutex<Vec<Cmd>>,
+    /// Whether `cmds` holds any (set and cleared under its lock): a turn
+    /// with no command takes no lock.
+    any_cmds: AtomicBool,
     /// Set by the engine just before it may block; cleared by whoever wakes it.
     sleeping: AtomicBool,
     /// Set by a helper thread of the engine (the epoll file pool) that left
     /// results for it; cleared by the engine as it takes them.
     nudged: AtomicBool,
+    /// Set by a thread other than an inline port's owner that posted a
+    /// packet to the port; cleared by the owner's engine as it looks
+    /// before sleeping (the owner takes the packet before it turns again).
+    posted: AtomicBool,
     wake_fd: OwnedFd,
     shutdown: AtomicBool,
     pub(crate) pool: Arc<PoolShared>,
@@ -159,8 +166,10 @@ impl EngineShared {
     pub(crate) fn new(pool: Arc<PoolShared>) -> io::Result<Arc<EngineShared>> {
         let shared = Arc::new(EngineShared {
             cmds: Mutex::new(Vec::with_capacity(256)),
+            any_cmds: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
+            posted: AtomicBool::new(false),
             wake_fd: calls::eventfd()?,
             shutdown: AtomicBool::new(false),
             pool,
@@ -203,6 +212,9 @@ impl EngineShared {
                 return Err(cmd);
             }
             q.push(cmd);
+            // SeqCst, before `work_queued` looks whether the engine sleeps
+            // (see `prepare_sleep`).
+            self.any_cmds.store(true, Ordering::SeqCst);
         }
         self.work_queued(work);
         Ok(())
@@ -218,12 +230,18 @@ impl EngineShared {
     }
 
     /// Takes every queued command (the engine calls this each turn).
+    /// `out` must be empty; it gets the queue's storage in exchange.
     pub(crate) fn take_cmds(&self, out: &mut Vec<Cmd>) {
-        std::mem::swap(&mut *lock(&self.cmds), out);
+        if !self.any_cmds.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut q = lock(&self.cmds);
+        std::mem::swap(&mut *q, out);
+        self.any_cmds.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn has_cmds(&self) -> bool {
-        !lock(&self.cmds).is_empty()
+        self.any_cmds.load(Ordering::SeqCst)
     }
 
     /// Wakes the engine if it is (about to be) blocked.
@@ -275,6 +293,21 @@ impl EngineShared {
     pub(crate) fn nudge(&self) {
         self.nudged.store(true, Ordering::SeqCst);
         self.work_queued(Work::Buffers);
+    }
+
+    /// Another thread posted a packet to an inline port (after queuing
+    /// it): wakes the owner's engine, and keeps it from going to sleep
+    /// without the owner taking the packet.
+    pub(crate) fn posted(&self) {
+        self.posted.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether a packet was posted since the last call (see
+    /// [`EngineShared::posted`]).
+    pub(crate) fn take_posted(&self) -> bool {
+        // A load first: the common case (nothing posted) writes nothing.
+        self.posted.load(Ordering::SeqCst) && self.posted.swap(false, Ordering::SeqCst)
     }
 
     /// Whether a helper thread left results since the last call (the
@@ -348,15 +381,17 @@ impl Core {
     }
 
     /// The engine announces it may block ([`EngineShared::prepare_sleep`]);
-    /// `false` if it must not. An inline engine also must not block while
-    /// the port holds packets (posted by other threads): its own thread is
-    /// the one to take them. A post either lands before this look or finds
-    /// the announcement and wakes the engine.
+    /// `false` if it must not. An inline engine also must not block when
+    /// another thread posted to the port since it last looked: its own
+    /// thread is the one to take the packet (the owner's own posts, and
+    /// what a full batch left queued, it takes before it turns the engine).
+    /// A post either sets its flag before this look or finds the
+    /// announcement and wakes the engine.
     pub(crate) fn prepare_sleep(&self) -> bool {
         if !self.shared.prepare_sleep() {
             return false;
         }
-        if self.inline && self.queue.as_ref().is_some_and(|q| q.stats().queued > 0) {
+        if self.inline && self.shared.take_posted() {
             self.shared.woke();
             return false;
         }

@@ -57,6 +57,9 @@ pub(crate) trait LinuxEngine {
 
 /// Carries out every command queued since the last call.
 pub(crate) fn take_commands<E: LinuxEngine>(e: &mut E) {
+    if !e.core_ref().shared.has_cmds() {
+        return;
+    }
     let mut cmds = std::mem::take(&mut e.core().cmds);
     e.core().shared.take_cmds(&mut cmds);
     for cmd in cmds.drain(..) {

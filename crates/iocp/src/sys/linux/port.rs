@@ -216,7 +216,7 @@ impl SysPort for Port {
         self.queue.post(c).map_err(|_| error::port_closed())?;
         if let Some(inl) = &self.inline {
             if thread_tag() != inl.owner {
-                self.engines[0].wake();
+                self.engines[0].posted();
             }
         }
         Ok(())
@@ -445,9 +445,9 @@ impl Port {
             };
             let poll = timeout == Some(Duration::ZERO);
             // The turn takes in what is pending (commands, buffers given
-            // back) and then blocks only if nothing else is ready — packets
-            // other threads posted to the queue included (an inline engine
-            // looks at the queue once it announced its sleep) — so an
+            // back) and then blocks only if nothing else is ready — a packet
+            // another thread posted included (an inline engine looks at the
+            // post flag once it announced its sleep) — so an
             // operation started by the last handler is submitted in the same
             // `io_uring_enter` that waits.
             engine.turn(left, !poll);
