@@ -329,28 +329,17 @@ impl Shard {
         match &c.result {
             Ok(_) => {
                 self.sent(conn, bytes, now);
-                // Reuse a returned receive buffer of the right size (what
-                // comes back from a send of pool buffers just drops).
-                if self.pooled {
-                    // What came back: pool buffers (dropped here, back to
-                    // the pool) and the buffers chunks were copied out into.
-                    let one = c.take_buf();
-                    for b in one.into_iter().chain(c.take_bufs()) {
-                        if let Buf::Vec(v) = b {
-                            keep_copy_buf(v);
-                        }
-                    }
-                } else if conn.spare.is_none() {
-                    let one = c.take_buf();
-                    let returned = one.into_iter().chain(c.take_bufs());
-                    for b in returned {
-                        if let Buf::Vec(mut v) = b {
-                            if v.capacity() == conn.rbuf {
-                                v.clear();
-                                conn.spare = Some(v);
-                                break;
-                            }
-                        }
+                // What the send hands back: pool buffers (dropped here,
+                // back to the pool) and vectors, reused as copy-out buffers
+                // (pooled receive) or as the next receive's buffer when of
+                // the right size (single-shot receive).
+                for b in c.take_buf().into_iter().chain(c.take_bufs()) {
+                    let Buf::Vec(mut v) = b else { continue };
+                    if self.pooled {
+                        keep_copy_buf(v);
+                    } else if conn.spare.is_none() && v.capacity() == conn.rbuf {
+                        v.clear();
+                        conn.spare = Some(v);
                     }
                 }
             }
