@@ -97,6 +97,9 @@ impl UringEngine {
     /// of connections and a few hundred buffers, most would fail again at
     /// once, each at the cost of an SQE and a CQE, round after round.
     fn rearm_starved(&mut self) {
+        if self.starved.is_empty() {
+            return;
+        }
         let mut budget = self.buffers_available().saturating_sub(self.starve_claims);
         while budget > 0 {
             let Some((idx, id)) = self.starved.pop_front() else {
