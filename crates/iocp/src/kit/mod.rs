@@ -12,6 +12,8 @@
 //! * [`run`]: one turn of an engine and the loop of a dedicated engine
 //!   thread, plus the timer items an engine schedules (the timer set itself
 //!   is [`crate::timers`]);
+//! * [`starved`]: the pooled receives waiting for a buffer, resumed oldest
+//!   first and no more than there are buffers;
 //! * [`lock`]: a mutex lock that survives poisoning.
 //!
 //! Nothing here touches the kernel: the kit holds no `unsafe` and builds on
@@ -26,6 +28,9 @@ pub(crate) mod phase;
 // On Windows the kernel runs the operations: there is no engine to turn.
 #[cfg_attr(windows, allow(dead_code))]
 pub(crate) mod run;
+// Only the Linux engines park receives that find the pool empty.
+#[cfg_attr(windows, allow(dead_code))]
+pub(crate) mod starved;
 
 /// A mutex whose guard can be taken whether or not a thread panicked while
 /// holding it.

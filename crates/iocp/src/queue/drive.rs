@@ -255,9 +255,11 @@ impl<T: Packet> Queue<T> {
                     if let Handed::Packet(p, from) = h {
                         first = Some((p, from));
                     }
-                } else if st.running < self.inner.limit && st.next_for(tag).is_some() {
+                } else if let Some(i) = (st.running < self.inner.limit)
+                    .then(|| st.next_for(tag))
+                    .flatten()
+                {
                     st.running += 1;
-                    let i = st.next_for(tag).expect("checked");
                     first = Some(st.take_at(i, tag));
                 }
                 if let Some(f) = first {

@@ -50,7 +50,6 @@ mod files;
 mod ops;
 mod poller;
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -62,6 +61,7 @@ use crate::kit::accept::ACCEPT_BACKOFF;
 use crate::kit::lanes::{Lane, Lanes, Next};
 use crate::kit::phase::{Park, Phase, Step, Stop};
 use crate::kit::run::TimerItem;
+use crate::kit::starved::Starved;
 use crate::op::Completion;
 use crate::queue::Queue;
 use crate::sys::common::{
@@ -138,9 +138,8 @@ pub(crate) struct EpollEngine {
     events: Vec<libc::epoll_event>,
     /// Pool buffers the engine owns (free to read into).
     free_bufs: Vec<u16>,
-    /// Pooled receives waiting for a buffer, oldest first: (slot, op id);
-    /// stale entries are skipped.
-    starved: VecDeque<(usize, u64)>,
+    /// Pooled receives waiting for a buffer.
+    starved: Starved,
     /// Handles whose lanes ran out of budget this turn.
     deferred: Vec<u64>,
     /// Where operations on files run.
@@ -167,7 +166,7 @@ impl EpollEngine {
             core: Core::new(shared, queue, cfg.inline),
             events: Vec::with_capacity(EVENTS),
             free_bufs: (0..count as u16).rev().collect(),
-            starved: VecDeque::new(),
+            starved: Starved::default(),
             deferred: Vec::new(),
             files,
             done: Vec::new(),
@@ -248,7 +247,7 @@ impl EpollEngine {
                 }
                 Step::Starved => {
                     op.phase = Phase::Parked(Park::Starved);
-                    self.starved.push_back((idx, op.meta.id));
+                    self.starved.push(idx, op.meta.id);
                     EngineCounters::bump(&self.core.shared.counters.starved, 1);
                     return;
                 }
@@ -405,15 +404,17 @@ impl EpollEngine {
         // once, taking a buffer if its socket has data (and none if not).
         // Resuming them all would make the rest starve again at once.
         while !self.free_bufs.is_empty() {
-            let Some((idx, id)) = self.starved.pop_front() else {
+            let ops = &self.ops;
+            let Some(idx) = self
+                .starved
+                .pop_live(|i| ops.get(i).map(|o| (o.meta.id, o.phase)))
+            else {
                 break;
             };
-            let Some(op) = self.ops.get_mut(idx) else {
-                continue;
-            };
-            if op.meta.id != id || op.phase != Phase::Parked(Park::Starved) {
-                continue;
-            }
+            let op = self
+                .ops
+                .get_mut(idx)
+                .expect("a live entry names a live slot");
             op.phase = Phase::Issued;
             let hid = op.meta.hid;
             self.run_lane(hid, Lane::Read);

@@ -27,7 +27,6 @@ mod sqe;
 mod tests;
 mod ud;
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -39,6 +38,7 @@ use crate::error;
 use crate::kit::lanes::Lanes;
 use crate::kit::phase::{Park, Phase, Stop};
 use crate::kit::run::{Drive, TimerItem};
+use crate::kit::starved::Starved;
 use crate::op::Completion;
 use crate::queue::Queue;
 use crate::sys::common::{
@@ -92,10 +92,8 @@ pub(crate) struct UringEngine {
     wake_buf: Box<u64>,
     wake_armed: bool,
     cqes: Vec<(u64, i32, u32)>,
-    /// Pooled receives waiting for pool buffers, oldest first: (slot, op
-    /// id). An entry whose slot no longer holds that op parked as starved is
-    /// stale and skipped (entries are never searched or removed in place).
-    starved: VecDeque<(usize, u64)>,
+    /// Pooled receives waiting for pool buffers.
+    starved: Starved,
     /// Starved receives re-armed since the last reap: each may take one of
     /// the buffers the pool has, so the next re-arms count them off.
     starve_claims: usize,
@@ -152,7 +150,7 @@ impl UringEngine {
             wake_buf: Box::new(0),
             wake_armed: false,
             cqes: Vec::with_capacity(256),
-            starved: VecDeque::new(),
+            starved: Starved::default(),
             starve_claims: 0,
             free_bufs,
             feats,

@@ -10,9 +10,8 @@ use std::io::ErrorKind;
 use std::os::fd::AsFd;
 
 use super::ops::cqe_result;
-use super::slot::Slot;
 use super::UringEngine;
-use crate::kit::phase::{Park, Phase, Step};
+use crate::kit::phase::Step;
 use crate::sys::common::read_pooled;
 
 impl UringEngine {
@@ -102,13 +101,13 @@ impl UringEngine {
         }
         let mut budget = self.buffers_available().saturating_sub(self.starve_claims);
         while budget > 0 {
-            let Some((idx, id)) = self.starved.pop_front() else {
+            let ops = &self.ops;
+            let Some(idx) = self
+                .starved
+                .pop_live(|i| ops.get(i).map(|s| (s.meta.id, s.phase)))
+            else {
                 break;
             };
-            let parked = |s: &Slot| s.meta.id == id && s.phase == Phase::Parked(Park::Starved);
-            if !self.ops.get(idx).is_some_and(parked) {
-                continue;
-            }
             budget -= 1;
             self.starve_claims += 1;
             self.again(idx);

@@ -72,8 +72,7 @@ impl UringEngine {
             }
             Step::Starved => {
                 slot.phase = Phase::Parked(Park::Starved);
-                let id = slot.meta.id;
-                self.starved.push_back((idx, id));
+                self.starved.push(idx, slot.meta.id);
                 EngineCounters::bump(&self.core.shared.counters.starved, 1);
                 // Buffers may already be waiting to go back, or they went
                 // back between the kernel's last try and this CQE (then no
