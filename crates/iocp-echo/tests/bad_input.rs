@@ -124,14 +124,14 @@ fn server_flags() {
     server | --drain-delay <D> | 101y | too large: at most 100y {DUR}
         ",
     );
-    for v in ["63", "2MiB"] {
+    // A size outside 64 B–1 MiB, and how the message shows it (in bytes).
+    for (v, shown) in [("63", "63"), ("2MiB", "2097152")] {
         usage(
             &["server", "--pool-buffer-size", v],
             &[],
             &format!(
-                "iocp-echo server: invalid value '{}' for '--pool-buffer-size <BYTES>': \
-                 must be from 64 B to 1 MiB (examples: 4KiB, 16KiB)",
-                if v == "63" { "63" } else { "2097152" }
+                "iocp-echo server: invalid value '{shown}' for '--pool-buffer-size <BYTES>': \
+                 must be from 64 B to 1 MiB (examples: 4KiB, 16KiB)"
             ),
         );
     }
