@@ -37,6 +37,16 @@ static A: Counting = Counting;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
+/// `LIVE` counts the whole process, and `cargo test` runs this file's tests
+/// as threads of one process: each test holds this lock so no other test
+/// allocates while one measures.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`ALONE`], even after another test panicked while holding it.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One port per backend of this build, each made by `b`; a backend that
 /// cannot build a port here fails the test (see [`util::Target::ready`]).
 fn ports(b: impl Fn() -> PortBuilder) -> Vec<(Backend, Port)> {
@@ -94,6 +104,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn idle_pooled_receives_pin_no_buffer_and_little_memory() {
+    let _alone = alone();
     for (be, port) in ports(Port::builder) {
         let n = 1000;
         let (mut clients, handles) = connect_many(&port, n);
@@ -157,6 +168,7 @@ fn pooled_collect(port: &Port, h: &Handle, expect: usize) -> Vec<u8> {
 
 #[test]
 fn two_tiny_buffers_receive_a_mebibyte_without_loss() {
+    let _alone = alone();
     for (be, port) in ports(|| Port::builder().pool_buffers(2).pool_buffer_size(64)) {
         let (mut clients, handles) = connect_many(&port, 1);
         let data: Vec<u8> = (0..1 << 20)
@@ -188,6 +200,7 @@ fn two_tiny_buffers_receive_a_mebibyte_without_loss() {
 
 #[test]
 fn a_tiny_completion_queue_overflows_without_loss() {
+    let _alone = alone();
     // 16 CQ entries and 64 connections all receiving at once: the kernel
     // queues CQEs past the ring (IORING_FEAT_NODROP) and the engine must
     // flush them. (epoll has no CQ; the test still checks delivery.)
@@ -251,6 +264,7 @@ fn a_tiny_completion_queue_overflows_without_loss() {
 /// pool buffer it gives back.
 #[test]
 fn inline_echo_takes_two_enters_per_message() {
+    let _alone = alone();
     const MESSAGES: u64 = 10_000;
     for &be in Backend::available() {
         let t = util::Target::new(be, true);
