@@ -160,6 +160,7 @@ fn scrape_changes_with_traffic(label: &str, args: &[&str], who: &str, shards: us
         "iocp_echo_accept_errors_total",
         "iocp_echo_accept_pauses_total",
         "iocp_echo_read_pauses_total",
+        "iocp_echo_pooled_chunks_copied_total",
         "iocp_echo_udp_received_datagrams_total",
         "iocp_echo_udp_sent_datagrams_total",
         "iocp_echo_udp_dropped_datagrams_total",
@@ -254,6 +255,92 @@ fn scrape_pool() {
     );
 }
 
+/// Chunks received into pool buffers are sent from them (no copy) while
+/// the pool has room; clients that never read pin at most half the pool
+/// (their stalled sends hold buffers), after which their chunks are copied
+/// out, counted, and other clients are still served.
+#[test]
+fn pooled_chunks_copied_only_when_stalled_sends_hold_the_pool() {
+    const BUFS: f64 = 16.0;
+    let mut s = server(
+        "pooled copies",
+        &[
+            "--model",
+            "pool",
+            "--workers",
+            "1",
+            "--pool-buffers",
+            "16",
+            "--max-pending",
+            "64KiB",
+        ],
+    );
+    let m = s.metrics();
+    let copied = |sc: &Scrape| sc.get("iocp_echo_pooled_chunks_copied_total");
+    let before = Scrape::take(m);
+    assert_eq!(before.get("iocp_echo_pool_buffers{shard=\"0\"}"), BUFS);
+    // Ping-pong: one chunk held at a time, never a copy.
+    let mut c = connect(s.tcp);
+    for i in 0..200u8 {
+        echo(&mut c, 100, i);
+    }
+    let quiet = Scrape::take(m);
+    assert_eq!(copied(&quiet), copied(&before), "ping-pong copied chunks");
+
+    // Five clients that write and never read: each can hold 4 buffers in
+    // its stalled send and queue, 20 in all, more than the pool has.
+    let hogs: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let h = connect(s.tcp);
+            h.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            h
+        })
+        .collect();
+    let chunk = vec![0x3cu8; 64 * 1024];
+    for mut h in &hogs {
+        let mut sent = 0usize;
+        loop {
+            match h.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("hog write: {e}"),
+            }
+            assert!(
+                sent < 256 << 20,
+                "the server kept reading a client that never reads"
+            );
+        }
+    }
+    // What the hogs pin once everything settles: at most half the pool.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stalled = loop {
+        let sc = Scrape::take(m);
+        if sc.get("iocp_echo_pool_buffers_in_use{shard=\"0\"}") <= BUFS / 2.0
+            || Instant::now() > deadline
+        {
+            break sc;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        stalled.get("iocp_echo_pool_buffers_in_use{shard=\"0\"}") <= BUFS / 2.0,
+        "clients that never read pin {} of {BUFS} pool buffers",
+        stalled.get("iocp_echo_pool_buffers_in_use{shard=\"0\"}")
+    );
+    // Each hog had at least 64 KiB pending in chunks of at most 4 KiB, at
+    // most 4 of them held: the rest were copied out.
+    assert!(
+        copied(&stalled) - copied(&quiet) >= 5.0 * 12.0,
+        "copied {} chunks",
+        copied(&stalled) - copied(&quiet)
+    );
+    // Another client is still served, from the half the hogs cannot pin.
+    let mut other = connect(s.tcp);
+    echo(&mut other, 200_000, 7);
+    drop(hogs);
+    s.stop_ok();
+}
+
 /// The pool model at 2 workers: on Linux every connection has the standing
 /// pooled receive (the port keeps each connection's chunks in order), so
 /// idle connections hold no receive buffer at all — none lent from the
@@ -294,8 +381,8 @@ fn pool_two_workers_idle_connections_hold_no_buffer() {
         0.0,
         "pool buffers lent with every connection idle"
     );
-    // The pool model's default pool: about a buffer per busy connection.
-    assert_eq!(scrape.get("iocp_echo_pool_buffers{shard=\"0\"}"), 2048.0);
+    // The pool model's default pool: two buffers per busy connection at 2048.
+    assert_eq!(scrape.get("iocp_echo_pool_buffers{shard=\"0\"}"), 4096.0);
     drop(conns);
     s.stop_ok();
 }

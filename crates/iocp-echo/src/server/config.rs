@@ -59,7 +59,7 @@ pub struct Args {
 
     /// Receive buffers in each port's pool (per shard with per-core), 1 to
     /// 32768. Idle connections hold none; data that lands in a connection
-    /// holds one until it is copied out or echoed. [default: pool 2048,
+    /// holds one until it is copied out or echoed. [default: pool 4096,
     /// per-core 256]
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u16>(1, 32768))]
     pub pool_buffers: Option<u16>,
@@ -107,11 +107,14 @@ pub struct Args {
 const POOL_DEFAULTS_PER_CORE: (usize, usize) = (256, 16 << 10);
 /// Pool buffers (count, size) of the pool model's port. Its ring is shared
 /// by the workers (no deferred task work), so the kernel fills a buffer as
-/// soon as data lands: with every connection busy it takes about one per
-/// connection, or receives starve and must be re-armed (an extra CQE and
-/// SQE each). More and smaller buffers, for the same memory bound: what a
-/// client that never reads can make the server touch is count × size.
-const POOL_DEFAULTS_POOL: (usize, usize) = (2048, 4 << 10);
+/// soon as data lands: with every connection busy a connection holds up to
+/// two (its echo's, until the send's completion is handled, and the one
+/// its next message lands in), or receives starve and must be re-armed (an
+/// extra CQE and SQE each), or chunks are copied out to give buffers back
+/// sooner. Sized for 2048 busy connections; smaller buffers than per-core's
+/// for a bound on the pages the pool can make the server touch (count ×
+/// size, 16 MiB; untouched pages cost nothing).
+const POOL_DEFAULTS_POOL: (usize, usize) = (4096, 4 << 10);
 
 /// The threading model.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

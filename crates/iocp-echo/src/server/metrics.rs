@@ -198,7 +198,7 @@ impl Collector for EchoCollector {
             Gauge,
             g.cfg.max_conns as u64,
         )?;
-        let counters: [(&str, &str, Option<Unit>, u64); 13] = [
+        let counters: [(&str, &str, Option<Unit>, u64); 14] = [
             (
                 "iocp_echo_connections",
                 "Connections accepted and served.",
@@ -258,6 +258,13 @@ impl Collector for EchoCollector {
                 "Times a connection stopped reading at --max-pending.",
                 None,
                 load(&c.read_pauses),
+            ),
+            (
+                "iocp_echo_pooled_chunks_copied",
+                "Chunks received into pool buffers and copied out to give the buffer back at once \
+                 (the rest are sent from their pool buffer).",
+                None,
+                load(&c.pooled_copied),
             ),
             (
                 "iocp_echo_udp_received_datagrams",

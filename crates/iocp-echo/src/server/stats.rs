@@ -68,6 +68,9 @@ counters! {
         /// echoed yet.
         cut,
         cut_bytes,
+        /// Pooled chunks copied out of their pool buffer (the buffer goes
+        /// back at once) instead of being sent from it.
+        pooled_copied,
 }
 
 pub(crate) struct Global {

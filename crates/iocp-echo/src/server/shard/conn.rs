@@ -26,9 +26,11 @@ const T_SEND: u64 = 2;
 /// Receive buffers for single-shot receives adapt between these sizes.
 const RBUF_MIN: usize = 4 * 1024;
 const RBUF_MAX: usize = 64 * 1024;
-/// Pool buffers one connection may hold in its send queue; past that (or
-/// when the pool runs low) received chunks are copied out so a stalled peer
-/// cannot pin the pool every other connection receives into.
+/// Pool buffers one connection may hold to send them as they are (queued or
+/// in its send in flight); past that, or when the connections together
+/// hold half the pool that way, received chunks are copied out, so peers
+/// that stall cannot pin the pool every other connection receives into
+/// (see `Shard::copy_out`).
 const MAX_POOLED_HELD: usize = 4;
 /// Buffers per vectored send.
 const MAX_IOV: usize = 64;
@@ -298,8 +300,9 @@ impl Shard {
         }
         conn.pending += n;
         match buf {
-            Buf::Pooled(p) if conn.pooled_held >= MAX_POOLED_HELD || self.pool_low() => {
+            Buf::Pooled(p) if self.copy_out(conn) => {
                 // Copy out and give the pool buffer back at once.
+                Global::add(&self.g.c.pooled_copied, 1);
                 match conn.out.back_mut() {
                     Some(Buf::Vec(v)) if v.capacity() - v.len() >= n => v.extend_from_slice(&p),
                     _ => {
@@ -310,22 +313,58 @@ impl Shard {
                 }
             }
             Buf::Pooled(p) => {
-                conn.pooled_held += 1;
+                self.hold(conn, 1);
                 conn.out.push_back(Buf::Pooled(p));
             }
             other => conn.out.push_back(other),
         }
     }
 
-    fn pool_low(&self) -> bool {
-        let s = self.port.pool_stats();
-        s.in_use * 2 > s.total
+    /// Whether a chunk received into a pool buffer is copied out (and the
+    /// buffer given back at once) rather than sent from its pool buffer:
+    ///
+    /// - when `conn` holds `MAX_POOLED_HELD` already, or the connections'
+    ///   sends hold half the pool: a send to a peer that does not read never
+    ///   completes, so such sends pin at most half the pool;
+    /// - when seven eighths of the pool are lent (to receives not yet
+    ///   handled, and sends): a buffer copied out comes back before its
+    ///   echo's completion, so receives do not starve.
+    ///
+    /// Buffers lent to receives just completed count only in the second:
+    /// they come back as soon as they are handled. With the pool sized to
+    /// the busy connections (about two buffers each: the one being echoed
+    /// until its send's completion is handled, and the one the next message
+    /// lands in meanwhile) neither applies, and every chunk goes out in its
+    /// own pool buffer, without a copy.
+    fn copy_out(&self, conn: &Conn) -> bool {
+        if conn.pooled_held >= MAX_POOLED_HELD {
+            return true;
+        }
+        let pool = self.port.pool_stats();
+        self.pooled_held.load(Ordering::Relaxed) * 2 >= pool.total
+            || pool.in_use * 8 >= pool.total * 7
+    }
+
+    /// `n` more pool buffers held by `conn` to send them as they are.
+    fn hold(&self, conn: &mut Conn, n: usize) {
+        conn.pooled_held += n;
+        self.pooled_held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` pool buffers `conn` held for sending are gone (sent, failed, or
+    /// dropped at close).
+    fn unhold(&self, conn: &mut Conn, n: usize) {
+        if n > 0 {
+            conn.pooled_held -= n;
+            self.pooled_held.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     fn on_send(&self, conn: &mut Conn, c: &mut Completion, now: Instant) {
         conn.ops -= 1;
         let bytes = conn.inflight.take().unwrap_or(0);
-        conn.pooled_held -= std::mem::take(&mut conn.inflight_pooled);
+        let pooled = std::mem::take(&mut conn.inflight_pooled);
+        self.unhold(conn, pooled);
         match &c.result {
             Ok(_) => {
                 self.sent(conn, bytes, now);
@@ -470,7 +509,7 @@ impl Shard {
                 conn.inflight_pooled = pooled;
             }
             Err(e) => {
-                conn.pooled_held -= pooled;
+                self.unhold(conn, pooled);
                 self.fail(conn, &e.error, "send");
             }
         }
@@ -500,6 +539,12 @@ impl Shard {
         conn.closing = true;
         conn.why = why;
         conn.h.close();
+        let queued = conn
+            .out
+            .iter()
+            .filter(|b| matches!(b, Buf::Pooled(_)))
+            .count();
+        self.unhold(conn, queued);
         conn.out.clear();
         conn.spare = None;
     }

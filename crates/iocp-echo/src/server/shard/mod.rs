@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -44,6 +44,9 @@ pub(crate) struct Shard {
     udps: Vec<Udp>,
     /// Standing pooled receives (safe when one thread handles the port).
     pooled: bool,
+    /// Pool buffers the connections hold to send them as they are (queued
+    /// or in a send in flight): the sum of their `pooled_held`.
+    pooled_held: AtomicUsize,
     draining: AtomicBool,
     quit_posted: AtomicBool,
     sweep: Mutex<Sweep>,
@@ -83,6 +86,7 @@ impl Shard {
             listeners,
             udps,
             pooled,
+            pooled_held: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             quit_posted: AtomicBool::new(false),
             sweep: Mutex::new(Sweep::new()),
