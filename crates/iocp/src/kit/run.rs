@@ -92,10 +92,7 @@ pub(crate) trait Drive: Engine + Sized {
     /// back.
     fn turn(&mut self, timeout: Option<Duration>, block: bool) {
         let before = self.made();
-        // The clock reading a last turn left is stale.
-        self.timers().checked = None;
-        self.intake();
-        publish_timers(self);
+        take_in(self);
         let sleep = block && !self.busy() && self.prepare_sleep();
         let entered = if sleep {
             let wait = self.timers().bound(timeout);
@@ -122,9 +119,7 @@ pub(crate) trait Drive: Engine + Sized {
     /// the engine has already handed its work to the kernel. After the wait
     /// (or none), [`Drive::turn_end`] takes what came back.
     fn turn_begin(&mut self, timeout: Option<Duration>) -> Option<Option<Duration>> {
-        self.timers().checked = None;
-        self.intake();
-        publish_timers(self);
+        take_in(self);
         let wait = timeout != Some(Duration::ZERO) && !self.busy() && self.prepare_sleep();
         if !wait {
             if self.enter(false, Some(Duration::ZERO)) {
@@ -165,6 +160,15 @@ pub(crate) trait Drive: Engine + Sized {
 }
 
 impl<E: Engine> Drive for E {}
+
+/// How every turn begins: the clock reading a last turn left is stale,
+/// then the engine takes in what arrived ([`Engine::intake`], which fires
+/// the due timers) and says how many timers are left.
+fn take_in<E: Engine>(e: &mut E) {
+    e.timers().checked = None;
+    e.intake();
+    publish_timers(e);
+}
 
 /// Publishes how many timers are pending (`EngineStats::timers`).
 fn publish_timers<E: Engine>(e: &mut E) {
