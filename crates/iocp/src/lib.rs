@@ -62,7 +62,7 @@ pub use config::{Backend, BackendInfo};
 pub use error::{aborted, is_aborted, GetError, SubmitError};
 pub use handle::{FileHandle, Handle, PipeHandle};
 pub use op::{Completion, OpId, OpKind, OpOptions};
-pub use pool::PooledBuf;
+pub use pool::{PooledBuf, MAX_POOL_BUFFERS};
 pub use port::{BlockingGuard, Port, PortBuilder};
 pub use stats::{EngineStats, PoolStats, PortStats};
 

@@ -21,6 +21,12 @@ pub(crate) trait ReturnWaker: Send + Sync {
     fn buffers_returned(&self);
 }
 
+/// The most pool buffers a port's engine can have
+/// ([`PortBuilder::pool_buffers`](crate::PortBuilder::pool_buffers) clamps
+/// to it). A buffer's id is 16 bits, and io_uring takes a provided-buffer
+/// ring of a power of two below 65536 entries: 32768 is the largest.
+pub const MAX_POOL_BUFFERS: usize = 32768;
+
 /// The pool's buffers start on a page boundary.
 const PAGE: usize = 4096;
 
@@ -54,7 +60,10 @@ unsafe impl Sync for PoolShared {}
 
 impl PoolShared {
     pub(crate) fn new(count: usize, buf_size: usize) -> Arc<PoolShared> {
-        assert!(count > 0 && count <= 32768, "pool buffers: 1..=32768");
+        assert!(
+            (1..=MAX_POOL_BUFFERS).contains(&count),
+            "pool buffers: 1..={MAX_POOL_BUFFERS}"
+        );
         assert!(buf_size > 0, "pool buffer size must be > 0");
         // Page-aligned buffers, from an allocation aligned only as `calloc`
         // aligns (and a page larger, to round the start up): so the system

@@ -327,8 +327,9 @@ impl PortBuilder {
         fn backend(b: Backend) => backend = Some(b);
 
         /// Pool buffers per engine (per port on Windows) for pooled receives
-        /// (default 256, at most 32768).
-        fn pool_buffers(n: usize) => pool_bufs = n.clamp(1, 32768);
+        /// (default 256, at most [`MAX_POOL_BUFFERS`](crate::MAX_POOL_BUFFERS),
+        /// 32768).
+        fn pool_buffers(n: usize) => pool_bufs = n.clamp(1, crate::MAX_POOL_BUFFERS);
 
         /// Bytes per pool buffer (default 16 KiB).
         fn pool_buffer_size(n: usize) => pool_buf_size = n.max(1);

@@ -7,6 +7,13 @@ use completion_port::Backend;
 
 use crate::values::{self, OptDuration};
 
+/// The most `--pool-buffers`: the library's bound, which fits the flag's
+/// 16 bits.
+const MAX_POOL_BUFFERS: u16 = {
+    assert!(completion_port::MAX_POOL_BUFFERS <= u16::MAX as usize);
+    completion_port::MAX_POOL_BUFFERS as u16
+};
+
 /// Arguments of `iocp-echo server`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = concat!(
@@ -61,7 +68,7 @@ pub struct Args {
     /// 32768. Idle connections hold none; data that lands in a connection
     /// holds one until it is copied out or echoed. [default: pool 4096,
     /// per-core 256]
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u16>(1, 32768))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u16>(1, MAX_POOL_BUFFERS))]
     pub pool_buffers: Option<u16>,
 
     /// Size of each pool buffer (a size, 64 B to 1 MiB); a receive takes
