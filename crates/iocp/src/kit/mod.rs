@@ -28,8 +28,6 @@ pub(crate) mod phase;
 // On Windows the kernel runs the operations: there is no engine to turn.
 #[cfg_attr(windows, allow(dead_code))]
 pub(crate) mod run;
-// Only the Linux engines park receives that find the pool empty.
-#[cfg_attr(windows, allow(dead_code))]
 pub(crate) mod starved;
 
 /// A mutex whose guard can be taken whether or not a thread panicked while

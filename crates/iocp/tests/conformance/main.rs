@@ -123,7 +123,7 @@ macro_rules! for_each_clause {
             any pooled::pooled_stream,
             any pooled::pooled_receive_starves_and_resumes,
             linux pooled::returned_buffers_always_wake_a_starved_receive,
-            linux pooled::starved_receives_resume_one_per_buffer,
+            any pooled::starved_receives_resume_one_per_buffer,
             unix unix::unix_stream_round_trip,
             any files::file_offsets_concurrent,
             any files::file_eof_is_zero_bytes,

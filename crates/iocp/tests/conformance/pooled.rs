@@ -176,14 +176,21 @@ pub fn returned_buffers_always_wake_a_starved_receive(t: &Target) {
 
 /// Receives starved for buffers resume as buffers come back, oldest first
 /// and no more of them than there are buffers: 48 connections with data
-/// waiting, a pool of 4, and an application that holds what it got and lets
-/// one buffer go per packet. Every chunk arrives, and a receive starves
-/// about once. (Resuming every starved receive on each return would make all
-/// but one starve again each time: about n²/2 starvations.)
+/// waiting and a pool of 4 (per engine). The application takes chunks until
+/// it holds every buffer, waits on the port a while with the pool dry (no
+/// chunk can come; on IOCP that `get` is also where readiness packets are
+/// read, and their receives starve), then drops them all, round after
+/// round. Every chunk arrives, and a receive starves about once. Resuming
+/// every starved receive on each return would make all but 4 starve again
+/// each round: with one engine, 44 + 40 + ... + 4 = 264 starvations for 48
+/// receives.
 pub fn starved_receives_resume_one_per_buffer(t: &Target) {
     const N: usize = 48;
     const LEN: usize = 16;
     let port = t.build(t.builder().pool_buffers(4).pool_buffer_size(64));
+    // Every engine has a pool of its own.
+    let bufs = port.pool_stats().total;
+    assert_eq!(N % bufs, 0, "{bufs} buffers");
     let mut conns = Vec::new();
     for i in 0..N {
         let (h, c) = tcp_pair(&port, 100 + i as u64);
@@ -194,7 +201,7 @@ pub fn starved_receives_resume_one_per_buffer(t: &Target) {
         c.write_all(&pattern(i, LEN)).unwrap();
     }
     let mut seen = [false; N];
-    let mut held = std::collections::VecDeque::new();
+    let mut held = Vec::new();
     for _ in 0..N {
         let mut p = get(&port);
         assert_eq!((p.kind, p.more), (OpKind::RecvPooled, true), "{p:?}");
@@ -205,14 +212,14 @@ pub fn starved_receives_resume_one_per_buffer(t: &Target) {
             !std::mem::replace(&mut seen[i], true),
             "connection {i} twice"
         );
-        held.push_back(b);
-        if held.len() == 4 {
-            held.pop_front();
+        held.push(b);
+        if held.len() == bufs {
+            no_packet(&port, Duration::from_millis(100));
+            held.clear();
         }
     }
-    drop(held);
     let starved = port.engine_stats().starved;
-    println!("{N} connections through 4 buffers: {starved} starvations");
+    println!("{N} connections through {bufs} buffers: {starved} starvations");
     assert!(starved > 0, "the pool never ran dry");
     assert!(
         starved <= 3 * N as u64,

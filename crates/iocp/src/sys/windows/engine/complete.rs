@@ -65,12 +65,13 @@ impl HandleShared {
             tracing::error!("iocp: completion for an operation the handle does not know; dropped");
             return None;
         };
-        let input = match kernel {
-            Some(input) => input,
+        let (input, kept) = match kernel {
+            Some(input) => (input, false),
             None => match st.ops[i].local.take().unwrap_or(Local::Resume) {
                 Local::End(r) => return h.finish(st, i, r),
-                Local::Failed(e) => Input::Failed(e),
-                Local::Resume => Input::Resume,
+                Local::Failed(e) => (Input::Failed(e), false),
+                Local::Resume => (Input::Resume, false),
+                Local::Fed => (Input::Resume, true),
             },
         };
         let phase = st.ops[i].phase;
@@ -81,13 +82,24 @@ impl HandleShared {
             phase,
             stop: phase.stopping() || st.closing || h.port.closed.load(Ordering::SeqCst),
             out: None,
+            kept,
+            freed: false,
         };
         let Some(b) = st.ops[i].slot.held() else {
             return None; // claimed just above: held
         };
         let step = b.op().on_packet(input, &mut cx);
-        let (stop, out) = (cx.stop, cx.out.take());
-        h.apply(st, i, step, stop, out)
+        if cx.kept {
+            // It was stopped before it took the buffer kept for it.
+            h.port.unkeep();
+            cx.freed = true;
+        }
+        let (stop, out, freed) = (cx.stop, cx.out.take(), cx.freed);
+        let c = h.apply(st, i, step, stop, out);
+        if freed {
+            h.port.resume_starved();
+        }
+        c
     }
 
     /// Carries out what operation `st.ops[i]` made of its packet. A

@@ -17,7 +17,7 @@ use super::{HState, HandleShared, OpCtl, Owned, Shared, SockUse, TimerItem};
 use crate::error::{self, SubmitError};
 use crate::kit::lanes::{Lanes, Next};
 use crate::kit::lock;
-use crate::kit::phase::{Phase, Stop};
+use crate::kit::phase::{Park, Phase, Stop};
 use crate::op::{OpData, OpId};
 use crate::sys::contract::OsHandle;
 use crate::sys::windows::net;
@@ -281,18 +281,23 @@ impl HandleShared {
         }
     }
 
-    /// Resumes a parked standing operation (buffers came back, or its
-    /// back-off is over).
-    pub(crate) fn resume_parked(&self, op: u64) {
+    /// Resumes standing operation `op` if it is still parked for `why` (a
+    /// buffer is kept for a starved receive, or its back-off is over);
+    /// says whether it was.
+    pub(crate) fn resume_parked(&self, op: u64, why: Park) -> bool {
         let mut st = lock(&self.state);
-        let Some(i) = st.find(op) else { return };
+        let Some(i) = st.find(op) else { return false };
         let c = &mut st.ops[i];
-        if !matches!(c.phase, Phase::Parked(_)) {
-            return;
+        if c.phase != Phase::Parked(why) {
+            return false;
         }
         c.phase = Phase::Issued;
-        c.local = Some(Local::Resume);
+        c.local = Some(match why {
+            Park::Starved => Local::Fed,
+            Park::BackOff => Local::Resume,
+        });
         self.port.post_local(&mut c.slot);
+        true
     }
 
     /// `closesocket` done safely: mark closing, end the operations that

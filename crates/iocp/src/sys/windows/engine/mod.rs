@@ -71,7 +71,8 @@ use super::cport::{CompletionPort, Got};
 use super::timer::{Fire, Timers};
 use crate::kit::lanes::{Lane, Lanes};
 use crate::kit::lock;
-use crate::kit::phase::Phase;
+use crate::kit::phase::{Park, Phase};
+use crate::kit::starved::Starved;
 use crate::op::{Completion, OpKind};
 use crate::pool::{PoolShared, ReturnWaker};
 use crate::running::{thread_tag, SlotOwner};
@@ -123,9 +124,20 @@ impl OpTimer for TimerItem {
 }
 
 /// The free pool buffers and the pooled receives waiting for one.
+///
+/// A starved receive is resumed through a `KEY_LOCAL` packet, read by
+/// whichever thread dequeues it; until then one free buffer is *kept* for
+/// it. Receives are resumed oldest first while free buffers are left that
+/// are not kept, so no more resume than there are buffers for; a receive
+/// that comes with new data takes a buffer only beyond the kept ones (or
+/// parks behind the older ones).
 struct PoolState {
     free: Vec<u16>,
-    starved: Vec<(Weak<HandleShared>, u64)>,
+    /// Starved receives: their handle and operation id.
+    starved: Starved<Weak<HandleShared>>,
+    /// Free buffers kept for resumed receives whose packet has not been
+    /// read yet (never more than `free.len()`).
+    kept: usize,
 }
 
 /// Everything of a port that handles and operations share.
@@ -155,21 +167,12 @@ pub(crate) struct Shared {
     pub(crate) timers: Timers<TimerItem>,
 }
 
-/// Pool buffers came back: resume the pooled receives that starved. The
-/// pool holds this weakly (the port owns the pool, not the other way round).
+/// Pool buffers came back: resume the pooled receives that starved for
+/// them. The pool holds this weakly (the port owns the pool, not the other
+/// way round).
 impl ReturnWaker for Shared {
     fn buffers_returned(&self) {
-        let starved = {
-            let mut ps = lock(&self.pool_state);
-            let PoolState { free, starved } = &mut *ps;
-            self.pool.take_returned(free);
-            std::mem::take(starved)
-        };
-        for (h, op) in starved {
-            if let Some(h) = h.upgrade() {
-                h.resume_parked(op);
-            }
-        }
+        self.resume_starved();
     }
 }
 
@@ -186,7 +189,7 @@ impl Fire<TimerItem> for Shared {
             }
             TimerItem::Resume { h, op } => {
                 if let Some(h) = h.upgrade() {
-                    h.resume_parked(op);
+                    h.resume_parked(op, Park::BackOff);
                 }
             }
         }
@@ -220,7 +223,8 @@ impl Shared {
             pool,
             pool_state: Mutex::new(PoolState {
                 free,
-                starved: Vec::new(),
+                starved: Starved::default(),
+                kept: 0,
             }),
             handles: Mutex::new(HashMap::new()),
             timers: Timers::new(me.clone()),
@@ -301,23 +305,70 @@ impl Shared {
         lock(&self.handles).remove(&hid);
     }
 
-    /// A pool buffer, or `None` after recording `(h, op)` as starved (it is
-    /// resumed when a buffer comes back). One lock makes "no buffer" and
-    /// "wake me" atomic against `PooledBuf::drop`.
-    fn take_buf_or_park(&self, h: &Arc<HandleShared>, op: u64) -> Option<u16> {
+    /// A pool buffer for operation `op` of `h` — the one kept for it if
+    /// `kept` (which this clears), else one nobody is promised — or `None`
+    /// after queueing it as starved (it is resumed when a buffer comes
+    /// back). One lock makes "no buffer" and "wake me" atomic against
+    /// `PooledBuf::drop`.
+    fn take_buf_or_park(&self, h: &Arc<HandleShared>, op: u64, kept: &mut bool) -> Option<u16> {
         let mut ps = lock(&self.pool_state);
-        if ps.free.is_empty() {
-            self.pool.take_returned(&mut ps.free);
+        if std::mem::take(kept) {
+            ps.kept -= 1;
         }
-        let b = ps.free.pop();
-        if b.is_none() {
-            ps.starved.push((Arc::downgrade(h), op));
+        if ps.free.len() <= ps.kept {
+            let PoolState { free, .. } = &mut *ps;
+            self.pool.take_returned(free);
         }
-        b
+        if ps.free.len() > ps.kept {
+            return ps.free.pop();
+        }
+        ps.starved.push(Arc::downgrade(h), op);
+        None
     }
 
+    /// Buffer `bid`, taken but not filled, is free again.
     fn give_back(&self, bid: u16) {
         lock(&self.pool_state).free.push(bid);
+    }
+
+    /// The buffer kept for a resumed receive is free again: its packet
+    /// ended it before it read.
+    fn unkeep(&self) {
+        lock(&self.pool_state).kept -= 1;
+    }
+
+    /// Resumes starved receives, oldest first, while free buffers are left
+    /// that are not kept for an earlier one; keeps one for each. Called
+    /// with no handle's lock held (it takes theirs).
+    fn resume_starved(&self) {
+        loop {
+            let (h, op) = {
+                let mut ps = lock(&self.pool_state);
+                let PoolState {
+                    free,
+                    starved,
+                    kept,
+                } = &mut *ps;
+                self.pool.take_returned(free);
+                if free.len() <= *kept {
+                    return;
+                }
+                let Some(next) = starved.pop_first(|h, _| h.strong_count() > 0) else {
+                    return;
+                };
+                *kept += 1;
+                next
+            };
+            // Its handle's lock is taken only now (handle, then pool, is the
+            // order everywhere): an entry whose operation ended or is being
+            // stopped meanwhile gives its buffer up again.
+            let resumed = h
+                .upgrade()
+                .is_some_and(|h| h.resume_parked(op, Park::Starved));
+            if !resumed {
+                self.unkeep();
+            }
+        }
     }
 
     // ---- the user-space `running` statistic ------------------------------

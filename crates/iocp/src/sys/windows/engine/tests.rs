@@ -152,6 +152,8 @@ fn accept_packet_errors_follow_the_policy() {
             phase: Phase::Issued,
             stop: false,
             out: None,
+            kept: false,
+            freed: false,
         };
         let input = Input::Kernel {
             status: Some(code),

@@ -47,6 +47,9 @@ pub(in crate::sys::windows) enum Local {
     Failed(io::Error),
     /// Issue a parked standing operation again.
     Resume,
+    /// A starved pooled receive resumes, with a free pool buffer kept for
+    /// it ([`Reap::kept`]).
+    Fed,
 }
 
 /// What a packet brings an operation (a [`Local::End`] never reaches it).
@@ -71,6 +74,14 @@ pub(in crate::sys::windows) struct Reap<'a> {
     pub stop: bool,
     /// A standing operation's `more` completion, to hand out now.
     pub out: Option<Completion>,
+    /// A free pool buffer is kept for this packet (a starved receive
+    /// resumed, [`Local::Fed`]): taking a buffer uses it up, and a packet
+    /// that does not take one gives it up.
+    pub kept: bool,
+    /// The packet left a pool buffer free (it gave one back unfilled, or
+    /// did not use the one kept for it): starved receives may resume once
+    /// the handle's lock is let go.
+    pub freed: bool,
 }
 
 impl Reap<'_> {

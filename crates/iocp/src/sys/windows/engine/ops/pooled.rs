@@ -1,8 +1,9 @@
 //! The pooled receive: a zero-byte `WSARecv` waits for data (or FIN, or an
 //! error) without consuming anything and without pinning a buffer; when it
 //! completes, one non-blocking `recv` reads into a free pool buffer, and the
-//! next zero-byte receive goes out. With the pool empty, it parks until a
-//! buffer comes back.
+//! next zero-byte receive goes out. With the pool empty (or every free
+//! buffer kept for an older starved receive), it parks until a buffer comes
+//! back and its turn comes (`PoolState` in the engine).
 
 use std::io;
 
@@ -59,7 +60,7 @@ impl WinOp for RecvPooled {
             return Step::Done(Err(cx.abort_error()));
         }
         let (h, port) = (cx.h, &cx.h.port);
-        let Some(bid) = port.take_buf_or_park(h, cx.id) else {
+        let Some(bid) = port.take_buf_or_park(h, cx.id, &mut cx.kept) else {
             return Step::Starved;
         };
         let pool = &port.pool;
@@ -80,6 +81,7 @@ impl WinOp for RecvPooled {
             return Step::Again;
         }
         port.give_back(bid);
+        cx.freed = true;
         if n == 0 {
             return Step::Done(Ok(0));
         }
