@@ -2,7 +2,8 @@
 //! (or Wine) do: a call that fails at once is fed to the engine through
 //! `opbox::FAIL_NEXT_ISSUE`, a packet's status straight to an operation.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::windows::io::AsRawSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +25,28 @@ use crate::sys::windows::cport::Got;
 /// A port (concurrency 1, four 1 KiB pool buffers) and `sock` on it.
 fn rig(sock: socket2::Socket) -> (Arc<Shared>, Arc<HandleShared>) {
     let port = Shared::new(crate::running::next_id(), 1, 4, 1024).unwrap();
+    let h = attach(&port, sock, 1);
+    (port, h)
+}
+
+/// `sock` on `port`, as handle `hid` (key 7).
+fn attach(port: &Arc<Shared>, sock: socket2::Socket, hid: u64) -> Arc<HandleShared> {
     sock.set_nonblocking(true).unwrap();
     port.cport
         .associate(sock.as_raw_socket() as SOCKET, KEY_IO)
         .unwrap();
-    let h = HandleShared::new(1, 7, sock, port.clone());
+    let h = HandleShared::new(hid, 7, sock, port.clone());
     port.register(&h).unwrap();
-    (port, h)
+    h
+}
+
+/// A connected TCP pair: the accepted end on `port` as handle `hid`, and
+/// the peer.
+fn tcp_on(port: &Arc<Shared>, hid: u64) -> (Arc<HandleShared>, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    (attach(port, ours.into(), hid), peer)
 }
 
 /// The next completion within `ms` milliseconds (`None`: only internal work
@@ -171,4 +187,62 @@ fn accept_packet_errors_follow_the_policy() {
         assert_eq!(err.and_then(|e| e.raw_os_error()), reported, "{code}");
     }
     port.close();
+}
+
+/// A pool buffer a resumed receive does not fill goes on to the next
+/// starved receive. With one buffer: A's chunk is held, then A (at its FIN)
+/// and B (with data) starve, in that order. The buffer comes back and is
+/// kept for A, the oldest. A reads 0 and gives the buffer back — or, if
+/// `cancel_a`, A is cancelled before its packet is read and never takes
+/// the buffer kept for it. Either way A ends, and B must then be resumed
+/// with that buffer, though no `PooledBuf` came back for it.
+fn starved_pair_hand_on(cancel_a: bool) {
+    let port = Shared::new(crate::running::next_id(), 1, 1, 64).unwrap();
+    let (a, mut pa) = tcp_on(&port, 1);
+    let (b, mut pb) = tcp_on(&port, 2);
+    let ra = a.start(OpData::RecvPooled, 1, None).unwrap();
+    let rb = b.start(OpData::RecvPooled, 2, None).unwrap();
+    pa.write_all(b"a").unwrap();
+    let mut c = next(&port, 5000).expect("A's chunk");
+    assert_eq!((c.op, c.more, c.bytes()), (ra, true, 1), "{c:?}");
+    let chunk = c.take_buf().expect("a pool buffer");
+    pa.shutdown(Shutdown::Write).unwrap();
+    assert!(next(&port, 300).is_none(), "A's FIN waits for a buffer");
+    pb.write_all(b"b").unwrap();
+    assert!(next(&port, 300).is_none(), "B's data waits for a buffer");
+    let starved = Some((Phase::Parked(Park::Starved), false));
+    assert_eq!((phase(&a, ra), phase(&b, rb)), (starved, starved));
+    assert_eq!(port.starved.load(std::sync::atomic::Ordering::Relaxed), 2);
+    drop(chunk);
+    if cancel_a {
+        a.cancel_op(ra.0, false);
+    }
+    let c = next(&port, 5000).expect("A ends");
+    if cancel_a {
+        assert!(c.is_aborted() && !c.more && c.op == ra, "{c:?}");
+    } else {
+        assert_eq!((c.op, c.more, c.bytes()), (ra, false, 0), "{c:?}");
+    }
+    let c = next(&port, 5000).expect("B is resumed with the buffer A did not fill");
+    assert_eq!((c.op, c.more, c.bytes()), (rb, true, 1), "{c:?}");
+    drop(c);
+    assert_eq!(port.starved.load(std::sync::atomic::Ordering::Relaxed), 2);
+    b.close();
+    let c = next(&port, 5000).expect("B's final completion");
+    assert!(c.is_aborted() && !c.more && c.op == rb, "{c:?}");
+    port.close();
+}
+
+/// [`starved_pair_hand_on`]: A takes the buffer kept for it, reads 0 and
+/// gives it back.
+#[test]
+fn unfilled_buffer_goes_to_the_next_starved_receive() {
+    starved_pair_hand_on(false);
+}
+
+/// [`starved_pair_hand_on`]: A is stopped before it takes the buffer kept
+/// for it.
+#[test]
+fn unused_kept_buffer_goes_to_the_next_starved_receive() {
+    starved_pair_hand_on(true);
 }
