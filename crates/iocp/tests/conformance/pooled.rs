@@ -175,17 +175,18 @@ pub fn returned_buffers_always_wake_a_starved_receive(t: &Target) {
 }
 
 /// Receives starved for buffers resume as buffers come back, oldest first
-/// and no more of them than there are buffers: 48 connections with data
+/// and no more of them than there are buffers: 96 connections with data
 /// waiting and a pool of 4 (per engine). The application takes chunks until
 /// it holds every buffer, waits on the port a while with the pool dry (no
 /// chunk can come; on IOCP that `get` is also where readiness packets are
 /// read, and their receives starve), then drops them all, round after
 /// round. Every chunk arrives, and a receive starves about once. Resuming
-/// every starved receive on each return would make all but 4 starve again
-/// each round: with one engine, 44 + 40 + ... + 4 = 264 starvations for 48
-/// receives.
+/// every starved receive on each return would make all but 4 (per engine)
+/// starve again each round: with one engine, 92 + 88 + ... + 4 = 1,104
+/// starvations for 96 receives; with two engines of 48 connections each,
+/// 2 × (44 + 40 + ... + 4) = 528; the bound is 3 × 96 = 288.
 pub fn starved_receives_resume_one_per_buffer(t: &Target) {
-    const N: usize = 48;
+    const N: usize = 96;
     const LEN: usize = 16;
     let port = t.build(t.builder().pool_buffers(4).pool_buffer_size(64));
     // Every engine has a pool of its own.
