@@ -189,6 +189,24 @@ fn accept_packet_errors_follow_the_policy() {
     port.close();
 }
 
+/// Reads the port (where readiness packets are read) until receive `op`
+/// of `h` starves for a buffer, for up to 5 s; no completion may come
+/// meanwhile: `what` waits for a buffer.
+fn starve(port: &Shared, h: &HandleShared, op: OpId, what: &str) {
+    let starved = Some((Phase::Parked(Park::Starved), false));
+    let t = Instant::now();
+    while phase(h, op) != starved {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what} never starved: {:?}",
+            phase(h, op)
+        );
+        if let Some(c) = next(port, 20) {
+            panic!("{what} waits for a buffer, yet {c:?}");
+        }
+    }
+}
+
 /// A pool buffer a resumed receive does not fill goes on to the next
 /// starved receive. With one buffer: A's chunk is held, then A (at its FIN)
 /// and B (with data) starve, in that order. The buffer comes back and is
@@ -207,9 +225,9 @@ fn starved_pair_hand_on(cancel_a: bool) {
     assert_eq!((c.op, c.more, c.bytes()), (ra, true, 1), "{c:?}");
     let chunk = c.take_buf().expect("a pool buffer");
     pa.shutdown(Shutdown::Write).unwrap();
-    assert!(next(&port, 300).is_none(), "A's FIN waits for a buffer");
+    starve(&port, &a, ra, "A's FIN");
     pb.write_all(b"b").unwrap();
-    assert!(next(&port, 300).is_none(), "B's data waits for a buffer");
+    starve(&port, &b, rb, "B's data");
     let starved = Some((Phase::Parked(Park::Starved), false));
     assert_eq!((phase(&a, ra), phase(&b, rb)), (starved, starved));
     assert_eq!(port.starved.load(std::sync::atomic::Ordering::Relaxed), 2);
