@@ -626,22 +626,100 @@ impl<T: Packet> Queue<T> {
         batch: &mut Batch<'_, T>,
         timeout: Option<Duration>,
     ) -> Result<usize, Empty> {
-        let (mut st, g) = self.begin_get()?;
+        let (st, g) = self.begin_get()?;
         let max = batch.max.max(1);
         let out = &mut *batch.out;
-        if let Some(first_strand) = st.claim_first(self.inner.limit, g.tag) {
-            let mut took = self.took(st, &g, first_strand);
-            out.push(took.pop());
-            let mut t = Taker {
-                tag: g.tag,
-                max: max - 1,
-                put: &mut |p| out.push(p),
-            };
-            let (n, strands) = t.deliver(took.st.as_mut().expect("held until drop"), None);
-            took.strands |= strands;
-            return Ok(n + 1);
-        }
+        let st = match self.take_now(st, &g, out, max) {
+            Ok((n, _)) => return Ok(n),
+            Err(st) => st,
+        };
         self.wait_for(st, g, max, &mut |p| out.push(p), timeout)
+    }
+
+    /// A `get_many` that never waits, by a thread that made packets of its
+    /// own to take (an inline port's owner, after turning its engine):
+    /// `fresh` goes behind what is queued already. When nothing is queued
+    /// and the limit lets the thread run, they move straight into the batch
+    /// without passing through the queue; what does not fit is queued (so
+    /// is everything, if the thread may not run now). Returns how many the
+    /// caller took and whether packets are left queued; `Abandoned`, with
+    /// `fresh` as it was, if the queue is closed.
+    #[allow(dead_code)] // Used by the inline port (next commit).
+    pub(crate) fn poll_with(
+        &self,
+        batch: &mut Batch<'_, T>,
+        fresh: &mut Vec<T>,
+    ) -> Result<(usize, bool), Empty> {
+        let (mut st, g) = self.begin_get()?;
+        let max = batch.max.max(1);
+        if st.packets.is_empty() {
+            if fresh.is_empty() {
+                // Nothing at all: nobody waits for a packet this thread held
+                // back (it held none), so there is nothing to dispatch.
+                return Ok((0, false));
+            }
+            if st.held.is_empty() && st.running < self.inner.limit {
+                let n = fresh.len().min(max);
+                let mut strands = false;
+                for p in &fresh[..n] {
+                    let s = p.strand();
+                    if s != 0 {
+                        strands = true;
+                        if !st.held.contains(&(s, g.tag)) {
+                            st.held.push((s, g.tag));
+                        }
+                    }
+                }
+                st.delivered += n as u64;
+                st.running += 1;
+                if n == fresh.len() {
+                    batch.out.append(fresh);
+                } else {
+                    batch.out.extend(fresh.drain(..n));
+                    st.packets.extend(fresh.drain(..).map(|p| (p, g.tag)));
+                }
+                let more = !st.packets.is_empty();
+                // The guard's drop dispatches the rest (if anyone waits) and
+                // makes the thread run on the queue.
+                drop(self.took(st, &g, strands));
+                return Ok((n, more));
+            }
+        }
+        st.packets.extend(fresh.drain(..).map(|p| (p, g.tag)));
+        let mut st = match self.take_now(st, &g, batch.out, max) {
+            Ok(x) => return Ok(x),
+            Err(st) => st,
+        };
+        // Nothing for the caller: what it queued goes to whoever waits.
+        self.inner.dispatch(&mut st);
+        Ok((0, !st.packets.is_empty()))
+    }
+
+    /// Takes up to `max` packets the caller may take now into `out`, if
+    /// the limit lets it run: how many, and whether packets are left
+    /// queued. Otherwise gives the lock back.
+    fn take_now<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State<T>>,
+        g: &GetStart,
+        out: &mut Vec<T>,
+        max: usize,
+    ) -> Result<(usize, bool), MutexGuard<'a, State<T>>> {
+        let Some(first_strand) = st.claim_first(self.inner.limit, g.tag) else {
+            return Err(st);
+        };
+        let mut took = self.took(st, g, first_strand);
+        out.push(took.pop());
+        let mut t = Taker {
+            tag: g.tag,
+            max: max - 1,
+            put: &mut |p| out.push(p),
+        };
+        let st = took.st.as_mut().expect("held until drop");
+        let (n, strands) = t.deliver(st, None);
+        let more = !st.packets.is_empty();
+        took.strands |= strands;
+        Ok((n + 1, more))
     }
 
     /// The start of every `get`: the thread's running period ends (it
