@@ -644,7 +644,6 @@ impl<T: Packet> Queue<T> {
     /// is everything, if the thread may not run now). Returns how many the
     /// caller took and whether packets are left queued; `Abandoned`, with
     /// `fresh` as it was, if the queue is closed.
-    #[allow(dead_code)] // Used by the inline port (next commit).
     pub(crate) fn poll_with(
         &self,
         batch: &mut Batch<'_, T>,

@@ -113,6 +113,7 @@ macro_rules! for_each_clause {
             any stream::connect_and_refused,
             any stream::accept_stream_then_cancel,
             inline stream::inline_echo,
+            inline stream::inline_order,
             any datagram::udp_round_trip,
             any datagram::udp_truncated_datagram,
             any datagram::udp_oversized_send_to,

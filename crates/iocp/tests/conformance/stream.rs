@@ -536,6 +536,46 @@ pub fn inline_echo(t: &Target) {
     port.close();
 }
 
+/// An inline port's owner takes packets in the order they were queued,
+/// whether a turn of its engine made them or a thread posted them: a batch
+/// cut short by its limit leaves the rest of the turn's completions queued,
+/// for the next `get` to take without waiting, ahead of a packet posted
+/// after them.
+pub fn inline_order(t: &Target) {
+    let port = t.build(t.builder());
+    // Three connections: one stream's sends go one at a time.
+    let pairs: Vec<_> = (1..=3).map(|k| tcp_pair(&port, k)).collect();
+    for (token, (h, _)) in (1..=3).zip(&pairs) {
+        port.send(h, vec![token as u8; 4], token).unwrap();
+    }
+    let mut batch = Vec::new();
+    let mut next = |port: &Port| {
+        batch.clear();
+        let n = port
+            .get_many(&mut batch, 1, Some(Duration::from_secs(10)))
+            .expect("a packet");
+        assert_eq!(n, 1);
+        batch[0].token
+    };
+    // One turn hands all three small sends to the kernel, which completes
+    // them at once; the batch takes the first.
+    assert_eq!(next(&port), 1);
+    assert_eq!(port.stats().queued, 2, "the rest of the turn waits queued");
+    // Taken at once, not after a turn that waits for news.
+    let t0 = Instant::now();
+    assert_eq!(next(&port), 2);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    port.post(7, 0, 100).unwrap();
+    assert_eq!([next(&port), next(&port)], [3, 100]);
+    for (token, (_, c)) in (1..=3u8).zip(&pairs) {
+        let mut got = [0u8; 4];
+        (&*c).read_exact(&mut got).unwrap();
+        assert_eq!(got, [token; 4]);
+    }
+    assert_eq!(port.stats().handoffs, 0);
+    port.close();
+}
+
 /// A send cut part-way breaks the write side of a stream, not its read
 /// side: later sends complete aborted, but a receive still gets what the
 /// peer sends, and a connect (not a write) is not aborted either — it

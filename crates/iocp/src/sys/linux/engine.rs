@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, BackendInfo, Config};
-// The engines' run, turn and flush_to_queue.
+// The engines' run and turn.
 use crate::kit::run::{Drive as _, Engine as _, TimerTarget as _};
 use crate::op::Completion;
 use crate::queue::Queue;
@@ -57,9 +57,9 @@ fn uring_error_reason(e: &io::Error) -> String {
 impl Engine {
     /// Builds an engine of the backend `want` (`Auto`: io_uring, else
     /// epoll), on the calling thread. `mode` says who will drive an io_uring
-    /// engine; `queue` is where an engine that runs on a thread (or an
-    /// inline port's owner) hands its completions (`None`: whoever drives
-    /// it takes them).
+    /// engine; `queue` is where an engine that runs on a thread hands its
+    /// completions (`None`: whoever drives it takes them — a driven port's
+    /// driver, or an inline port's owner).
     pub(crate) fn create(
         want: Backend,
         why: String,
@@ -154,13 +154,6 @@ impl Engine {
         match self {
             Engine::Uring(e) => e.turn(timeout, block),
             Engine::Epoll(e) => e.turn(timeout, block),
-        }
-    }
-
-    pub(crate) fn flush_to_queue(&mut self) {
-        match self {
-            Engine::Uring(e) => e.flush_to_queue(),
-            Engine::Epoll(e) => e.flush_to_queue(),
         }
     }
 

@@ -28,6 +28,11 @@ use crate::sys::uring::RingMode;
 struct InlineEngine {
     owner: u64,
     engine: Mutex<Option<Engine>>,
+    /// The port's queue may hold packets: one was posted to it (set after
+    /// queuing it, by any thread), or the owner's last `get` left some
+    /// there. Clear, the owner's `get` turns the engine without looking at
+    /// the queue first.
+    queued: AtomicBool,
 }
 
 pub(crate) struct Port {
@@ -99,17 +104,20 @@ impl SysPort for Port {
                 None => (req.backend, req.why.clone()),
             };
             if cfg.inline {
+                // The owner takes the turns' completions from the engine
+                // itself (see `get_inline`).
                 let (engine, bi) = Engine::create(
                     engine_want,
                     engine_why,
                     shared.clone(),
-                    Some(queue.clone()),
+                    None,
                     &cfg,
                     RingMode::Owned,
                 )?;
                 inline = Some(InlineEngine {
                     owner: thread_tag(),
                     engine: Mutex::new(Some(engine)),
+                    queued: AtomicBool::new(false),
                 });
                 info.get_or_insert(bi);
             } else {
@@ -215,6 +223,9 @@ impl SysPort for Port {
         let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
         self.queue.post(c).map_err(|_| error::port_closed())?;
         if let Some(inl) = &self.inline {
+            // Before the engine's flag: an owner that misses this one finds
+            // that flag as it prepares to sleep, or is woken.
+            inl.queued.store(true, Ordering::SeqCst);
             if thread_tag() != inl.owner {
                 self.engines[0].posted();
             }
@@ -414,8 +425,10 @@ impl Port {
     }
 
     /// `get_many` on the owner thread of an inline port: take what is
-    /// queued, else turn the engine with the caller's timeout, then take
-    /// what it produced.
+    /// queued (if anything may be), else turn the engine with the caller's
+    /// timeout and take what is queued and what the turn produced, in that
+    /// order — the turn's completions straight from the engine into the
+    /// batch when nothing is queued (the owner is the port's only getter).
     fn get_inline(
         &self,
         inl: &InlineEngine,
@@ -423,16 +436,24 @@ impl Port {
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let poll = timeout == Some(Duration::ZERO);
         loop {
-            match self.queue.get_many(batch, Some(Duration::ZERO)) {
-                Ok(n) => return Ok(n),
-                Err(Empty::Abandoned) => return Err(GetError::Abandoned),
-                Err(Empty::TimedOut) => {}
+            if inl.queued.load(Ordering::SeqCst) && inl.queued.swap(false, Ordering::SeqCst) {
+                let (n, more) = self
+                    .queue
+                    .poll_with(batch, &mut Vec::new())
+                    .map_err(no_packet)?;
+                if more {
+                    inl.queued.store(true, Ordering::SeqCst);
+                }
+                if n > 0 {
+                    return Ok(n);
+                }
             }
             let left = match deadline {
                 Some(d) => {
                     let now = Instant::now();
-                    if now >= d && timeout != Some(Duration::ZERO) {
+                    if now >= d && !poll {
                         return Err(GetError::TimedOut);
                     }
                     Some(d.saturating_duration_since(now))
@@ -443,7 +464,6 @@ impl Port {
             let Some(engine) = g.as_mut() else {
                 return Err(GetError::Abandoned);
             };
-            let poll = timeout == Some(Duration::ZERO);
             // The turn takes in what is pending (commands, buffers given
             // back) and then blocks only if nothing else is ready — a packet
             // another thread posted included (an inline engine looks at the
@@ -451,13 +471,22 @@ impl Port {
             // operation started by the last handler is submitted in the same
             // `io_uring_enter` that waits.
             engine.turn(left, !poll);
-            engine.flush_to_queue();
+            let out = engine.out();
+            let took = self.queue.poll_with(batch, out);
+            if took.is_err() {
+                // The port closed: nobody takes these any more.
+                out.clear();
+            }
             drop(g);
+            let (n, more) = took.map_err(no_packet)?;
+            if more {
+                inl.queued.store(true, Ordering::SeqCst);
+            }
+            if n > 0 {
+                return Ok(n);
+            }
             if poll {
-                return self
-                    .queue
-                    .get_many(batch, Some(Duration::ZERO))
-                    .map_err(no_packet);
+                return Err(GetError::TimedOut);
             }
         }
     }
