@@ -19,7 +19,7 @@ pub(crate) use calls::{
     direct_io, eventfd, eventfd_drain, eventfd_signal, flush, kernel_release, read_into,
     read_pooled, recv_from_into, recv_into, sockaddr_from_storage, wait_readable, write_from,
 };
-pub(crate) use engine::{take_commands, LinuxEngine};
+pub(crate) use engine::{apply_command, take_commands, LinuxEngine};
 pub(crate) use fd::{EngineFd, SocketFd};
 pub(crate) use ops::{hand_back, op_base, op_sum, unsent, OpBase, OpMeta};
 

@@ -576,6 +576,19 @@ pub fn inline_order(t: &Target) {
     port.close();
 }
 
+/// A socket another thread associated with an inline port (its
+/// registration queued for the owner's engine) takes the owner's
+/// operations at once: an operation the owner starts never overtakes the
+/// registration.
+pub fn inline_start_after_other_threads_register(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, mut c) = std::thread::scope(|s| s.spawn(|| tcp_pair(&port, 5)).join().unwrap());
+    port.recv(&h, Vec::with_capacity(16), 1).unwrap();
+    c.write_all(b"xyz").unwrap();
+    received(&port, 1, b"xyz", "a receive on another thread's socket");
+    port.close();
+}
+
 /// A send cut part-way breaks the write side of a stream, not its read
 /// side: later sends complete aborted, but a receive still gets what the
 /// peer sends, and a connect (not a write) is not aborted either — it

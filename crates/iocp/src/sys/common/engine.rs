@@ -63,15 +63,20 @@ pub(crate) fn take_commands<E: LinuxEngine>(e: &mut E) {
     let mut cmds = std::mem::take(&mut e.core().cmds);
     e.core().shared.take_cmds(&mut cmds);
     for cmd in cmds.drain(..) {
-        match cmd {
-            Cmd::Register { hid, fd, key, kind } => e.register(hid, fd, key, kind),
-            Cmd::Start(req) => e.start(req),
-            Cmd::Cancel { hid, op } => e.cancel(hid, op),
-            Cmd::Close { hid } => e.close(hid),
-            Cmd::Timer { at, pkt } => e.core().timers.add(at, TimerItem::Post(pkt)),
-        }
+        apply_command(e, cmd);
     }
     e.core().cmds = cmds;
+}
+
+/// Carries out one command.
+pub(crate) fn apply_command<E: LinuxEngine>(e: &mut E, cmd: Cmd) {
+    match cmd {
+        Cmd::Register { hid, fd, key, kind } => e.register(hid, fd, key, kind),
+        Cmd::Start(req) => e.start(req),
+        Cmd::Cancel { hid, op } => e.cancel(hid, op),
+        Cmd::Close { hid } => e.close(hid),
+        Cmd::Timer { at, pkt } => e.core().timers.add(at, TimerItem::Post(pkt)),
+    }
 }
 
 impl<E: LinuxEngine> TimerTarget for E {

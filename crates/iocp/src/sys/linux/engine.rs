@@ -12,7 +12,7 @@ use crate::kit::run::{Drive as _, Engine as _, TimerTarget as _};
 use crate::op::Completion;
 use crate::queue::Queue;
 pub(crate) use crate::sys::common::CannotDrive;
-use crate::sys::common::{EngineShared, LinuxEngine as _};
+use crate::sys::common::{apply_command, Cmd, EngineCounters, EngineShared, LinuxEngine as _};
 use crate::sys::epoll::EpollEngine;
 use crate::sys::uring::{RingMode, UringEngine};
 
@@ -154,6 +154,26 @@ impl Engine {
         match self {
             Engine::Uring(e) => e.turn(timeout, block),
             Engine::Epoll(e) => e.turn(timeout, block),
+        }
+    }
+
+    /// Carries out `cmd` now, between turns (an inline port's owner, for
+    /// a command of its own): what it completes on the spot waits in
+    /// [`Engine::out`] for the next turn, counted as the turn's would be;
+    /// what it hands the kernel goes in with the next turn's entry.
+    pub(crate) fn command(&mut self, cmd: Cmd) {
+        let before = self.made();
+        match self {
+            Engine::Uring(e) => apply_command(&mut **e, cmd),
+            Engine::Epoll(e) => apply_command(&mut **e, cmd),
+        }
+        let made = self.made().saturating_sub(before) as u64;
+        if made > 0 {
+            let c = match self {
+                Engine::Uring(e) => &e.core().shared.counters,
+                Engine::Epoll(e) => &e.core().shared.counters,
+            };
+            EngineCounters::bump(&c.completions, made);
         }
     }
 

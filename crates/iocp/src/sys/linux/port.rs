@@ -207,7 +207,11 @@ impl SysPort for Port {
             deadline: opts.deadline,
             data,
         };
-        match h.engine.send(Cmd::Start(req)) {
+        let cmd = match self.apply_inline(&h.engine, Cmd::Start(req)) {
+            None => return Ok(OpId(id)),
+            Some(cmd) => cmd,
+        };
+        match h.engine.send(cmd) {
             Ok(()) => Ok(OpId(id)),
             Err(Cmd::Start(req)) => Err(req.data.refuse(error::port_closed())),
             Err(_) => Err(SubmitError::with_bufs(
@@ -422,6 +426,33 @@ impl Port {
     /// The inline engine, if this port has one and the caller owns it.
     fn owned_inline(&self) -> Option<&InlineEngine> {
         self.inline.as_ref().filter(|i| i.owner == thread_tag())
+    }
+
+    /// On an inline port's owner thread, between turns, with no command
+    /// queued before it: carries out `cmd` (for `engine`) at once, instead
+    /// of queuing it for the next turn to take in — the owner is the one
+    /// that would take it in anyway. Gives it back otherwise.
+    fn apply_inline(&self, engine: &Arc<EngineShared>, cmd: Cmd) -> Option<Cmd> {
+        let Some(inl) = self.owned_inline() else {
+            return Some(cmd);
+        };
+        // A command queued earlier (another thread's registration, say)
+        // must go first; a shut-down engine refuses it in `send`.
+        if engine.has_cmds() || engine.is_shutdown() || !Arc::ptr_eq(engine, &self.engines[0]) {
+            return Some(cmd);
+        }
+        // Held (a start made from inside a turn) or poisoned: queued, the
+        // next turn takes it in.
+        let Ok(mut g) = inl.engine.try_lock() else {
+            return Some(cmd);
+        };
+        match g.as_mut() {
+            Some(e) => {
+                e.command(cmd);
+                None
+            }
+            None => Some(cmd),
+        }
     }
 
     /// `get_many` on the owner thread of an inline port: take what is
