@@ -104,11 +104,14 @@ impl<T: Copy + PartialEq> Lanes<T> {
     pub(crate) fn leave(&mut self, lane: Lane, op: T) -> Next<T> {
         let refuses = self.refuses(lane);
         let q = &mut self.q[lane as usize];
-        let Some(at) = q.iter().position(|&o| o == op) else {
-            return Next::Idle;
-        };
-        q.remove(at);
-        if at != 0 {
+        if q.front() == Some(&op) {
+            // The common case: the head completed.
+            q.pop_front();
+        } else {
+            // One waiting behind the head ends before it started.
+            if let Some(at) = q.iter().position(|&o| o == op) {
+                q.remove(at);
+            }
             return Next::Idle;
         }
         if refuses && !q.is_empty() {
