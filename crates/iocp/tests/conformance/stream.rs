@@ -567,6 +567,15 @@ pub fn inline_order(t: &Target) {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     port.post(7, 0, 100).unwrap();
     assert_eq!([next(&port), next(&port)], [3, 100]);
+    assert_eq!(port.stats().running, 1);
+    // A `get` that times out at once still ends the running period.
+    let r = port.get_many(&mut Vec::new(), 1, Some(Duration::from_nanos(1)));
+    assert!(r.is_err(), "nothing left: {r:?}");
+    assert_eq!(
+        port.stats().running,
+        0,
+        "a timed-out get leaves nothing running"
+    );
     for (token, (_, c)) in (1..=3u8).zip(&pairs) {
         let mut got = [0u8; 4];
         (&*c).read_exact(&mut got).unwrap();

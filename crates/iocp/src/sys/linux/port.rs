@@ -455,6 +455,20 @@ impl Port {
         }
     }
 
+    /// Takes what is queued into the owner's batch (see `get_inline`).
+    fn take_queued(&self, inl: &InlineEngine, batch: &mut Batch<'_>) -> Result<usize, GetError> {
+        // Cleared first: a post after this sets it again.
+        inl.queued.store(false, Ordering::SeqCst);
+        let (n, more) = self
+            .queue
+            .poll_with(batch, &mut Vec::new())
+            .map_err(no_packet)?;
+        if more {
+            inl.queued.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+
     /// `get_many` on the owner thread of an inline port: take what is
     /// queued (if anything may be), else turn the engine with the caller's
     /// timeout and take what is queued and what the turn produced, in that
@@ -469,14 +483,8 @@ impl Port {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let poll = timeout == Some(Duration::ZERO);
         loop {
-            if inl.queued.load(Ordering::SeqCst) && inl.queued.swap(false, Ordering::SeqCst) {
-                let (n, more) = self
-                    .queue
-                    .poll_with(batch, &mut Vec::new())
-                    .map_err(no_packet)?;
-                if more {
-                    inl.queued.store(true, Ordering::SeqCst);
-                }
+            if inl.queued.load(Ordering::SeqCst) {
+                let n = self.take_queued(inl, batch)?;
                 if n > 0 {
                     return Ok(n);
                 }
@@ -485,7 +493,12 @@ impl Port {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d && !poll {
-                        return Err(GetError::TimedOut);
+                        // Through the queue all the same: a `get` that
+                        // times out ends the thread's running period too.
+                        return match self.take_queued(inl, batch)? {
+                            0 => Err(GetError::TimedOut),
+                            n => Ok(n),
+                        };
                     }
                     Some(d.saturating_duration_since(now))
                 }
