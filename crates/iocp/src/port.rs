@@ -345,7 +345,9 @@ impl PortBuilder {
         /// drives its engine from inside `get` and handles its own completions,
         /// with no hand-off. Such a port belongs to that one thread: other
         /// threads may `post` to it (which wakes it) and start operations, but
-        /// only the owner should call `get`. On Windows it means concurrency 1:
+        /// only the owner should call `get` (another thread's `get` takes only
+        /// what is queued, and may wait behind the owner: the owner counts as
+        /// running while it waits in the kernel). On Windows it means concurrency 1:
         /// the kernel lets one thread at a time run on the port.
         fn inline(yes: bool) => inline = yes;
 
