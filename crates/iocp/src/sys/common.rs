@@ -127,9 +127,13 @@ pub(crate) struct EngineShared {
     /// Set by a helper thread of the engine (the epoll file pool) that left
     /// results for it; cleared by the engine as it takes them.
     nudged: AtomicBool,
-    /// Set by a thread other than an inline port's owner that posted a
-    /// packet to the port; cleared by the owner's engine as it looks
-    /// before sleeping (the owner takes the packet before it turns again).
+    /// Set by a thread other than an inline port's owner after it queued a
+    /// packet on the port, before it wakes the engine. Only the owner's
+    /// engine reads and clears it, and only once it has announced its sleep:
+    /// if set, the engine does not sleep, and the owner takes the packet
+    /// from the queue before it turns the engine again. A flag set for a
+    /// packet the owner already took stays set until then, and costs one
+    /// turn that does not sleep.
     posted: AtomicBool,
     wake_fd: OwnedFd,
     shutdown: AtomicBool,
