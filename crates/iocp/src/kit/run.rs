@@ -91,8 +91,15 @@ pub(crate) trait Drive: Engine + Sized {
     /// `timeout`, and never past the next timer — and handle what came
     /// back.
     fn turn(&mut self, timeout: Option<Duration>, block: bool) {
+        self.turn_at(None, timeout, block);
+    }
+
+    /// [`Drive::turn`], with the clock read just before by the caller
+    /// (`None`: the turn reads it if a timer is pending). The turn's
+    /// timers and its wait go by that reading.
+    fn turn_at(&mut self, now: Option<Instant>, timeout: Option<Duration>, block: bool) {
         let before = self.made();
-        take_in(self);
+        take_in_at(self, now);
         let sleep = block && !self.busy() && self.prepare_sleep();
         let entered = if sleep {
             let wait = self.timers().bound(timeout);
@@ -106,9 +113,7 @@ pub(crate) trait Drive: Engine + Sized {
             EngineCounters::bump(&self.counters().enters, 1);
         }
         self.reap();
-        let made = self.made().saturating_sub(before) as u64;
-        EngineCounters::bump(&self.counters().completions, made);
-        publish_timers(self);
+        after_reap(self, sleep, before);
     }
 
     /// The first half of a turn whose wait happens without the engine (a
@@ -139,9 +144,7 @@ pub(crate) trait Drive: Engine + Sized {
             self.woke();
         }
         self.reap();
-        let made = self.made().saturating_sub(before) as u64;
-        EngineCounters::bump(&self.counters().completions, made);
-        publish_timers(self);
+        after_reap(self, waited, before);
     }
 
     /// The loop of an engine thread: turns (blocking) and hands over what
@@ -161,12 +164,37 @@ pub(crate) trait Drive: Engine + Sized {
 
 impl<E: Engine> Drive for E {}
 
-/// How every turn begins: the clock reading a last turn left is stale,
-/// then the engine takes in what arrived ([`Engine::intake`], which fires
-/// the due timers) and says how many timers are left.
-fn take_in<E: Engine>(e: &mut E) {
-    e.timers().checked = None;
+/// How every turn begins (and [`Engine::intake`] outside a turn): the
+/// clock reading a last turn left is stale, then the engine takes in what
+/// arrived ([`Engine::intake`], which fires the due timers) and says how
+/// many timers are left.
+pub(crate) fn take_in<E: Engine>(e: &mut E) {
+    take_in_at(e, None);
+}
+
+/// [`take_in`], with `now` (if any) as the turn's clock reading.
+fn take_in_at<E: Engine>(e: &mut E, now: Option<Instant>) {
+    e.timers().checked = now;
     e.intake();
+    publish_timers(e);
+}
+
+/// How every turn ends, after [`Engine::reap`] (which fired the timers due
+/// by the turn's one clock reading, taken before the wait): counts what
+/// the turn made, and — only if it `slept` and made nothing, so the wait
+/// may have ended because a timer fell due — reads the clock again and
+/// fires what is due. A turn that slept and made completions leaves the
+/// timers that fell due during its wait to the next turn's intake, which
+/// follows once those completions are handled: they fire a little later,
+/// never early, and a turn of a busy engine reads the clock once.
+fn after_reap<E: Engine>(e: &mut E, slept: bool, before: usize) {
+    let made = e.made().saturating_sub(before);
+    if slept && made == 0 && e.timers().next().is_some() {
+        e.timers().checked = None;
+        fire_timers(e);
+    }
+    let made = e.made().saturating_sub(before) as u64;
+    EngineCounters::bump(&e.counters().completions, made);
     publish_timers(e);
 }
 
@@ -201,9 +229,10 @@ impl OpTimer for TimerItem {
 pub(crate) struct Timers {
     set: TimerSet<TimerItem>,
     due: Vec<TimerItem>,
-    /// When [`fire_timers`] last looked at the clock in the current turn
-    /// (cleared as a turn begins): the turn's wait is bounded from that
-    /// reading instead of a second one.
+    /// The current turn's clock reading (set as a turn begins, to the
+    /// driver's reading or `None`; [`fire_timers`] reads the clock if it is
+    /// `None` and a timer is pending): the turn fires its timers and bounds
+    /// its wait by that one reading.
     checked: Option<Instant>,
 }
 
@@ -268,14 +297,23 @@ pub(crate) trait TimerTarget {
     fn rearm(&mut self, slot: usize, op: u64);
 }
 
-/// Fires every timer that is due, earliest first.
+/// Fires every timer that is due, earliest first, by the turn's clock
+/// reading: the one made earlier in the turn (or given to it), else a
+/// fresh one, kept for the rest of the turn. A reading older than the
+/// present only makes a timer fire later, never early.
 #[inline]
 pub(crate) fn fire_timers<T: TimerTarget>(t: &mut T) {
     let Some(at) = t.timers().next() else {
         return;
     };
-    let now = Instant::now();
-    t.timers().checked = Some(now);
+    let now = match t.timers().checked {
+        Some(now) => now,
+        None => {
+            let now = Instant::now();
+            t.timers().checked = Some(now);
+            now
+        }
+    };
     if at <= now {
         fire_due(t, now);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backend, BackendInfo, Config};
 // The engines' run and turn.
-use crate::kit::run::{Drive as _, Engine as _, TimerTarget as _};
+use crate::kit::run::{take_in, Drive as _, Engine as _, TimerTarget as _};
 use crate::op::Completion;
 use crate::queue::Queue;
 pub(crate) use crate::sys::common::CannotDrive;
@@ -150,10 +150,13 @@ impl Engine {
         }
     }
 
-    pub(crate) fn turn(&mut self, timeout: Option<Duration>, block: bool) {
+    /// One turn (see [`crate::kit::run::Drive::turn_at`]): `now`, if
+    /// given, is the clock read just before, which the turn uses instead of
+    /// a reading of its own.
+    pub(crate) fn turn(&mut self, now: Option<Instant>, timeout: Option<Duration>, block: bool) {
         match self {
-            Engine::Uring(e) => e.turn(timeout, block),
-            Engine::Epoll(e) => e.turn(timeout, block),
+            Engine::Uring(e) => e.turn_at(now, timeout, block),
+            Engine::Epoll(e) => e.turn_at(now, timeout, block),
         }
     }
 
@@ -200,10 +203,10 @@ impl Engine {
     pub(crate) fn submit_only(&mut self) {
         match self {
             Engine::Uring(e) => {
-                e.intake();
+                take_in(&mut **e);
                 e.submit_sq();
             }
-            Engine::Epoll(e) => e.intake(),
+            Engine::Epoll(e) => take_in(&mut **e),
         }
     }
 

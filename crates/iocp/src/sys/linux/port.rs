@@ -480,8 +480,12 @@ impl Port {
         batch: &mut Batch<'_>,
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let poll = timeout == Some(Duration::ZERO);
+        // A finite timeout reads the clock once per turn, here; the turn
+        // fires its timers and bounds its wait by this reading instead of
+        // one of its own.
+        let mut now = timeout.map(|_| Instant::now());
+        let deadline = timeout.and_then(|t| now?.checked_add(t));
         loop {
             if inl.queued.load(Ordering::SeqCst) {
                 let n = self.take_queued(inl, batch)?;
@@ -491,7 +495,7 @@ impl Port {
             }
             let left = match deadline {
                 Some(d) => {
-                    let now = Instant::now();
+                    let now = *now.get_or_insert_with(Instant::now);
                     if now >= d && !poll {
                         // Through the queue all the same: a `get` that
                         // times out ends the thread's running period too.
@@ -514,7 +518,7 @@ impl Port {
             // post flag once it announced its sleep) — so an
             // operation started by the last handler is submitted in the same
             // `io_uring_enter` that waits.
-            engine.turn(left, !poll);
+            engine.turn(now.take(), left, !poll);
             let out = engine.out();
             let took = self.queue.poll_with(batch, out);
             if took.is_err() {

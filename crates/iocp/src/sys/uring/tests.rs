@@ -21,7 +21,7 @@ use super::ud::{CANCEL_UD, POLL_BIT};
 use super::*;
 use crate::buf::Buf;
 use crate::kit::accept::{self, Verdict};
-use crate::op::OpKind;
+use crate::op::{OpId, OpKind};
 use crate::pool::PoolShared;
 use crate::sys::common::{test_config, OpData, SocketFd};
 
@@ -295,4 +295,54 @@ fn no_ring_entry_after_the_drain_gives_up() {
         "the engine entered its ring after giving up: the stale send went out ({:?})",
         String::from_utf8_lossy(&got)
     );
+}
+
+/// The timer packet `token` due at `at`, scheduled straight in the engine.
+fn post_at(r: &mut Rig, at: Instant, token: u64) {
+    let c = Completion::new(OpKind::Timer, 0, token, OpId(token), Ok(0));
+    r.engine.core.timers.add(at, TimerItem::Post(c));
+}
+
+/// A turn reads the clock once, before its wait; a turn whose wait the
+/// kernel ends with nothing made reads it again, so a turn that waits
+/// for a timer delivers it itself — not early, and not a turn later.
+#[test]
+fn turn_waiting_for_a_timer_delivers_it() {
+    let Some(mut r) = rig() else { return };
+    let at = Instant::now() + Duration::from_millis(30);
+    post_at(&mut r, at, 7);
+    r.engine.turn(Some(Duration::from_secs(5)), true);
+    let now = Instant::now();
+    let out = std::mem::take(&mut r.engine.core.out);
+    assert_eq!(
+        out.len(),
+        1,
+        "the timer's packet, in the turn that waited: {out:?}"
+    );
+    assert_eq!(out[0].token, 7);
+    assert!(now >= at, "fired {:?} early", at - now);
+    r.engine.shutdown();
+}
+
+/// A turn that makes a completion does not read the clock after its wait:
+/// a timer that fell due meanwhile fires at the next turn's intake, and
+/// one not due never fires with it.
+#[test]
+fn turn_with_a_completion_fires_only_due_timers() {
+    let Some(mut r) = rig() else { return };
+    let soon = Instant::now() + Duration::from_millis(20);
+    let late = Instant::now() + Duration::from_secs(30);
+    post_at(&mut r, soon, 1);
+    post_at(&mut r, late, 2);
+    r.recv(1, 10);
+    r.peers[0].write_all(b"a").unwrap();
+    let c = r.wait_for(10);
+    assert_eq!(c.result.as_ref().ok(), Some(&1), "{c:?}");
+    // Past `soon`: whichever turn takes it in, the next one fires it.
+    std::thread::sleep(soon.saturating_duration_since(Instant::now()));
+    r.engine.turn(Some(Duration::ZERO), false);
+    r.done.append(&mut r.engine.core.out);
+    let tokens: Vec<u64> = r.done.iter().map(|c| c.token).collect();
+    assert_eq!(tokens, [1], "the due timer, and only it: {:?}", r.done);
+    r.engine.shutdown();
 }
