@@ -92,6 +92,7 @@ matrix!(
     never_reading_client,
     sigterm_under_load,
     drain_deadline_cuts,
+    drain_spares_a_talking_connection,
     emfile_recovery,
     max_conns,
     idle_timeout,
@@ -602,6 +603,13 @@ fn sigterm_under_load(cx: &Ctx) {
     assert_eq!(n, 0, "idle connection should see EOF while draining");
     // The stuck one is still open: the second signal cuts it.
     s.signal(libc::SIGTERM);
+    let (label, log) = exits_ok(cx, &mut s);
+    stuck.assert_cut(&label, &log, "cut requested", 6, 5);
+}
+
+/// Waits (15 s at most) for the server to exit, which it must do with
+/// success; returns the test's label and the server's log.
+fn exits_ok(cx: &Ctx, s: &mut Server) -> (String, String) {
     let st = s.wait_exit(Duration::from_secs(15));
     let log = s.log();
     let label = cx.label();
@@ -609,7 +617,52 @@ fn sigterm_under_load(cx: &Ctx) {
         st.is_some_and(|s| s.success()),
         "{label}: exit {st:?}\n{log}"
     );
-    stuck.assert_cut(&label, &log, "cut requested", 6, 5);
+    (label, log)
+}
+
+/// Sends the byte `i` on `c` and reads its echo (`what`: the failure).
+fn ping(c: &mut TcpStream, i: u8, what: &str) {
+    c.write_all(&[i]).unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).expect(what);
+    assert_eq!(b[0], i);
+}
+
+/// While draining, a connection that talks every 10 ms is not closed as
+/// quiet (100 ms), however long it was open before the drain — without an
+/// idle timeout the server records traffic only from the drain on — and
+/// it is closed with a FIN once it stops talking.
+fn drain_spares_a_talking_connection(cx: &Ctx) {
+    let Some(mut s) = cx.start(&["--drain-timeout", "60s"]) else {
+        return;
+    };
+    let mut c = connect(s.tcp);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut i = 0u8;
+    let mut talk_for = |c: &mut TcpStream, d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            i = i.wrapping_add(1);
+            ping(c, i, "a talking connection was closed while draining");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    talk_for(&mut c, Duration::from_millis(300));
+    s.signal(libc::SIGTERM);
+    wait_until("every shard draining", Duration::from_secs(10), || {
+        s.count_log("draining: accepts stopped") == shards(cx)
+    });
+    talk_for(&mut c, Duration::from_millis(500));
+    let mut b = [0u8; 1];
+    let n = c.read(&mut b).expect("a quiet connection's drain is a FIN");
+    assert_eq!(n, 0);
+    let (label, log) = exits_ok(cx, &mut s);
+    let summary = ["open", "drained", "cut"].map(|k| log_field(&log, "shutdown:", k));
+    assert_eq!(
+        summary,
+        [Some(1), Some(1), Some(0)],
+        "{label}: open, drained, cut\n{log}"
+    );
 }
 
 /// A client that never reads is never quiet: the drain deadline cuts it,
@@ -752,11 +805,7 @@ fn idle_timeout(cx: &Ctx) {
     let chatty = std::thread::spawn(move || {
         let mut c = connect(addr);
         for i in 0..15u8 {
-            c.write_all(&[i]).unwrap();
-            let mut b = [0u8; 1];
-            c.read_exact(&mut b)
-                .expect("chatty client closed while active");
-            assert_eq!(b[0], i);
+            ping(&mut c, i, "chatty client closed while active");
             std::thread::sleep(Duration::from_millis(100));
         }
     });

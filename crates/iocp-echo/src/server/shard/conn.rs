@@ -17,7 +17,7 @@ use completion_port::{is_aborted, Buf, Completion, Handle, OpId, OpKind};
 
 use super::super::stats::Global;
 use super::super::table::{lock, Entry};
-use super::{fmt_peer, Shard};
+use super::{fmt_peer, Now, Shard};
 
 /// Operation tokens.
 const T_RECV: u64 = 1;
@@ -187,7 +187,7 @@ impl Shard {
     }
 
     /// A completion of connection `idx` in generation `gen`.
-    pub(super) fn on_conn(&self, idx: u32, gen: u32, mut c: Completion, now: Instant) {
+    pub(super) fn on_conn(&self, idx: u32, gen: u32, mut c: Completion, now: &Now) {
         let Some(slot) = self.table.slot(idx) else {
             return;
         };
@@ -230,7 +230,7 @@ impl Shard {
     }
 
     /// The standing pooled receive: data (`more`), then one final packet.
-    fn on_recv_pooled(&self, conn: &mut Conn, c: &mut Completion, now: Instant) {
+    fn on_recv_pooled(&self, conn: &mut Conn, c: &mut Completion, now: &Now) {
         let buf = c.take_buf();
         if c.more {
             if let (Ok(n), Some(buf)) = (&c.result, buf) {
@@ -259,7 +259,7 @@ impl Shard {
     }
 
     /// A single-shot receive (pool model with several workers).
-    fn on_recv(&self, conn: &mut Conn, c: &mut Completion, now: Instant) {
+    fn on_recv(&self, conn: &mut Conn, c: &mut Completion, now: &Now) {
         conn.ops -= 1;
         conn.recv_op = None;
         self.g.c.recv_buffers_pinned.fetch_sub(1, Ordering::Relaxed);
@@ -290,11 +290,11 @@ impl Shard {
     }
 
     /// Queues received bytes for echo.
-    fn take_data(&self, conn: &mut Conn, buf: Buf, now: Instant) {
+    fn take_data(&self, conn: &mut Conn, buf: Buf, now: &Now) {
         let n = buf.len();
         Global::add(&self.g.c.bytes_in, n as u64);
         conn.rx += n as u64;
-        conn.last_active = now;
+        self.touch(conn, now);
         if conn.closing {
             return;
         }
@@ -360,7 +360,7 @@ impl Shard {
         }
     }
 
-    fn on_send(&self, conn: &mut Conn, c: &mut Completion, now: Instant) {
+    fn on_send(&self, conn: &mut Conn, c: &mut Completion, now: &Now) {
         conn.ops -= 1;
         let bytes = conn.inflight.take().unwrap_or(0);
         let pooled = std::mem::take(&mut conn.inflight_pooled);
@@ -387,10 +387,20 @@ impl Shard {
         }
     }
 
-    fn sent(&self, conn: &mut Conn, bytes: usize, now: Instant) {
+    /// Traffic on `conn`: its quiet starts again now — recorded only while
+    /// a sweep judges quiet (an idle timeout is set, or the shard drains),
+    /// so that an echo costs no clock reading otherwise (see
+    /// [`Shard::begin_drain`] for the switch).
+    fn touch(&self, conn: &mut Conn, now: &Now) {
+        if self.judges_quiet() {
+            conn.last_active = now.get();
+        }
+    }
+
+    fn sent(&self, conn: &mut Conn, bytes: usize, now: &Now) {
         conn.pending = conn.pending.saturating_sub(bytes);
         conn.tx += bytes as u64;
-        conn.last_active = now;
+        self.touch(conn, now);
         Global::add(&self.g.c.bytes_out, bytes as u64);
         if self.draining.load(Ordering::Relaxed) {
             Global::add(&self.g.c.drain_bytes, bytes as u64);

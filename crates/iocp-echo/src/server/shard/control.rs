@@ -100,6 +100,12 @@ impl Shard {
         self.schedule_sweep(&mut sw, self.sweep_period());
     }
 
+    /// Whether a sweep judges connections' quiet (an idle timeout is set,
+    /// or the shard drains), so traffic must record when it happened.
+    pub(super) fn judges_quiet(&self) -> bool {
+        self.g.cfg.idle_timeout.is_some() || self.draining.load(Ordering::Acquire)
+    }
+
     fn sweep_period(&self) -> Duration {
         if self.draining.load(Ordering::Acquire) {
             return DRAIN_SWEEP;
@@ -121,6 +127,14 @@ impl Shard {
     fn begin_drain(&self) {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if self.g.cfg.idle_timeout.is_none() {
+            // Until now traffic was not recorded (see `touch`): a
+            // connection's quiet counts from the drain at the earliest —
+            // never longer than it really was. Traffic from here on records
+            // itself; `max` keeps what it recorded while this runs.
+            let t = Instant::now();
+            self.for_each_conn(|conn| conn.last_active = conn.last_active.max(t));
         }
         for l in &self.listeners {
             lock(l).stop();

@@ -11,6 +11,7 @@
 //! per-core model each shard thread owns one. Every packet is routed by its
 //! completion key, a [`Route`].
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -127,13 +128,13 @@ impl Shard {
                 Err(GetError::TimedOut) => continue,
                 Err(GetError::Abandoned) => break,
             }
-            let now = Instant::now();
+            let now = Now::default();
             if let Some(c) = self.g.completions.get(wid) {
                 c.fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             let mut quit = false;
             for c in batch.drain(..) {
-                quit |= self.handle(c, now);
+                quit |= self.handle(c, &now);
             }
             if quit {
                 break;
@@ -143,18 +144,36 @@ impl Shard {
     }
 
     /// Routes one packet. Returns `true` when this worker should stop.
-    fn handle(&self, c: Completion, now: Instant) -> bool {
+    fn handle(&self, c: Completion, now: &Now) -> bool {
         match Route::from_key(c.key) {
             Some(Route::Conn { idx, gen }) => self.on_conn(idx, gen, c, now),
-            Some(Route::Listener(i)) => self.on_listener(i as usize, c, now),
-            Some(Route::Udp(i)) => self.on_udp(i as usize, c, now),
-            Some(Route::Control) => return self.on_ctrl(c, now),
+            Some(Route::Listener(i)) => self.on_listener(i as usize, c, now.get()),
+            Some(Route::Udp(i)) => self.on_udp(i as usize, c, now.get()),
+            Some(Route::Control) => return self.on_ctrl(c, now.get()),
             // Nothing here makes such a key: its buffer goes back with `c`.
             None => {
                 tracing::debug!(key = c.key, kind = ?c.kind, "packet with an unknown key dropped")
             }
         }
         false
+    }
+}
+
+/// The clock for one batch of completions: read on first use, at most
+/// once per batch (an echo at the default settings needs none).
+#[derive(Default)]
+struct Now(Cell<Option<Instant>>);
+
+impl Now {
+    fn get(&self) -> Instant {
+        match self.0.get() {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                self.0.set(Some(t));
+                t
+            }
+        }
     }
 }
 
