@@ -7,12 +7,10 @@
 //! ```
 //!
 //! The models cover the plain queue (one waiter per packet, the limit,
-//! blocking guards, close, posts through the inbox racing a waiter on its
-//! way to sleep, FIFO across the inbox), a queue whose waiters drive a
-//! modelled kernel (the driver role handed over, the driver's place among
-//! the waiters, the standby taking over, a post racing a thread on its way
-//! into the kernel and a driver's turn) and strands (a pooled receive's
-//! packets never run on two threads at once).
+//! blocking guards, close), a queue whose waiters drive a modelled kernel
+//! (the driver role handed over, the driver's place among the waiters, the
+//! standby taking over) and strands (a pooled receive's packets never run
+//! on two threads at once).
 //!
 //! Without `--cfg loom` this file compiles to one ignored test whose reason
 //! says how to run the models. Under loom, time is abstract: a timed wait
@@ -120,30 +118,6 @@ mod models {
         assert_each_once(q, got, want);
     }
 
-    /// Spawns `n` threads that each block in `get` with no timeout and
-    /// return the packet they got.
-    fn blocked_getters(q: &Queue<u32>, n: usize) -> Vec<thread::JoinHandle<u32>> {
-        (0..n)
-            .map(|_| {
-                let q = q.clone();
-                thread::spawn(move || q.get(None).expect("a packet"))
-            })
-            .collect()
-    }
-
-    /// Joins the threads of [`blocked_getters`]: one packet each (a `get`
-    /// takes one), and each packet of `want` taken exactly once.
-    fn join_blocked_getters(q: &Queue<u32>, threads: Vec<thread::JoinHandle<u32>>, want: &[u32]) {
-        let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_each_once(q, got, want);
-    }
-
-    /// Posts `p` from a thread of its own.
-    fn post_from_thread(q: &Queue<u32>, p: u32) -> thread::JoinHandle<()> {
-        let q = q.clone();
-        thread::spawn(move || q.post(p).unwrap())
-    }
-
     /// A post racing a `get` that times out: the packet is delivered exactly
     /// once, to that `get` or to a later poll, and nothing is left behind.
     #[test]
@@ -191,43 +165,6 @@ mod models {
             got.sort_unstable();
             assert_eq!(got, [1, 2], "each packet exactly once");
             assert_eq!(q.stats().waiting, 0);
-        });
-    }
-
-    /// Two threads block in `get` with no timeout while two threads post:
-    /// a post that finds the queue's lock taken goes through the inbox, and
-    /// must still wake a waiter that is on its way to sleep (the lost
-    /// wake-up: a missed post would leave a waiter asleep for ever, which
-    /// loom reports as a deadlock). Each waiter gets one packet.
-    #[test]
-    fn inbox_post_races_parking_waiters() {
-        check("inbox_post_races_parking_waiters", 2, || {
-            let q = Queue::<u32>::new(2);
-            let waiters = blocked_getters(&q, 2);
-            let poster = post_from_thread(&q, 1);
-            q.post(2).unwrap();
-            poster.join().unwrap();
-            join_blocked_getters(&q, waiters, &[1, 2]);
-        });
-    }
-
-    /// Packets of one posting thread come out in the order posted, though
-    /// some go through the inbox (the queue's lock was taken by the taker)
-    /// and some straight into the queue.
-    #[test]
-    fn inbox_keeps_fifo() {
-        check("inbox_keeps_fifo", 3, || {
-            let q = Queue::<u32>::new(1);
-            let qp = q.clone();
-            let poster = thread::spawn(move || {
-                for p in 1..=3 {
-                    qp.post(p).unwrap();
-                }
-            });
-            let got: Vec<u32> = (0..3).map(|_| q.get(None).expect("a packet")).collect();
-            poster.join().unwrap();
-            assert_eq!(got, [1, 2, 3], "FIFO");
-            step_out(&q, |p| panic!("left over: {p}"));
         });
     }
 
@@ -604,10 +541,16 @@ mod models {
     fn driver_hand_over_one_per_packet() {
         check("driver_hand_over_one_per_packet", 3, || {
             let (q, k) = driven(2);
-            let threads = blocked_getters(&q, 2);
+            let mut threads = Vec::new();
+            for _ in 0..2 {
+                let q = q.clone();
+                threads.push(thread::spawn(move || q.get(None).expect("a packet")));
+            }
             k.complete(1);
             k.complete(2);
-            join_blocked_getters(&q, threads, &[1, 2]);
+            // One packet each (a `get` takes one), none left behind.
+            let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_each_once(&q, got, &[1, 2]);
         });
     }
 
@@ -680,47 +623,6 @@ mod models {
             );
             assert_eq!(b.join().unwrap(), Ok(2), "the standby is not left waiting");
         });
-    }
-
-    /// A post racing a thread on its way to drive the kernel (the queue is
-    /// empty, nobody drives): the post either is seen before the driver
-    /// sleeps or wakes it out of the kernel; the driver never sleeps on a
-    /// packet left in the inbox.
-    #[test]
-    fn inbox_post_races_driver_going_to_sleep() {
-        check("inbox_post_races_driver_going_to_sleep", 3, || {
-            driven_getters_race_post(1, 5, &[]);
-        });
-    }
-
-    /// Two threads wait on a driven queue while the kernel completes one
-    /// operation and another thread posts: the driver turns (and may hand
-    /// the role over) while the post races it through the inbox or the
-    /// dispatch. Each thread gets exactly one packet.
-    #[test]
-    fn inbox_post_races_driver_turn() {
-        check("inbox_post_races_driver_turn", 2, || {
-            driven_getters_race_post(2, 2, &[1]);
-        });
-    }
-
-    /// `n` threads block on a driven queue of limit `n` while a thread
-    /// posts `posted` and the kernel completes `completed` (sorted, below
-    /// `posted`): each thread gets one packet, and nothing is left queued or
-    /// waiting.
-    fn driven_getters_race_post(n: usize, posted: u32, completed: &[u32]) {
-        let (q, k) = driven(n);
-        let threads = blocked_getters(&q, n);
-        let poster = post_from_thread(&q, posted);
-        for &c in completed {
-            k.complete(c);
-        }
-        poster.join().unwrap();
-        let mut want = completed.to_vec();
-        want.push(posted);
-        join_blocked_getters(&q, threads, &want);
-        let st = q.stats();
-        assert_eq!((st.queued, st.waiting), (0, 0), "{st:?}");
     }
 
     /// Close while a driver waits in the kernel and a standby parks: both

@@ -39,10 +39,6 @@ pub(crate) trait Lock {
         Self: 'a;
     /// Locks, ignoring poisoning.
     fn lock_any(&self) -> Self::Guard<'_>;
-    /// Locks if nobody holds the lock, ignoring poisoning.
-    // Only the Linux port's queue tries its lock.
-    #[cfg_attr(windows, allow(dead_code))]
-    fn try_lock_any(&self) -> Option<Self::Guard<'_>>;
 }
 
 /// Implements [`Lock`] for the `Mutex` of a module (std's, or loom's).
@@ -55,13 +51,6 @@ macro_rules! tolerant {
                 Self: 'a;
             fn lock_any(&self) -> Self::Guard<'_> {
                 self.lock().unwrap_or_else(|p| p.into_inner())
-            }
-            fn try_lock_any(&self) -> Option<Self::Guard<'_>> {
-                match self.try_lock() {
-                    Ok(g) => Some(g),
-                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                    Err(std::sync::TryLockError::WouldBlock) => None,
-                }
             }
         }
     };
@@ -77,10 +66,4 @@ tolerant!(loom::sync);
 /// later call on the port into a panic too.
 pub(crate) fn lock<M: Lock + ?Sized>(m: &M) -> M::Guard<'_> {
     m.lock_any()
-}
-
-/// Locks `m` if it is free (see [`lock`]); `None` if another thread holds it.
-#[cfg_attr(windows, allow(dead_code))]
-pub(crate) fn try_lock<M: Lock + ?Sized>(m: &M) -> Option<M::Guard<'_>> {
-    m.try_lock_any()
 }

@@ -70,42 +70,41 @@ pub trait Kernel<T>: Send + Sync {
 
 impl<T: Packet> Inner<T> {
     /// A thread leaves the running count (`blocking()`, or its exit) and
-    /// may have left work for the kernel: make sure a turn takes it in (see
-    /// [`Self::take_in_work`]). Returns whether the caller must turn.
-    pub(super) fn hand_over_work(&self, st: &mut State<T>, turner: Option<u64>) -> bool {
-        match self.kernel() {
-            Some(k) if !st.closed && k.pending() => self.take_in_work(st, k, turner),
-            _ => false,
+    /// may have left work for the kernel: make sure a turn takes it in —
+    /// the driver's, the standby's (woken to drive), or (if `may_turn` and
+    /// nobody waits) a turn by the caller, which the caller then makes.
+    pub(super) fn hand_over_work(&self, st: &mut State<T>, may_turn: bool) -> bool {
+        let Some(k) = self.kernel() else {
+            return false;
+        };
+        if st.closed || !k.pending() {
+            return false;
         }
-    }
-
-    /// Makes sure a turn takes in the work queued for the kernel: the
-    /// driver's (kicked if it sleeps), the standby's (woken to drive), or,
-    /// if nobody waits on the kernel and the thread `turner` (the caller)
-    /// may turn it, a turn of the caller's own without waiting: it takes the
-    /// driver role, and `true` says it must then make that turn
-    /// ([`Self::turn_once`]).
-    fn take_in_work(&self, st: &mut State<T>, k: &dyn Kernel<T>, turner: Option<u64>) -> bool {
         if st.driver.is_some() {
             k.kick();
         } else if st.standby.is_some() {
             k.wake_standby();
-        } else if let Some(tag) = turner {
-            st.driver = Some(DriverRole::new(tag, false));
+        } else if may_turn {
+            st.driver = Some(DriverRole {
+                tag: thread_tag(),
+                waits: false,
+                handed: false,
+            });
             return true;
         }
         false
     }
 
-    /// One turn without waiting by thread `tag`, which took the driver role
-    /// on the way (`driver.waits == false`), taking no packet.
-    pub(super) fn turn_once(&self, tag: u64) {
+    /// One turn without waiting by a thread that took the driver role on
+    /// the way (`driver.waits == false`), taking no packet.
+    pub(super) fn turn_once(&self) {
         let Some(k) = self.kernel.get() else {
             return;
         };
+        let tag = thread_tag();
         k.turn(Some(Duration::ZERO), &mut |batch, _| {
             let mut st = lock(&self.state);
-            self.queue_batch(&mut st, batch, tag);
+            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
             self.leave_driver(&mut st)
         });
         // The kernel shut down: the role is vacated all the same.
@@ -126,10 +125,10 @@ impl<T: Packet> Inner<T> {
 }
 
 impl<T: Packet> Queue<T> {
-    /// Hands the deferred work of thread `tag` (the caller) to the kernel
-    /// if a driver sleeps there (what the hand-over completed goes to the
-    /// queue).
-    pub(super) fn submit_deferred(&self, k: &dyn Kernel<T>, tag: u64) {
+    /// Hands this thread's deferred work to the kernel if a driver sleeps
+    /// there (what the hand-over completed goes to the queue).
+    pub(super) fn submit_deferred(&self, k: &dyn Kernel<T>) {
+        let tag = thread_tag();
         k.submit(&mut |batch| {
             if batch.is_empty() {
                 return;
@@ -139,7 +138,7 @@ impl<T: Packet> Queue<T> {
                 batch.clear();
                 return;
             }
-            self.inner.queue_batch(&mut st, batch, tag);
+            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
             self.inner.dispatch(&mut st);
         });
     }
@@ -216,11 +215,11 @@ impl<T: Packet> Queue<T> {
         waits: bool,
         deadline: Option<Instant>,
     ) -> Result<usize, Empty> {
-        st.driver = Some(DriverRole::new(t.tag, waits));
-        // Before the driver may sleep in the kernel, the inbox is marked
-        // as waited on and what it holds is dispatched (to this driver,
-        // which is then woken at once, if nobody else waits).
-        self.inner.dispatch(&mut st);
+        st.driver = Some(DriverRole {
+            tag: t.tag,
+            waits,
+            handed: false,
+        });
         drop(st);
         self.drive(k, t, deadline)
     }
@@ -249,7 +248,7 @@ impl<T: Packet> Queue<T> {
                     outcome = Some(Outcome::Abandoned);
                     return self.inner.leave_driver(&mut st);
                 }
-                self.inner.queue_batch(&mut st, batch, tag);
+                st.packets.extend(batch.drain(..).map(|p| (p, tag)));
                 let waits = st.driver.as_ref().is_some_and(|d| d.waits);
                 let mut first = None;
                 if let Some(h) = st.take_handed(tag) {
@@ -317,15 +316,29 @@ impl<T: Packet> Queue<T> {
         let Some(k) = self.inner.kernel() else {
             return;
         };
-        let tag = may_turn.then(thread_tag);
         let mut st = lock(&self.inner.state);
         if st.closed {
             return;
         }
-        let turn = self.inner.take_in_work(&mut st, k, tag);
-        drop(st);
-        if let Some(tag) = tag.filter(|_| turn) {
-            self.inner.turn_once(tag);
+        if st.driver.is_some() {
+            drop(st);
+            k.kick();
+            return;
         }
+        if st.standby.is_some() {
+            drop(st);
+            k.wake_standby();
+            return;
+        }
+        if !may_turn {
+            return;
+        }
+        st.driver = Some(DriverRole {
+            tag: thread_tag(),
+            waits: false,
+            handed: false,
+        });
+        drop(st);
+        self.inner.turn_once();
     }
 }

@@ -15,10 +15,6 @@
 //!   thread that took one holds its strand until its next `get` (or its
 //!   exit), and the strand's later packets wait for it, in order;
 //! * `close` wakes every waiter with `Abandoned`;
-//! * a `post` that finds the lock taken and nobody waiting leaves its packet
-//!   in an **inbox** with a lock of its own, so posting threads do not queue
-//!   up behind the threads that take packets; the packets move from the
-//!   inbox to the queue, in order, under the queue's lock (see [`Inbox`]);
 //! * the queue may be fed by a [`Kernel`] its waiting threads drive
 //!   themselves, with no engine thread: see [`drive`].
 //!
@@ -33,13 +29,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicBool, Ordering};
-#[cfg(loom)]
 use loom::sync::{Arc, Mutex, MutexGuard};
 #[cfg(loom)]
 use loom::thread::{self, Thread};
-#[cfg(not(loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(loom))]
 use std::sync::{Arc, Mutex, MutexGuard};
 #[cfg(not(loom))]
@@ -52,7 +44,7 @@ use crate::running::{
 };
 
 use crate::batch::Batch;
-use crate::kit::{lock, try_lock};
+use crate::kit::lock;
 
 mod drive;
 mod park;
@@ -125,17 +117,6 @@ struct DriverRole {
     handed: bool,
 }
 
-impl DriverRole {
-    /// Thread `tag` takes the role; `waits` as for the field.
-    fn new(tag: u64, waits: bool) -> Self {
-        DriverRole {
-            tag,
-            waits,
-            handed: false,
-        }
-    }
-}
-
 /// The queued packets, FIFO, and the tag of the thread that queued each.
 /// Two rings rather than one of pairs: a packet (a `Completion` is large)
 /// then moves in and out of the queue in one copy each way.
@@ -156,17 +137,6 @@ impl<T> Packets<T> {
         }
     }
 
-    /// Moves every packet of `later` behind these, in order (a swap of the
-    /// rings when this one is empty: nothing moves, nothing is allocated).
-    fn append(&mut self, later: &mut Packets<T>) {
-        if self.is_empty() {
-            std::mem::swap(self, later);
-        } else {
-            self.items.append(&mut later.items);
-            self.from.append(&mut later.from);
-        }
-    }
-
     fn remove(&mut self, i: usize) -> Option<(T, u64)> {
         let p = self.items.remove(i)?;
         Some((p, self.from.remove(i).unwrap_or(0)))
@@ -184,37 +154,6 @@ impl<T> Packets<T> {
         self.from.clear();
         self.items.drain(..).collect()
     }
-
-    fn new() -> Self {
-        Packets {
-            items: VecDeque::new(),
-            from: VecDeque::new(),
-        }
-    }
-}
-
-/// Where a `post` leaves its packet when the queue's lock is taken and
-/// nobody waits, under a lock of its own: posting threads then do not
-/// contend with the threads that take packets (a lock holder preempted on a
-/// busy machine holds up only its own side). Packets move from here to the
-/// queue, behind the queued ones, under the queue's lock: before a `get`
-/// looks at an empty queue, before anything else is queued (so the order
-/// stays FIFO), and before a thread blocks.
-///
-/// No wake-up is lost: `waiting` is set, under this lock and with the inbox
-/// emptied in the same hold, by a thread that holds the queue's lock and is
-/// about to block (parked or driving) before it lets that lock go; a post
-/// reads it under this lock and, if it is set, queues its packet through the
-/// queue's lock and the dispatch instead. So a packet either is in the inbox
-/// before the blocking thread empties it, or is posted through the dispatch.
-struct Inbox<T> {
-    packets: Packets<T>,
-    /// Someone waits (parked, or driving the kernel): a post goes through
-    /// the dispatch. Cleared lazily, the next time the queue's lock holder
-    /// looks at the inbox with nobody waiting.
-    waiting: bool,
-    /// The queue is closed: a post is refused.
-    closed: bool,
 }
 
 struct State<T> {
@@ -230,9 +169,6 @@ struct State<T> {
     /// Strands held: (strand, thread tag).
     held: Vec<(u64, u64)>,
     running: usize,
-    /// The inbox's `waiting` flag as last set (only the holder of this
-    /// lock sets it).
-    inbox_waiting: bool,
     closed: bool,
     handoffs: u64,
     delivered: u64,
@@ -312,23 +248,12 @@ impl<T: Packet> State<T> {
     fn is_driver(&self, tag: u64) -> bool {
         self.driver.as_ref().is_some_and(|d| d.tag == tag)
     }
-
-    /// Whether a thread is parked or drives the kernel (a post must then go
-    /// through the dispatch).
-    fn someone_waits(&self) -> bool {
-        !self.waiters.is_empty() || self.driver.is_some()
-    }
 }
 
 pub(crate) struct Inner<T> {
     id: u64,
     limit: usize,
     state: Mutex<State<T>>,
-    inbox: Mutex<Inbox<T>>,
-    /// Whether the inbox may hold packets: set by a post that leaves one
-    /// there, cleared as they are taken out (both under the inbox's lock),
-    /// so a `get` looks into the inbox only when there is something in it.
-    inbox_full: AtomicBool,
     /// Set once, before the queue is shared, on a queue its waiters drive.
     kernel: OnceLock<std::sync::Arc<dyn Kernel<T>>>,
 }
@@ -389,14 +314,13 @@ impl<T: Packet> SlotOwner for LoomOwner<T> {
 impl<T: Packet> SlotOwner for Inner<T> {
     fn release(&self) {
         // A blocking() step-out: the thread goes on with its handler.
-        let tag = thread_tag();
         let mut st = lock(&self.state);
         st.running = st.running.saturating_sub(1);
         self.dispatch(&mut st);
-        let turn = self.hand_over_work(&mut st, Some(tag));
+        let turn = self.hand_over_work(&mut st, true);
         drop(st);
         if turn {
-            self.turn_once(tag);
+            self.turn_once();
         }
     }
     fn reacquire(&self) {
@@ -412,7 +336,7 @@ impl<T: Packet> SlotOwner for Inner<T> {
         self.dispatch(&mut st);
         // An exiting thread never turns the kernel itself: its pending
         // work goes to whoever waits, else to the next `get`.
-        self.hand_over_work(&mut st, None);
+        self.hand_over_work(&mut st, false);
     }
 }
 
@@ -426,7 +350,6 @@ impl<T: Packet> Inner<T> {
     /// Called with the lock held whenever `running` drops, packets arrive or
     /// a strand is let go. Ends by making sure someone watches the kernel.
     fn dispatch(&self, st: &mut State<T>) {
-        self.absorb(st);
         while st.running < self.limit {
             let to = match st.waiters.last() {
                 Some(w) => w.tag,
@@ -468,35 +391,14 @@ impl<T: Packet> Inner<T> {
             return;
         }
         if let Some(w) = st.waiters.pop() {
-            st.driver = Some(DriverRole::new(w.tag, true));
+            st.driver = Some(DriverRole {
+                tag: w.tag,
+                waits: true,
+                handed: false,
+            });
             st.handed.push((w.tag, Handed::Drive));
             w.thread.unpark();
         }
-    }
-
-    /// Moves what the inbox holds behind the queued packets, and makes its
-    /// `waiting` flag say whether someone waits now (see [`Inbox`]). Called
-    /// with the queue's lock held; looks at the inbox only if it may hold
-    /// packets or the flag must change. Returns whether packets moved.
-    fn absorb(&self, st: &mut State<T>) -> bool {
-        let waits = st.someone_waits();
-        if waits == st.inbox_waiting && !self.inbox_full.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut ib = lock(&self.inbox);
-        ib.waiting = waits;
-        st.inbox_waiting = waits;
-        self.inbox_full.store(false, Ordering::Relaxed);
-        let moved = !ib.packets.is_empty();
-        st.packets.append(&mut ib.packets);
-        moved
-    }
-
-    /// Queues `batch` (what a turn reaped, or what a hand-over of work
-    /// completed) as packets from `tag`, behind what the inbox holds.
-    fn queue_batch(&self, st: &mut State<T>, batch: &mut Vec<T>, tag: u64) {
-        self.absorb(st);
-        st.packets.extend(batch.drain(..).map(|p| (p, tag)));
     }
 }
 
@@ -524,7 +426,7 @@ impl<T: Packet> Drop for Claimed<'_, T> {
     fn drop(&mut self) {
         let Some(mut st) = self.st.take() else { return };
         let inner = &self.queue.inner;
-        if st.someone_waits() {
+        if !st.waiters.is_empty() || st.driver.is_some() {
             // Letting go of strands may have freed packets for them.
             inner.dispatch(&mut st);
         }
@@ -535,11 +437,11 @@ impl<T: Packet> Drop for Claimed<'_, T> {
         // worker would hold every reply of a batch back until it had
         // handled the whole batch, and the load would come back as one wave
         // needing a pool buffer per connection.
-        let turn = self.deferred && inner.hand_over_work(&mut st, Some(self.tag));
+        let turn = self.deferred && inner.hand_over_work(&mut st, true);
         drop(st);
         self.queue.set_running(self.tag, self.strands);
         if turn {
-            inner.turn_once(self.tag);
+            inner.turn_once();
         }
     }
 }
@@ -591,25 +493,21 @@ impl<T: Packet> Queue<T> {
                 id: next_id(),
                 limit: limit.max(1),
                 state: Mutex::new(State {
-                    packets: Packets::new(),
+                    packets: Packets {
+                        items: VecDeque::new(),
+                        from: VecDeque::new(),
+                    },
                     waiters: Vec::new(),
                     handed: Vec::new(),
                     driver: None,
                     standby: None,
                     held: Vec::new(),
                     running: 0,
-                    inbox_waiting: false,
                     closed: false,
                     handoffs: 0,
                     delivered: 0,
                     takeovers: 0,
                 }),
-                inbox: Mutex::new(Inbox {
-                    packets: Packets::new(),
-                    waiting: false,
-                    closed: false,
-                }),
-                inbox_full: AtomicBool::new(false),
                 kernel: OnceLock::new(),
             }),
         }
@@ -640,36 +538,14 @@ impl<T: Packet> Queue<T> {
 
     /// Queues one packet and hands it to the most recent waiter if the
     /// limit allows. Returns the packet back if the queue is closed.
-    ///
-    /// One lock round trip when nobody waits: the queue's if it is free,
-    /// else the inbox's (see [`Inbox`]).
     pub fn post(&self, pkt: T) -> Result<(), T> {
         let tag = thread_tag();
-        if let Some(st) = try_lock(&self.inner.state) {
-            return self.post_locked(st, pkt, tag);
-        }
-        let mut ib = lock(&self.inner.inbox);
-        if ib.closed {
-            return Err(pkt);
-        }
-        if !ib.waiting {
-            ib.packets.push(pkt, tag);
-            self.inner.inbox_full.store(true, Ordering::Release);
-            return Ok(());
-        }
-        drop(ib);
-        self.post_locked(lock(&self.inner.state), pkt, tag)
-    }
-
-    /// [`Queue::post`] under the queue's lock.
-    fn post_locked(&self, mut st: MutexGuard<'_, State<T>>, pkt: T, tag: u64) -> Result<(), T> {
+        let mut st = lock(&self.inner.state);
         if st.closed {
             return Err(pkt);
         }
-        // What the inbox holds was posted first.
-        self.inner.absorb(&mut st);
         st.packets.push(pkt, tag);
-        if st.someone_waits() {
+        if !st.waiters.is_empty() || st.driver.is_some() {
             self.inner.dispatch(&mut st);
         }
         Ok(())
@@ -686,7 +562,7 @@ impl<T: Packet> Queue<T> {
         if st.closed {
             return false;
         }
-        self.inner.queue_batch(&mut st, pkts, tag);
+        st.packets.extend(pkts.drain(..).map(|p| (p, tag)));
         self.inner.dispatch(&mut st);
         true
     }
@@ -730,7 +606,7 @@ impl<T: Packet> Queue<T> {
             Ok(x) => x,
             Err(e) => return Err(err(e)),
         };
-        if let Some(strands) = self.claim(&mut st, g.tag) {
+        if let Some(strands) = st.claim_first(self.inner.limit, g.tag) {
             // The fast path: no closure, and the packet moves straight from
             // the ring into the result (the guard finishes after that).
             let mut took = self.took(st, &g, strands);
@@ -775,8 +651,6 @@ impl<T: Packet> Queue<T> {
     ) -> Result<(usize, bool), Empty> {
         let (mut st, g) = self.begin_get()?;
         let max = batch.max.max(1);
-        // What other threads left in the inbox was posted before `fresh`.
-        self.inner.absorb(&mut st);
         if st.packets.is_empty() {
             if fresh.is_empty() {
                 // Nothing at all: nobody waits for a packet this thread held
@@ -830,7 +704,7 @@ impl<T: Packet> Queue<T> {
         out: &mut Vec<T>,
         max: usize,
     ) -> Result<(usize, bool), MutexGuard<'a, State<T>>> {
-        let Some(first_strand) = self.claim(&mut st, g.tag) else {
+        let Some(first_strand) = st.claim_first(self.inner.limit, g.tag) else {
             return Err(st);
         };
         let mut took = self.took(st, g, first_strand);
@@ -858,7 +732,7 @@ impl<T: Packet> Queue<T> {
         // driver's next one.
         if g.deferred {
             if let Some(k) = self.inner.kernel() {
-                self.submit_deferred(k, g.tag);
+                self.submit_deferred(k);
             }
         }
         let mut st = lock(&self.inner.state);
@@ -872,20 +746,6 @@ impl<T: Packet> Queue<T> {
             return Err(Empty::Abandoned);
         }
         Ok((st, g))
-    }
-
-    /// [`State::claim_first`], looking into the inbox if the queued packets
-    /// cannot serve: its packets come behind them (the common case is an
-    /// empty queue: then the rings are swapped, and nothing moves).
-    #[inline(always)]
-    fn claim(&self, st: &mut State<T>, tag: u64) -> Option<bool> {
-        if let Some(strands) = st.claim_first(self.inner.limit, tag) {
-            return Some(strands);
-        }
-        if self.inner.absorb(st) {
-            return st.claim_first(self.inner.limit, tag);
-        }
-        None
     }
 
     /// The guard that ends a `get` that claimed a packet (see [`Claimed`]).
@@ -979,12 +839,6 @@ impl<T: Packet> Queue<T> {
     pub fn close(&self) -> Vec<T> {
         let mut st = lock(&self.inner.state);
         st.closed = true;
-        {
-            // Later posts are refused; what the inbox holds is handed back.
-            let mut ib = lock(&self.inner.inbox);
-            ib.closed = true;
-            st.packets.append(&mut ib.packets);
-        }
         let k = self.inner.kernel();
         let standby = st.standby;
         for w in st.waiters.drain(..) {
@@ -1039,11 +893,10 @@ impl<T: Packet> Queue<T> {
     pub fn stats(&self) -> QueueStats {
         let st = lock(&self.inner.state);
         let driver_waits = st.driver.as_ref().is_some_and(|d| d.waits && !d.handed);
-        let inbox = lock(&self.inner.inbox).packets.len();
         QueueStats {
             waiting: st.waiters.len() + usize::from(driver_waits),
             running: st.running,
-            queued: st.packets.len() + inbox,
+            queued: st.packets.len(),
             handoffs: st.handoffs,
             delivered: st.delivered,
             takeovers: st.takeovers,

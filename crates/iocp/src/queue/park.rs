@@ -9,22 +9,12 @@ impl<T: Packet> Queue<T> {
     /// its deadline passed). If it timed out and nothing was handed to it
     /// meanwhile, it leaves the stack and its `get` returns the error;
     /// else it looks again, under the lock.
-    ///
-    /// Before it lets the lock go, the dispatch runs once more with the
-    /// thread on the stack: that marks the inbox as waited on and hands out
-    /// what was posted there before (so no post is left unseen while the
-    /// thread sleeps; see [`Inbox`]). If that handed the thread something,
-    /// or the queue closed, it does not sleep but looks again.
     pub(super) fn wait<'a>(
         &'a self,
-        mut st: MutexGuard<'a, State<T>>,
+        st: MutexGuard<'a, State<T>>,
         tag: u64,
         park: impl FnOnce() -> bool,
     ) -> Result<MutexGuard<'a, State<T>>, Empty> {
-        self.inner.dispatch(&mut st);
-        if st.closed || st.handed.iter().any(|(t, _)| *t == tag) {
-            return Ok(st);
-        }
         drop(st);
         let timed_out = park();
         let mut st = lock(&self.inner.state);
