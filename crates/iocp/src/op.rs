@@ -115,7 +115,9 @@ pub struct Completion {
     /// Which operation this was.
     pub op: OpId,
     pub(crate) buf: Option<Buf>,
-    pub(crate) extra: Extra,
+    /// Boxed: few completions carry one, and every completion moves from
+    /// the engine through the queue to the handler, so its size counts.
+    extra: Option<Box<Extra>>,
     /// Bytes a failed operation moved before it failed.
     pub(crate) partial: usize,
     /// The strand of the completion (0: none): a pooled receive's
@@ -127,10 +129,7 @@ pub struct Completion {
 }
 
 /// Rarely used parts of a completion, kept out of line.
-#[derive(Default)]
 pub(crate) enum Extra {
-    #[default]
-    None,
     Accepted(socket2::Socket, Option<Addr>),
     From(Option<Addr>),
     Vectored(Vec<Buf>),
@@ -167,10 +166,16 @@ impl Completion {
             more: false,
             op,
             buf: None,
-            extra: Extra::None,
+            extra: None,
             partial: 0,
             strand: 0,
         }
+    }
+
+    /// Attaches the rare part of a completion (an accepted socket, a
+    /// sender's address, a vectored send's buffers).
+    pub(crate) fn set_extra(&mut self, extra: Extra) {
+        self.extra = Some(Box::new(extra));
     }
 
     /// Whether the operation succeeded.
@@ -220,12 +225,12 @@ impl Completion {
 
     /// The buffers of a vectored send, handed back in order.
     pub fn take_bufs(&mut self) -> Vec<Buf> {
-        match std::mem::take(&mut self.extra) {
-            Extra::Vectored(v) => v,
-            other => {
-                self.extra = other;
-                Vec::new()
-            }
+        if !matches!(self.extra.as_deref(), Some(Extra::Vectored(_))) {
+            return Vec::new();
+        }
+        match self.extra.take().map(|e| *e) {
+            Some(Extra::Vectored(v)) => v,
+            _ => Vec::new(),
         }
     }
 
@@ -233,12 +238,12 @@ impl Completion {
     /// with `AcceptEx`) and its peer's IP address (`None` for a Unix socket:
     /// read [`Completion::addr`] first).
     pub fn take_accepted(&mut self) -> Option<(socket2::Socket, Option<SocketAddr>)> {
-        match std::mem::take(&mut self.extra) {
-            Extra::Accepted(s, a) => Some((s, a.and_then(|a| a.as_ip()))),
-            other => {
-                self.extra = other;
-                None
-            }
+        if !matches!(self.extra.as_deref(), Some(Extra::Accepted(..))) {
+            return None;
+        }
+        match self.extra.take().map(|e| *e) {
+            Some(Extra::Accepted(s, a)) => Some((s, a.and_then(|a| a.as_ip()))),
+            _ => None,
         }
     }
 
@@ -251,8 +256,8 @@ impl Completion {
     /// For `recv_from`: the sender's address; for an accept (until
     /// [`Completion::take_accepted`]): the peer's. IP or Unix.
     pub fn addr(&self) -> Option<&Addr> {
-        match &self.extra {
-            Extra::From(a) | Extra::Accepted(_, a) => a.as_ref(),
+        match self.extra.as_deref() {
+            Some(Extra::From(a) | Extra::Accepted(_, a)) => a.as_ref(),
             _ => None,
         }
     }
@@ -319,5 +324,16 @@ impl OpData {
 impl crate::queue::Packet for Completion {
     fn strand(&self) -> u64 {
         self.strand
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every completion moves from the engine through the queue to the
+    /// handler: the rare parts stay boxed so that it stays small.
+    #[test]
+    fn a_completion_stays_small() {
+        let size = std::mem::size_of::<super::Completion>();
+        assert!(size <= 128, "Completion is {size} bytes");
     }
 }

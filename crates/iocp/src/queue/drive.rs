@@ -104,7 +104,7 @@ impl<T: Packet> Inner<T> {
         let tag = thread_tag();
         k.turn(Some(Duration::ZERO), &mut |batch, _| {
             let mut st = lock(&self.state);
-            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
+            st.packets.append(batch, tag);
             self.leave_driver(&mut st)
         });
         // The kernel shut down: the role is vacated all the same.
@@ -138,7 +138,7 @@ impl<T: Packet> Queue<T> {
                 batch.clear();
                 return;
             }
-            st.packets.extend(batch.drain(..).map(|p| (p, tag)));
+            st.packets.append(batch, tag);
             self.inner.dispatch(&mut st);
         });
     }
@@ -248,7 +248,7 @@ impl<T: Packet> Queue<T> {
                     outcome = Some(Outcome::Abandoned);
                     return self.inner.leave_driver(&mut st);
                 }
-                st.packets.extend(batch.drain(..).map(|p| (p, tag)));
+                st.packets.append(batch, tag);
                 let waits = st.driver.as_ref().is_some_and(|d| d.waits);
                 let mut first = None;
                 if let Some(h) = st.take_handed(tag) {

@@ -131,9 +131,16 @@ impl<T> Packets<T> {
         self.from.push_back(from);
     }
 
-    fn extend(&mut self, it: impl IntoIterator<Item = (T, u64)>) {
-        for (p, from) in it {
-            self.push(p, from);
+    /// Queues every packet of `pkts` (queued by `from`), leaving it empty.
+    /// Onto an empty ring the vector's buffer itself becomes the ring (the
+    /// ring's empty buffer goes back in `pkts`), so no packet moves.
+    fn append(&mut self, pkts: &mut Vec<T>, from: u64) {
+        self.from.extend(std::iter::repeat_n(from, pkts.len()));
+        if self.items.is_empty() {
+            let ring = std::mem::replace(&mut self.items, VecDeque::from(std::mem::take(pkts)));
+            *pkts = Vec::from(ring);
+        } else {
+            self.items.extend(pkts.drain(..));
         }
     }
 
@@ -227,6 +234,36 @@ impl<T: Packet> State<T> {
         };
         self.running += 1;
         Some(s != 0)
+    }
+
+    /// When no other thread holds a strand (every queued packet is free
+    /// for `tag`): moves up to `max` packets from the front of the ring
+    /// straight into `out`, as [`Taker::deliver`] would hand them one by
+    /// one, and returns how many and whether one named a strand.
+    /// `None` (nothing taken) when another thread holds a strand.
+    fn drain_free(&mut self, tag: u64, max: usize, out: &mut Vec<T>) -> Option<(usize, bool)> {
+        if self.held.iter().any(|&(_, t)| t != tag) {
+            return None;
+        }
+        let n = max.min(self.packets.len());
+        let mut strands = false;
+        for p in self.packets.items.range(..n) {
+            let s = p.strand();
+            if s != 0 {
+                strands = true;
+                if !self.held.contains(&(s, tag)) {
+                    self.held.push((s, tag));
+                }
+            }
+        }
+        for from in self.packets.from.drain(..n) {
+            self.delivered += 1;
+            if from != tag {
+                self.handoffs += 1;
+            }
+        }
+        out.extend(self.packets.items.drain(..n));
+        Some((n, strands))
     }
 
     fn count(&mut self, from: u64, tag: u64) {
@@ -562,7 +599,7 @@ impl<T: Packet> Queue<T> {
         if st.closed {
             return false;
         }
-        st.packets.extend(pkts.drain(..).map(|p| (p, tag)));
+        st.packets.append(pkts, tag);
         self.inner.dispatch(&mut st);
         true
     }
@@ -675,7 +712,7 @@ impl<T: Packet> Queue<T> {
                     batch.out.append(fresh);
                 } else {
                     batch.out.extend(fresh.drain(..n));
-                    st.packets.extend(fresh.drain(..).map(|p| (p, g.tag)));
+                    st.packets.append(fresh, g.tag);
                 }
                 let more = !st.packets.is_empty();
                 // The guard's drop dispatches the rest (if anyone waits) and
@@ -684,7 +721,7 @@ impl<T: Packet> Queue<T> {
                 return Ok((n, more));
             }
         }
-        st.packets.extend(fresh.drain(..).map(|p| (p, g.tag)));
+        st.packets.append(fresh, g.tag);
         let mut st = match self.take_now(st, &g, batch.out, max) {
             Ok(x) => return Ok(x),
             Err(st) => st,
@@ -709,13 +746,16 @@ impl<T: Packet> Queue<T> {
         };
         let mut took = self.took(st, g, first_strand);
         out.push(took.pop());
-        let mut t = Taker {
-            tag: g.tag,
-            max: max - 1,
-            put: &mut |p| out.push(p),
-        };
         let st = took.st.as_mut().expect("held until drop");
-        let (n, strands) = t.deliver(st, None);
+        let (n, strands) = match st.drain_free(g.tag, max - 1, out) {
+            Some(x) => x,
+            None => Taker {
+                tag: g.tag,
+                max: max - 1,
+                put: &mut |p| out.push(p),
+            }
+            .deliver(st, None),
+        };
         let more = !st.packets.is_empty();
         took.strands |= strands;
         Ok((n + 1, more))

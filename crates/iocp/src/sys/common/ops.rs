@@ -168,7 +168,7 @@ macro_rules! op_sum {
             const KIND: $crate::op::OpKind = $crate::op::OpKind::Send;
 
             fn complete(self, c: &mut $crate::op::Completion) {
-                c.extra = $crate::op::Extra::Vectored(self.bufs);
+                c.set_extra($crate::op::Extra::Vectored(self.bufs));
             }
 
             fn sent(&self) -> usize {

@@ -114,7 +114,10 @@ impl UringEngine {
         };
         self.core.timers.op_done(slot.meta.id);
         let lane = slot.op.lane();
-        let mut c = slot.meta.completion(slot.op.kind(), result);
+        // Built in the engine's output, not moved into it.
+        let out = &mut self.core.out;
+        out.push(slot.meta.completion(slot.op.kind(), result));
+        let c = out.last_mut().expect("just pushed");
         if c.result.is_err() {
             // What a send sent before it failed (0 for anything else).
             c.partial = slot.op.sent();
@@ -122,8 +125,7 @@ impl UringEngine {
                 h.lanes.send_failed(c.partial);
             }
         }
-        slot.op.complete(&mut c);
-        self.core.out.push(c);
+        slot.op.complete(c);
         self.release(slot.meta.hid, idx, lane);
     }
 

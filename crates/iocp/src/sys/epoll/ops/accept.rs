@@ -31,7 +31,7 @@ impl OpBase for Accept {
 
     fn complete(self, c: &mut Completion) {
         if let Some((sock, peer)) = self.got {
-            c.extra = Extra::Accepted(sock, peer);
+            c.set_extra(Extra::Accepted(sock, peer));
         }
     }
 }
@@ -61,7 +61,7 @@ impl ReadyOp for AcceptStream {
         match poller::accept(fd) {
             Ok((sock, peer)) => {
                 let mut c = cx.meta.more(OpKind::Accept, Ok(0));
-                c.extra = Extra::Accepted(sock, peer);
+                c.set_extra(Extra::Accepted(sock, peer));
                 cx.out.push(c);
                 Step::Again
             }

@@ -31,7 +31,7 @@ impl OpBase for RecvFrom {
 
     fn complete(self, c: &mut Completion) {
         if c.result.is_ok() {
-            c.extra = Extra::From(self.from);
+            c.set_extra(Extra::From(self.from));
         }
         c.buf = Some(self.buf);
     }

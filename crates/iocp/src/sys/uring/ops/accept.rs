@@ -36,7 +36,7 @@ impl OpBase for Accept {
             // SAFETY: a successful accept returned a new descriptor that
             // nothing else owns.
             let sock = unsafe { socket2::Socket::from_raw_fd(fd as i32) };
-            c.extra = Extra::Accepted(sock, self.peer.written());
+            c.set_extra(Extra::Accepted(sock, self.peer.written()));
             c.result = Ok(0);
         }
     }
@@ -79,7 +79,7 @@ impl UringOp for AcceptStream {
             let sock = unsafe { socket2::Socket::from_raw_fd(res) };
             let peer = sock.peer_addr().ok().and_then(|a| Addr::from_sockaddr(&a));
             let mut c = cx.meta.more(OpKind::Accept, Ok(0));
-            c.extra = Extra::Accepted(sock, peer);
+            c.set_extra(Extra::Accepted(sock, peer));
             cx.out.push(c);
             return if armed { Step::Wait } else { Step::Again };
         }

@@ -36,7 +36,7 @@ impl OpBase for RecvFrom {
             // SAFETY: the kernel wrote `n` bytes at `spare()`, where this
             // operation's SQE pointed it.
             unsafe { self.buf.advance(n) };
-            c.extra = Extra::From(self.msg.from());
+            c.set_extra(Extra::From(self.msg.from()));
         }
         c.buf = Some(self.buf);
     }

@@ -38,9 +38,10 @@ impl UringOp for RecvPooled {
                 // SAFETY: the kernel selected buffer `bid` and wrote `res`
                 // bytes into it; it is out of the ring until we republish it.
                 let pb = unsafe { br.pool.lend(bid, res as usize) };
-                let mut c = cx.meta.more(OpKind::RecvPooled, Ok(res as usize));
+                cx.out
+                    .push(cx.meta.more(OpKind::RecvPooled, Ok(res as usize)));
+                let c = cx.out.last_mut().expect("just pushed");
                 c.buf = Some(Buf::Pooled(pb));
-                cx.out.push(c);
             } else {
                 // A buffer consumed by a CQE without data goes straight back.
                 br.publish(bid);

@@ -84,7 +84,7 @@ impl WinOp for Accept {
         if c.result.is_ok() {
             match self.accepted(h.sock) {
                 Ok((sock, peer)) => {
-                    c.extra = Extra::Accepted(sock, peer.map(Addr::Ip));
+                    c.set_extra(Extra::Accepted(sock, peer.map(Addr::Ip)));
                     c.result = Ok(0);
                 }
                 Err(e) => c.result = Err(e),
@@ -119,7 +119,7 @@ impl WinOp for AcceptStream {
                 let got = self.0.accepted(cx.h.sock);
                 let c = cx.more(OpKind::Accept, Ok(0));
                 match got {
-                    Ok((sock, peer)) => c.extra = Extra::Accepted(sock, peer.map(Addr::Ip)),
+                    Ok((sock, peer)) => c.set_extra(Extra::Accepted(sock, peer.map(Addr::Ip))),
                     Err(e) => c.result = Err(e),
                 }
                 return Step::Again;

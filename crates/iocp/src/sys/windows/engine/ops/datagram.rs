@@ -81,7 +81,7 @@ impl WinOp for RecvFrom {
                     self.from_len.min(FROM_LEN),
                 )
             };
-            c.extra = Extra::From(from.map(Addr::Ip));
+            c.set_extra(Extra::From(from.map(Addr::Ip)));
         }
         self.mem.complete(c);
     }

@@ -156,7 +156,7 @@ impl WinOp for Send {
     fn complete(self, c: &mut Completion, _h: &HandleShared) {
         match self.payload {
             Payload::One(b) => c.buf = Some(b),
-            Payload::Many(v) => c.extra = Extra::Vectored(v),
+            Payload::Many(v) => c.set_extra(Extra::Vectored(v)),
         }
     }
 
