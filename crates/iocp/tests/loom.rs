@@ -7,10 +7,11 @@
 //! ```
 //!
 //! The models cover the plain queue (one waiter per packet, the limit,
-//! blocking guards, close), a queue whose waiters drive a modelled kernel
-//! (the driver role handed over, the driver's place among the waiters, the
-//! standby taking over) and strands (a pooled receive's packets never run
-//! on two threads at once).
+//! blocking guards, close, an outside taker told when a slot frees), a
+//! queue whose waiters drive a modelled kernel (the driver role handed
+//! over, the driver's place among the waiters, the standby taking over)
+//! and strands (a pooled receive's packets never run on two threads at
+//! once).
 //!
 //! Without `--cfg loom` this file compiles to one ignored test whose reason
 //! says how to run the models. Under loom, time is abstract: a timed wait
@@ -28,7 +29,7 @@ mod models {
 
     use completion_port::queue::{Empty, Kernel, Queue};
     use loom::sync::atomic::{AtomicUsize, Ordering};
-    use loom::sync::Arc;
+    use loom::sync::{Arc, Notify};
     use loom::thread;
 
     /// Bounded exploration so every model finishes in seconds.
@@ -325,6 +326,73 @@ mod models {
             got.sort_unstable();
             assert_eq!(got, [2], "packet 2 exactly once");
         });
+    }
+
+    /// A one-way signal between model threads (loom's `Notify` may wake
+    /// spuriously, so the flag says whether it was really opened).
+    #[derive(Default)]
+    struct Latch {
+        open: loom::sync::atomic::AtomicBool,
+        notify: Notify,
+    }
+
+    impl Latch {
+        fn open(&self) {
+            self.open.store(true, Ordering::SeqCst);
+            self.notify.notify();
+        }
+
+        fn wait(&self) {
+            while !self.open.load(Ordering::SeqCst) {
+                self.notify.wait();
+            }
+        }
+    }
+
+    /// An outside taker (an inline port's owner: it takes packets without
+    /// waiting on the stack, asleep in its engine — modelled by parking,
+    /// which the taker's hook undoes). Limit 1: thread A holds the slot,
+    /// so packet 2 is held back while the owner sleeps; A then steps out
+    /// with `blocking()` (or exits), and the owner is told: it never sleeps
+    /// with a packet it may take (a lost wake-up is a loom deadlock).
+    #[test]
+    fn outside_taker_told_on_release() {
+        for exits in [false, true] {
+            let name = if exits {
+                "outside_taker_told_on_exit"
+            } else {
+                "outside_taker_told_on_blocking"
+            };
+            check(name, 3, move || {
+                let q = Queue::<u32>::new(1);
+                let owner = thread::current();
+                q.set_outside_taker(Box::new(move || owner.unpark()));
+                let (a_runs, owner_took) = (Arc::new(Latch::default()), Arc::new(Latch::default()));
+                let (qa, a_runs2, owner_took2) = (q.clone(), a_runs.clone(), owner_took.clone());
+                let a = thread::spawn(move || {
+                    assert_eq!(qa.get(None), Ok(1));
+                    a_runs2.open();
+                    if !exits {
+                        let g = qa.blocking();
+                        owner_took2.wait();
+                        drop(g);
+                    }
+                });
+                q.post(1).unwrap();
+                a_runs.wait();
+                q.post(2).unwrap();
+                // The owner: take what may be taken, else sleep until told.
+                let p = loop {
+                    match q.get(Some(Duration::ZERO)) {
+                        Ok(p) => break p,
+                        Err(_) => thread::park(),
+                    }
+                };
+                assert_eq!(p, 2);
+                owner_took.open();
+                a.join().unwrap();
+            });
+        }
     }
 
     // ---- strands --------------------------------------------------------

@@ -293,6 +293,10 @@ pub(crate) struct Inner<T> {
     state: Mutex<State<T>>,
     /// Set once, before the queue is shared, on a queue its waiters drive.
     kernel: OnceLock<std::sync::Arc<dyn Kernel<T>>>,
+    /// Set once, before the queue is shared, on a queue whose packets a
+    /// thread takes without waiting on the stack (see
+    /// [`Queue::set_outside_taker`]).
+    outside: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A completion queue with IOCP's wake order and concurrency accounting.
@@ -354,8 +358,10 @@ impl<T: Packet> SlotOwner for Inner<T> {
         let mut st = lock(&self.state);
         st.running = st.running.saturating_sub(1);
         self.dispatch(&mut st);
+        let tell = self.outside_may_take(&st);
         let turn = self.hand_over_work(&mut st, true);
         drop(st);
+        self.tell_outside(tell);
         if turn {
             self.turn_once();
         }
@@ -371,9 +377,12 @@ impl<T: Packet> SlotOwner for Inner<T> {
         }
         st.held.retain(|&(_, t)| t != tag);
         self.dispatch(&mut st);
+        let tell = self.outside_may_take(&st);
         // An exiting thread never turns the kernel itself: its pending
         // work goes to whoever waits, else to the next `get`.
         self.hand_over_work(&mut st, false);
+        drop(st);
+        self.tell_outside(tell);
     }
 }
 
@@ -418,6 +427,22 @@ impl<T: Packet> Inner<T> {
             }
         }
         self.cover(st);
+    }
+
+    /// Whether the outside taker must hear that it may take packets now:
+    /// a thread left the count (or let go of its strands) and the dispatch
+    /// that followed left packets queued that the limit lets run. The
+    /// outside taker is on no stack, so no dispatch wakes it; without this
+    /// it would sleep on with packets waiting for it.
+    fn outside_may_take(&self, st: &State<T>) -> bool {
+        self.outside.get().is_some() && st.running < self.limit && !st.packets.is_empty()
+    }
+
+    /// Tells the outside taker (with the lock let go), if `tell`.
+    fn tell_outside(&self, tell: bool) {
+        if let Some(f) = self.outside.get().filter(|_| tell) {
+            f();
+        }
     }
 
     /// With threads parked, someone must watch the kernel: the driver, or
@@ -546,6 +571,7 @@ impl<T: Packet> Queue<T> {
                     takeovers: 0,
                 }),
                 kernel: OnceLock::new(),
+                outside: OnceLock::new(),
             }),
         }
     }
@@ -554,6 +580,17 @@ impl<T: Packet> Queue<T> {
     /// docs). Set once, before the queue is shared.
     pub fn set_kernel(&self, kernel: std::sync::Arc<dyn Kernel<T>>) {
         let _ = self.inner.kernel.set(kernel);
+    }
+
+    /// Gives the queue an outside taker: a thread that takes its packets
+    /// without waiting on the stack (an inline port's owner, which waits
+    /// in its engine instead). `tell` runs, without the queue's lock, when
+    /// a thread leaving the count (`blocking()`, its exit) lets packets
+    /// that were held back by the limit run, and nobody on the stack took
+    /// them — as a `post` must wake that thread, so must this. Set once,
+    /// before the queue is shared.
+    pub fn set_outside_taker(&self, tell: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.inner.outside.set(tell);
     }
 
     /// A reference that does not keep the queue alive.

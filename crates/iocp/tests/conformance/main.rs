@@ -78,6 +78,7 @@ macro_rules! for_each_clause {
             scheduling queue::limit_batch_counts_once,
             scheduling queue::limit_thread_exit_releases,
             scheduling queue::limit_blocking_guard,
+            inline queue::inline_owner_woken_by_release,
             any queue::blocking_guard_get_inside,
             any queue::blocking_guard_nested,
             any queue::blocking_guard_forgotten,

@@ -276,6 +276,46 @@ pub fn limit_blocking_guard(t: &Target) {
     assert_eq!(port.stats().running, before);
 }
 
+/// An inline port's owner waits in its engine, not on the queue's stack.
+/// Limit 1, and another thread A holds the slot (it took a posted packet),
+/// so a second packet stays queued while the owner sleeps in its engine.
+/// When A leaves the count — with `blocking()`, or by exiting — the owner
+/// is woken to take that packet at once, not left asleep until unrelated
+/// news or its own timeout.
+pub fn inline_owner_woken_by_release(t: &Target) {
+    for exits in [false, true] {
+        let how = if exits { "A exits" } else { "A steps out" };
+        let port = t.build(t.builder().concurrency(1));
+        let a = Actor::new("A", &port);
+        port.post(0, 0, 1).unwrap();
+        assert_eq!(a.call("get", |s| token_of(s.port.get(ZERO))), Ok(1));
+        port.post(0, 0, 2).unwrap();
+        // A leaves while the owner is asleep in its engine (below).
+        let leaving = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            if exits {
+                a.exit();
+                None
+            } else {
+                a.call("blocking", |s| s.guard = Some(s.port.blocking()));
+                Some(a)
+            }
+        });
+        let t0 = Instant::now();
+        let got = token_of(port.get(Some(Duration::from_secs(6))));
+        let took = t0.elapsed();
+        assert_eq!(got, Ok(2), "{how}");
+        assert!(
+            took < Duration::from_secs(4),
+            "{how}: the owner took the queued packet only after {took:?}"
+        );
+        if let Some(a) = leaving.join().expect("leaving thread") {
+            a.call("drop guard", |s| s.guard = None);
+        }
+        port.close();
+    }
+}
+
 /// `(running, waiting)` of `port`, for exact assertions on the count.
 fn run_wait(port: &Port) -> (usize, usize) {
     let st = port.stats();

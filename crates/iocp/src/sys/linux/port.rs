@@ -28,11 +28,37 @@ use crate::sys::uring::RingMode;
 struct InlineEngine {
     owner: u64,
     engine: Mutex<Option<Engine>>,
+    /// The port's queue may hold packets for the owner (shared with the
+    /// queue, which rings it when a thread leaving the count lets packets
+    /// run).
+    bell: Arc<OwnerBell>,
+}
+
+/// How an inline port's owner learns that its queue holds packets it may
+/// take: the owner waits in its engine, not on the queue's stack.
+struct OwnerBell {
+    owner: u64,
     /// The port's queue may hold packets: one was posted to it (set after
-    /// queuing it, by any thread), or the owner's last `get` left some
-    /// there. Clear, the owner's `get` turns the engine without looking at
-    /// the queue first.
+    /// queuing it, by any thread), the owner's last `get` left some there,
+    /// or a thread left the count while the limit held packets back. Clear,
+    /// the owner's `get` turns the engine without looking at the queue
+    /// first.
     queued: AtomicBool,
+    engine: Arc<EngineShared>,
+}
+
+impl OwnerBell {
+    /// Packets wait in the queue (set after queuing them, or after the
+    /// limit let them run): the owner takes them at its next look, and
+    /// another thread wakes its engine — the flag first, so an owner that
+    /// misses this finds the engine's flag as it prepares to sleep, or is
+    /// woken.
+    fn ring(&self) {
+        self.queued.store(true, Ordering::SeqCst);
+        if thread_tag() != self.owner {
+            self.engine.posted();
+        }
+    }
 }
 
 pub(crate) struct Port {
@@ -114,10 +140,17 @@ impl SysPort for Port {
                     &cfg,
                     RingMode::Owned,
                 )?;
-                inline = Some(InlineEngine {
+                let bell = Arc::new(OwnerBell {
                     owner: thread_tag(),
-                    engine: Mutex::new(Some(engine)),
                     queued: AtomicBool::new(false),
+                    engine: shared.clone(),
+                });
+                let b = bell.clone();
+                queue.set_outside_taker(Box::new(move || b.ring()));
+                inline = Some(InlineEngine {
+                    owner: bell.owner,
+                    engine: Mutex::new(Some(engine)),
+                    bell,
                 });
                 info.get_or_insert(bi);
             } else {
@@ -227,12 +260,7 @@ impl SysPort for Port {
         let c = Completion::new(OpKind::Post, key, token, OpId(id), Ok(bytes));
         self.queue.post(c).map_err(|_| error::port_closed())?;
         if let Some(inl) = &self.inline {
-            // Before the engine's flag: an owner that misses this one finds
-            // that flag as it prepares to sleep, or is woken.
-            inl.queued.store(true, Ordering::SeqCst);
-            if thread_tag() != inl.owner {
-                self.engines[0].posted();
-            }
+            inl.bell.ring();
         }
         Ok(())
     }
@@ -458,13 +486,13 @@ impl Port {
     /// Takes what is queued into the owner's batch (see `get_inline`).
     fn take_queued(&self, inl: &InlineEngine, batch: &mut Batch<'_>) -> Result<usize, GetError> {
         // Cleared first: a post after this sets it again.
-        inl.queued.store(false, Ordering::SeqCst);
+        inl.bell.queued.store(false, Ordering::SeqCst);
         let (n, more) = self
             .queue
             .poll_with(batch, &mut Vec::new())
             .map_err(no_packet)?;
         if more {
-            inl.queued.store(true, Ordering::SeqCst);
+            inl.bell.queued.store(true, Ordering::SeqCst);
         }
         Ok(n)
     }
@@ -487,7 +515,7 @@ impl Port {
         let mut now = timeout.map(|_| Instant::now());
         let deadline = timeout.and_then(|t| now?.checked_add(t));
         loop {
-            if inl.queued.load(Ordering::SeqCst) {
+            if inl.bell.queued.load(Ordering::SeqCst) {
                 let n = self.take_queued(inl, batch)?;
                 if n > 0 {
                     return Ok(n);
@@ -528,7 +556,7 @@ impl Port {
             drop(g);
             let (n, more) = took.map_err(no_packet)?;
             if more {
-                inl.queued.store(true, Ordering::SeqCst);
+                inl.bell.queued.store(true, Ordering::SeqCst);
             }
             if n > 0 {
                 return Ok(n);
