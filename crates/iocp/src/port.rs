@@ -269,12 +269,13 @@ impl Port {
     /// drain with `get` before closing the port.
     ///
     /// An inline io_uring port closed (or dropped) on a thread other than
-    /// its owner cannot enter its ring from there: the buffers of its
-    /// operations in flight, its pool buffers and its ring's memory are
-    /// leaked for good, never freed under the kernel. Its descriptors are
-    /// still closed, and what its engine had not taken yet (new handles,
-    /// started operations) is dropped at once. Close an inline port on its
-    /// owner thread to get everything back.
+    /// its owner cannot enter its ring from there: the buffers of the
+    /// operations the kernel holds, its pool buffers and its ring's memory
+    /// are leaked for good, never freed under the kernel. Its descriptors
+    /// are still closed, and what the kernel never saw (new handles,
+    /// operations started since the owner's last turn or waiting behind
+    /// another) is dropped at once. Close an inline port on its owner
+    /// thread to get everything back.
     ///
     /// On Windows the port posts one sentinel packet per waiting thread
     /// (Wine never wakes waiters on `CloseHandle`), then drains the port

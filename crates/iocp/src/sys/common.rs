@@ -495,6 +495,10 @@ impl<T> Slab<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+    /// How many indices there are (occupied or free).
+    pub(crate) fn slots(&self) -> usize {
+        self.items.len()
+    }
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -34,6 +34,7 @@ impl UringEngine {
             }
             EngineCounters::bump(&self.core.shared.counters.cq_overflows, 1);
             let r = self.ring.submit();
+            self.submissions += 1;
             check_enter(r);
         }
         self.cqes = cqes;

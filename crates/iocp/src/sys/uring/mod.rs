@@ -113,6 +113,10 @@ pub(crate) struct UringEngine {
     /// it, and die with it); the engine is woken by a message posted into
     /// its ring instead.
     driven: bool,
+    /// How many times the SQ was handed to the kernel. A slot whose last
+    /// SQE was pushed at the current count has not reached the kernel (see
+    /// [`UringEngine::abandon`]).
+    submissions: u64,
 }
 
 impl UringEngine {
@@ -158,6 +162,7 @@ impl UringEngine {
             drain_limit: Duration::from_secs(10),
             owner: std::thread::current().id(),
             driven: !matches!(mode, RingMode::Owned),
+            submissions: 0,
         })
     }
 
@@ -207,6 +212,7 @@ impl UringEngine {
             return false;
         }
         let r = self.ring.submit();
+        self.submissions += 1;
         check_enter(r);
         EngineCounters::bump(&self.core.shared.counters.enters, 1);
         true
@@ -289,6 +295,34 @@ impl UringEngine {
         EngineCounters::set(&self.core.shared.counters.timers, 0);
     }
 
+    /// Frees, before the rest is leaked, the operations the kernel holds
+    /// nothing of: waiting in a lane, parked between two arms, or issued
+    /// since the ring was last entered — an operation an inline port's
+    /// owner started between turns, or the next one of a lane the last
+    /// reap started. Their SQEs wait in the SQ, which is never handed to
+    /// the kernel again. Only on a ring the engine alone enters (a driven
+    /// ring's drivers submit in their wait, uncounted); returns how many.
+    fn free_unsubmitted(&mut self) -> usize {
+        if self.driven {
+            return 0;
+        }
+        let mut freed = 0;
+        for idx in 0..self.ops.slots() {
+            let Some(s) = self.ops.get(idx) else {
+                continue;
+            };
+            let in_kernel = match s.phase {
+                Phase::Queued | Phase::Parked(_) => false,
+                Phase::Issued | Phase::Stopping(_) => s.pushed_at != self.submissions,
+            };
+            if !in_kernel {
+                self.ops.remove(idx);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
     /// Gives up on memory the kernel may still write (operation slots, the
     /// buffer ring and its pool, the wake-up buffer): leaked, never freed
     /// under it. The engine never enters the ring again: nothing is left to
@@ -313,13 +347,19 @@ impl UringEngine {
     /// what is left on its own and writes only into the leaked memory.
     /// Commands still queued (none reached the kernel) are dropped: a
     /// handle registered since the last turn closes its socket now, and a
-    /// queued start frees its buffers.
+    /// queued start frees its buffers. So are the operations the kernel
+    /// holds nothing of (see [`UringEngine::free_unsubmitted`]).
     pub(crate) fn abandon(&mut self) {
+        let freed = self.free_unsubmitted();
         if self.ops.is_empty() {
-            tracing::debug!("io_uring engine stopped off its thread; leaking its buffer pool");
+            tracing::debug!(
+                "io_uring engine stopped off its thread; leaking its buffer pool \
+                 ({freed} operations the kernel never saw freed)"
+            );
         } else {
             tracing::warn!(
-                "io_uring engine stopped off its thread with {} operations in flight; leaking their buffers",
+                "io_uring engine stopped off its thread with {} operations in flight; leaking their buffers \
+                 ({freed} operations the kernel never saw freed)",
                 self.ops.len()
             );
         }
@@ -388,6 +428,7 @@ impl LinuxEngine for UringEngine {
                 self.ring.submitter().submit_with_args(1, &args)
             }
         };
+        self.submissions += 1;
         check_enter(r);
         true
     }
@@ -446,6 +487,7 @@ impl LinuxEngine for UringEngine {
             phase: Phase::Queued,
             poll_first: false,
             reissues: 0,
+            pushed_at: 0,
             op,
         });
         h.ops.push(idx);

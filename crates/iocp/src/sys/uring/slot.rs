@@ -26,6 +26,8 @@ pub(super) struct Slot {
     /// Times the kernel cancelled it unasked (see
     /// [`UringEngine::unasked_cancel`]).
     pub reissues: u8,
+    /// The engine's `submissions` when the slot's last SQE was pushed.
+    pub pushed_at: u64,
     pub op: UOp,
 }
 

@@ -57,6 +57,7 @@ impl UringEngine {
                 return;
             }
             let r = self.ring.submit();
+            self.submissions += 1;
             check_enter(r);
         }
     }
@@ -64,6 +65,7 @@ impl UringEngine {
     /// Builds and queues the SQE of slot `idx`'s next attempt.
     pub(super) fn issue(&mut self, idx: usize) {
         let ud = self.user_data(idx);
+        let submissions = self.submissions;
         let has_bufring = self.bufring.is_some();
         let bgid = self.bufring.as_ref().map(|b| b.bgid);
         let feats = self.feats;
@@ -81,6 +83,7 @@ impl UringEngine {
             poll_first: slot.poll_first,
         };
         slot.phase = Phase::Issued;
+        slot.pushed_at = submissions;
         let ud = if slot.op.polls(has_bufring) {
             ud | POLL_BIT
         } else {
