@@ -115,6 +115,7 @@ macro_rules! for_each_clause {
             any stream::accept_stream_then_cancel,
             inline stream::inline_echo,
             inline stream::inline_order,
+            inline stream::inline_short_get_takes_what_starts_completed,
             inline stream::inline_start_after_other_threads_register,
             any datagram::udp_round_trip,
             any datagram::udp_truncated_datagram,

@@ -585,6 +585,30 @@ pub fn inline_order(t: &Target) {
     port.close();
 }
 
+/// A `get` whose timeout is over at once still takes what the owner's own
+/// starts completed: the first turn of every `get` hands over what a start
+/// made straight in the engine (epoll's first attempt), so it never times
+/// out with a completion ready.
+pub fn inline_short_get_takes_what_starts_completed(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, mut c) = tcp_pair(&port, 6);
+    no_packet(&port, Duration::ZERO);
+    for i in 0..20u64 {
+        port.send(&h, vec![i as u8; 8], i).unwrap();
+        let r = port.get(Some(Duration::from_nanos(1)));
+        let got = r.as_ref().map(|c| (c.token, c.bytes()));
+        assert_eq!(
+            got.ok(),
+            Some((i, 8)),
+            "send {i}: {:?}",
+            r.map(|c| brief(&c))
+        );
+    }
+    let mut all = [0u8; 160];
+    c.read_exact(&mut all).unwrap();
+    port.close();
+}
+
 /// A socket another thread associated with an inline port (its
 /// registration queued for the owner's engine) takes the owner's
 /// operations at once: an operation the owner starts never overtakes the

@@ -524,6 +524,12 @@ impl Port {
             let left = match deadline {
                 Some(d) => {
                     let now = *now.get_or_insert_with(Instant::now);
+                    // Never on the first pass: `now` is then the reading
+                    // the deadline was made from, so every `get` turns the
+                    // engine at least once — and that turn hands over what
+                    // the owner's own starts completed in the engine
+                    // between turns (epoll's first attempt), so no `get`
+                    // times out with one of those ready.
                     if now >= d && !poll {
                         // Through the queue all the same: a `get` that
                         // times out ends the thread's running period too.
