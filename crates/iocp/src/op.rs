@@ -225,26 +225,30 @@ impl Completion {
 
     /// The buffers of a vectored send, handed back in order.
     pub fn take_bufs(&mut self) -> Vec<Buf> {
-        if !matches!(self.extra.as_deref(), Some(Extra::Vectored(_))) {
-            return Vec::new();
-        }
-        match self.extra.take().map(|e| *e) {
-            Some(Extra::Vectored(v)) => v,
-            _ => Vec::new(),
-        }
+        self.take_extra(|e| match e {
+            Extra::Vectored(v) => Ok(v),
+            other => Err(other),
+        })
+        .unwrap_or_default()
     }
 
     /// For an accept: the new socket (not yet associated with any port, as
     /// with `AcceptEx`) and its peer's IP address (`None` for a Unix socket:
     /// read [`Completion::addr`] first).
     pub fn take_accepted(&mut self) -> Option<(socket2::Socket, Option<SocketAddr>)> {
-        if !matches!(self.extra.as_deref(), Some(Extra::Accepted(..))) {
-            return None;
-        }
-        match self.extra.take().map(|e| *e) {
-            Some(Extra::Accepted(s, a)) => Some((s, a.and_then(|a| a.as_ip()))),
-            _ => None,
-        }
+        self.take_extra(|e| match e {
+            Extra::Accepted(s, a) => Ok((s, a.and_then(|a| a.as_ip()))),
+            other => Err(other),
+        })
+    }
+
+    /// Takes the rare part out through `pick`, which returns what it wants
+    /// of it, or gives back a part of another kind, left in place.
+    fn take_extra<R>(&mut self, pick: impl FnOnce(Extra) -> Result<R, Extra>) -> Option<R> {
+        let extra = *self.extra.take()?;
+        pick(extra)
+            .map_err(|other| self.extra = Some(Box::new(other)))
+            .ok()
     }
 
     /// For `recv_from`: the sender's IP address (`None` for a Unix socket's
@@ -335,5 +339,23 @@ mod tests {
     fn a_completion_stays_small() {
         let size = std::mem::size_of::<super::Completion>();
         assert!(size <= 128, "Completion is {size} bytes");
+    }
+
+    /// Each `take_*` takes only its own kind of rare part and leaves any
+    /// other in place.
+    #[test]
+    fn take_extra_takes_only_its_kind() {
+        use super::{Completion, Extra, OpId, OpKind};
+        let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut c = Completion::new(OpKind::RecvFrom, 1, 2, OpId(3), Ok(0));
+        c.set_extra(Extra::From(Some(from.into())));
+        assert!(c.take_bufs().is_empty());
+        assert!(c.take_accepted().is_none());
+        assert_eq!(c.from_addr(), Some(from), "the sender's address stays");
+        let mut c = Completion::new(OpKind::Send, 1, 2, OpId(3), Ok(2));
+        c.set_extra(Extra::Vectored(vec![vec![1u8].into(), vec![2u8].into()]));
+        assert!(c.take_accepted().is_none());
+        assert_eq!(c.take_bufs().len(), 2);
+        assert!(c.take_bufs().is_empty(), "taken once");
     }
 }
