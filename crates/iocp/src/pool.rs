@@ -176,6 +176,15 @@ impl PooledBuf {
     pub fn id(&self) -> u16 {
         self.bid
     }
+
+    /// How many buffers of this buffer's pool are lent to the application
+    /// now, this one included: [`PoolStats::in_use`] of its engine's pool,
+    /// read straight from the pool (one load) rather than summed over the
+    /// port's engines as [`Port::pool_stats`](crate::Port::pool_stats)
+    /// does. Cheap enough to ask for every chunk received.
+    pub fn pool_in_use(&self) -> usize {
+        self.pool.in_use.load(Ordering::Relaxed)
+    }
 }
 
 impl Deref for PooledBuf {

@@ -57,6 +57,13 @@ pub fn pooled_stream(t: &Target) {
         held.push(pb);
         max_in_use = max_in_use.max(port.pool_stats().in_use);
         assert!(port.pool_stats().in_use >= held.len());
+        // The buffer reads its own pool's count; with no engine thread
+        // lending meanwhile (this thread turns the engine) it is the port's.
+        let pb = held.last().expect("just pushed");
+        assert!(pb.pool_in_use() >= held.len());
+        if !t.engine_threads {
+            assert_eq!(pb.pool_in_use(), port.pool_stats().in_use);
+        }
         if held.len() >= 4 {
             held.clear();
         }

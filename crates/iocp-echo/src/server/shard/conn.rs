@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Instant;
 
-use completion_port::{is_aborted, Buf, Completion, Handle, OpId, OpKind};
+use completion_port::{is_aborted, Buf, Completion, Handle, OpId, OpKind, PooledBuf};
 
 use super::super::stats::Global;
 use super::super::table::{lock, Entry};
@@ -300,7 +300,7 @@ impl Shard {
         }
         conn.pending += n;
         match buf {
-            Buf::Pooled(p) if self.copy_out(conn) => {
+            Buf::Pooled(p) if self.copy_out(conn, &p) => {
                 // Copy out and give the pool buffer back at once.
                 Global::add(&self.g.c.pooled_copied, 1);
                 match conn.out.back_mut() {
@@ -336,13 +336,17 @@ impl Shard {
     /// until its send's completion is handled, and the one the next message
     /// lands in meanwhile) neither applies, and every chunk goes out in its
     /// own pool buffer, without a copy.
-    fn copy_out(&self, conn: &Conn) -> bool {
+    ///
+    /// Asked for every chunk, so it reads no port-wide statistics: the
+    /// pool's size is the shard's (read once), the buffers the sends hold
+    /// are the shard's own count, and the buffers lent are read from the
+    /// pool of the chunk `p` (the port's one engine's).
+    fn copy_out(&self, conn: &Conn, p: &PooledBuf) -> bool {
         if conn.pooled_held >= MAX_POOLED_HELD {
             return true;
         }
-        let pool = self.port.pool_stats();
-        self.pooled_held.load(Ordering::Relaxed) * 2 >= pool.total
-            || pool.in_use * 8 >= pool.total * 7
+        let total = self.pool_total;
+        self.pooled_held.load(Ordering::Relaxed) * 2 >= total || p.pool_in_use() * 8 >= total * 7
     }
 
     /// `n` more pool buffers held by `conn` to send them as they are.

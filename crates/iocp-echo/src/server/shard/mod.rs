@@ -48,6 +48,8 @@ pub(crate) struct Shard {
     /// Pool buffers the connections hold to send them as they are (queued
     /// or in a send in flight): the sum of their `pooled_held`.
     pooled_held: AtomicUsize,
+    /// Buffers in the port's pool (read once: it never changes).
+    pool_total: usize,
     draining: AtomicBool,
     quit_posted: AtomicBool,
     sweep: Mutex<Sweep>,
@@ -79,6 +81,7 @@ impl Shard {
             }
         }
         let cap = g.cfg.max_conns;
+        let pool_total = port.pool_stats().total;
         Ok(Shard {
             id,
             port,
@@ -88,6 +91,7 @@ impl Shard {
             udps,
             pooled,
             pooled_held: AtomicUsize::new(0),
+            pool_total,
             draining: AtomicBool::new(false),
             quit_posted: AtomicBool::new(false),
             sweep: Mutex::new(Sweep::new()),
