@@ -14,7 +14,15 @@
 //! ```text
 //! cargo bench -p completion-port --bench post_get            # full
 //! cargo bench -p completion-port --bench post_get -- --quick # shorter runs
+//! cargo bench -p completion-port --bench post_get -- --only iocp 8 2
 //! ```
+//!
+//! `--only QUEUE T [P]` (QUEUE: `iocp`, `std` or `crossbeam`) runs only
+//! that queue's throughput at T threads with P packets circulating
+//! (default T; fewer than T makes most `get`s wait) and prints the packets
+//! it moved in all: for counting what a queue costs per packet with
+//! `perf stat` (context switches, futex calls), figures the machine's load
+//! moves far less than timings.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
@@ -84,6 +92,9 @@ impl Q for CbQ {
     }
 }
 
+/// `take`s that timed out during a throughput run.
+static STALLS: AtomicU64 = AtomicU64::new(0);
+
 /// Median round-trip time in nanoseconds over `n` round trips.
 fn pingpong<T: Q>(n: usize) -> f64 {
     let (a, b) = (T::new(), T::new());
@@ -106,10 +117,11 @@ fn pingpong<T: Q>(n: usize) -> f64 {
     median(&mut samples)
 }
 
-/// Packets per second with `threads` threads each doing get → post.
-fn throughput<T: Q>(threads: usize, dur: Duration) -> f64 {
+/// Packets per second with `threads` threads each doing get → post,
+/// `packets` of them circulating, and how many packets moved.
+fn throughput<T: Q>(threads: usize, packets: usize, dur: Duration) -> (f64, u64) {
     let q = T::new();
-    for i in 0..threads as u64 {
+    for i in 0..packets as u64 {
         q.put(i);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,6 +137,10 @@ fn throughput<T: Q>(threads: usize, dur: Duration) -> f64 {
                     if let Some(v) = q.take() {
                         q.put(v);
                         n += 1;
+                    } else if !stop.load(Ordering::Relaxed) {
+                        // 200 ms with no packet while others circulate:
+                        // a packet waited for a thread that slept on.
+                        STALLS.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 count.fetch_add(n, Ordering::Relaxed);
@@ -139,7 +155,8 @@ fn throughput<T: Q>(threads: usize, dur: Duration) -> f64 {
     for h in hs {
         h.join().unwrap();
     }
-    count.load(Ordering::Relaxed) as f64 / el.as_secs_f64()
+    let n = count.load(Ordering::Relaxed);
+    (n as f64 / el.as_secs_f64(), n)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -152,6 +169,31 @@ fn main() {
     let repeats = if quick { 3 } else { 5 };
     let n = if quick { 5_000 } else { 20_000 };
     let dur = Duration::from_millis(if quick { 200 } else { 1000 });
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        let num = |j: usize| args.get(i + j).and_then(|t| t.parse::<usize>().ok());
+        let threads = num(2).expect("--only QUEUE THREADS [PACKETS]");
+        let packets = num(3).unwrap_or(threads);
+        let run = match args[i + 1].as_str() {
+            "iocp" => throughput::<PortQ>,
+            "std" => throughput::<StdQ>,
+            "crossbeam" => throughput::<CbQ>,
+            q => panic!("--only: no queue {q}"),
+        };
+        let (mut rates, mut total) = (Vec::new(), 0);
+        for _ in 0..repeats {
+            let (r, n) = run(threads, packets, dur);
+            rates.push(r);
+            total += n;
+        }
+        println!(
+            "{} {threads} threads, {packets} packets: {:.0} packets/s (median of {repeats}), {total} packets in all, {} gets timed out (200 ms)",
+            args[i + 1],
+            median(&mut rates),
+            STALLS.load(Ordering::Relaxed)
+        );
+        return;
+    }
     println!(
         "post_get micro-benchmark: {} CPUs, {repeats} repeats, median of each",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -179,9 +221,9 @@ fn main() {
     for threads in [1, 2, 4, 8] {
         let mut r: [Vec<f64>; 3] = Default::default();
         for _ in 0..repeats {
-            r[0].push(throughput::<PortQ>(threads, dur));
-            r[1].push(throughput::<StdQ>(threads, dur));
-            r[2].push(throughput::<CbQ>(threads, dur));
+            r[0].push(throughput::<PortQ>(threads, threads, dur).0);
+            r[1].push(throughput::<StdQ>(threads, threads, dur).0);
+            r[2].push(throughput::<CbQ>(threads, threads, dur).0);
         }
         let m: Vec<f64> = r.iter_mut().map(|v| median(v)).collect();
         println!(
