@@ -593,6 +593,24 @@ mod models {
         (q, k)
     }
 
+    /// A thread that takes one packet from `q`, waiting up to `timeout`.
+    fn getter(q: &Queue<u32>, timeout: Option<Duration>) -> thread::JoinHandle<Result<u32, Empty>> {
+        let q = q.clone();
+        thread::spawn(move || q.get(timeout))
+    }
+
+    /// Two threads that wait forever on `q`, the first (once it waits) the
+    /// driver, the second the standby.
+    fn driver_and_standby(q: &Queue<u32>) -> Vec<thread::JoinHandle<Result<u32, Empty>>> {
+        (0..2)
+            .map(|n| {
+                let t = getter(q, None);
+                until_waiting(q, n + 1);
+                t
+            })
+            .collect()
+    }
+
     /// Lets the other model threads run until `n` threads wait on `q`.
     fn until_waiting(q: &Queue<u32>, n: usize) {
         while q.stats().waiting < n {
@@ -653,6 +671,66 @@ mod models {
         });
     }
 
+    /// Hand-offs racing timeouts on a driven queue: A drives (waiting
+    /// forever), B and C wait with a timeout (the standby, and a thread
+    /// parked above it, or in the other order), and two packets are
+    /// posted. A parked thread reads its packet from its own slot without
+    /// the queue's lock; one whose timeout fires as a packet is handed to
+    /// it takes that packet, never leaves it behind. Each packet reaches
+    /// exactly one thread or is handed back by the close that ends A's
+    /// wait.
+    #[test]
+    fn timeouts_race_hand_offs() {
+        check("timeouts_race_hand_offs", 2, || {
+            let (q, _k) = driven(3);
+            let a = getter(&q, None);
+            until_waiting(&q, 1);
+            let timed: Vec<_> = (0..2).map(|_| getter(&q, SOME)).collect();
+            q.post(1).unwrap();
+            q.post(2).unwrap();
+            let mut got: Vec<u32> = timed
+                .into_iter()
+                .filter_map(|t| match t.join().unwrap() {
+                    Ok(p) => Some(p),
+                    Err(Empty::TimedOut) => None,
+                    Err(e) => panic!("unexpected {e:?}"),
+                })
+                .collect();
+            got.extend(q.close());
+            match a.join().unwrap() {
+                Ok(p) => got.push(p),
+                Err(Empty::Abandoned) => {}
+                Err(e) => panic!("driver: unexpected {e:?}"),
+            }
+            got.sort_unstable();
+            assert_eq!(got, [1, 2], "each packet exactly once");
+            assert_eq!(q.stats().waiting, 0, "a thread left on the stack");
+        });
+    }
+
+    /// The standby handed a packet, and a new standby right after it: A
+    /// drives, B parks as the standby and is handed packet 1 (woken on
+    /// the kernel's channel), C arrives and becomes the next standby on
+    /// the same channel before B has woken, and is handed packet 2. Both
+    /// wake with their packet: one's wake-up is never taken by the other.
+    #[test]
+    fn standby_hand_off_then_new_standby() {
+        check("standby_hand_off_then_new_standby", 2, || {
+            let (q, _k) = driven(3);
+            let mut threads = driver_and_standby(&q);
+            q.post(1).unwrap();
+            let q2 = q.clone();
+            threads.push(thread::spawn(move || q2.get(None)));
+            until_waiting(&q, 2);
+            q.post(2).unwrap();
+            let b = threads.remove(1).join().unwrap();
+            let c = threads.remove(1).join().unwrap();
+            assert_eq!((b, c), (Ok(1), Ok(2)), "each standby its own packet");
+            assert!(q.close().is_empty());
+            assert_eq!(threads.remove(0).join().unwrap(), Err(Empty::Abandoned));
+        });
+    }
+
     /// Limit 1 on a driven queue: two threads, two completions. The
     /// driver that reaps both keeps one and the other waits for the slot;
     /// never are two threads running at once.
@@ -699,12 +777,7 @@ mod models {
     fn close_wakes_driver_and_standby() {
         check("close_wakes_driver_and_standby", 3, || {
             let (q, _k) = driven(2);
-            let mut threads = Vec::new();
-            for n in 0..2 {
-                let q2 = q.clone();
-                threads.push(thread::spawn(move || q2.get(None)));
-                until_waiting(&q, n + 1);
-            }
+            let threads = driver_and_standby(&q);
             assert!(q.close().is_empty());
             for t in threads {
                 assert_eq!(t.join().unwrap(), Err(Empty::Abandoned));

@@ -21,7 +21,10 @@
 //! completion that arrives while the only driver runs a handler is taken by
 //! a parked thread, as on Windows, and a parked thread is woken only when a
 //! packet is left for it. When the role is vacant with threads parked and no
-//! standby, the most recent waiter is promoted to driver.
+//! standby, the most recent waiter is promoted to driver. A standby handed
+//! a packet is woken on its channel, and nobody else becomes the standby
+//! until it has read its slot: a new one on the same channel could take
+//! that wake-up.
 
 use super::*;
 
@@ -124,6 +127,15 @@ impl<T: Packet> Inner<T> {
     }
 }
 
+/// How a wait on the stack ended.
+enum Standby<'a, T> {
+    /// Something was put in the thread's slot.
+    Given(Given<T>),
+    /// The standby takes over the driver role (the lock held, the thread
+    /// off the stack).
+    TakeOver(MutexGuard<'a, State<T>>),
+}
+
 impl<T: Packet> Queue<T> {
     /// Hands this thread's deferred work to the kernel if a driver sleeps
     /// there (what the hand-over completed goes to the queue).
@@ -165,43 +177,65 @@ impl<T: Packet> Queue<T> {
         if st.driver.is_none() {
             return self.start_driving(st, k, t, true, deadline);
         }
-        let standby = st.standby.is_none();
-        if standby {
+        let slot = MySlot::<T>::new();
+        st.waiters.push(slot.parked(tag));
+        let given = if st.standby.is_none() && !self.inner.standby_waking.load(Ordering::SeqCst) {
             st.standby = Some(tag);
-        }
-        st.waiters.push(Parked {
-            tag,
-            thread: thread::current(),
-        });
-        loop {
-            match st.take_handed(tag) {
-                Some(Handed::Drive) => {
-                    drop(st);
-                    return self.drive(k, t, deadline);
-                }
-                Some(h) => return self.handed(st, t, h),
-                None => {}
+            let given = self.stand_by(st, k, &slot, tag, deadline)?;
+            if matches!(given, Standby::Given(_)) {
+                // What was given to the standby came with its wake: the role
+                // may go to someone else now.
+                self.inner.standby_waking.store(false, Ordering::SeqCst);
             }
-            if st.closed {
-                self.leave_stack(&mut st, tag);
-                return Err(Empty::Abandoned);
-            }
-            let is_standby = st.standby == Some(tag);
-            if is_standby && st.driver.is_none() {
+            given
+        } else {
+            // A parked thread never becomes the standby later (a vacant
+            // role goes to a promoted driver): it only sleeps.
+            drop(st);
+            Standby::Given(self.sleep(&slot, tag, || park(deadline))?)
+        };
+        match given {
+            Standby::Given(Given::Packet(p)) => Ok(self.took_given(t, p)),
+            Standby::Given(Given::Drive) => self.drive(k, t, deadline),
+            Standby::Given(Given::Closed) => Err(Empty::Abandoned),
+            Standby::TakeOver(st) => {
                 // Nobody drives and the kernel (or a hand-over of work)
                 // woke the standby: it takes over.
+                self.start_driving(st, k, t, true, deadline)
+            }
+        }
+    }
+
+    /// The standby (on the stack, the lock held) sleeps on the kernel's
+    /// channel until its slot is filled or, with nobody driving, the
+    /// kernel wakes it to take over.
+    fn stand_by<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State<T>>,
+        k: &dyn Kernel<T>,
+        slot: &Slot<T>,
+        tag: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Standby<'a, T>, Empty> {
+        loop {
+            if let Some(g) = slot.take() {
+                return Ok(Standby::Given(g));
+            }
+            if st.standby == Some(tag) && st.driver.is_none() {
                 st.standby = None;
                 st.unpark_waiter(tag);
                 st.takeovers += 1;
-                return self.start_driving(st, k, t, true, deadline);
+                return Ok(Standby::TakeOver(st));
             }
-            st = self.wait(st, tag, || {
-                if is_standby {
-                    k.standby_wait(deadline)
-                } else {
-                    park(deadline)
-                }
-            })?;
+            drop(st);
+            let timed_out = k.standby_wait(deadline);
+            if let Some(g) = slot.take() {
+                return Ok(Standby::Given(g));
+            }
+            st = lock(&self.inner.state);
+            if timed_out {
+                return self.timed_out(&mut st, slot, tag).map(Standby::Given);
+            }
         }
     }
 
@@ -252,9 +286,7 @@ impl<T: Packet> Queue<T> {
                 let waits = st.driver.as_ref().is_some_and(|d| d.waits);
                 let mut first = None;
                 if let Some(h) = st.take_handed(tag) {
-                    if let Handed::Packet(p, from) = h {
-                        first = Some((p, from));
-                    }
+                    first = Some(h);
                 } else if let Some(i) = (st.running < self.inner.limit)
                     .then(|| st.next_for(tag))
                     .flatten()
@@ -293,7 +325,7 @@ impl<T: Packet> Queue<T> {
                 self.inner.dispatch(&mut st);
                 return Err(Empty::Abandoned);
             }
-            if let Some(Handed::Packet(p, from)) = st.take_handed(tag) {
+            if let Some((p, from)) = st.take_handed(tag) {
                 st.driver = None;
                 let (n, strands) = t.deliver(&mut st, Some((p, from)));
                 let arm = self.inner.leave_driver(&mut st);

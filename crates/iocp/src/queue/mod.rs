@@ -3,9 +3,9 @@
 //!
 //! * packets are queued FIFO;
 //! * waiting threads sit on a **stack**: a packet goes to the most recent
-//!   waiter (LIFO), one waiter per packet, handed over directly (the waiter
-//!   is woken with the packet already its own, so no other thread can steal
-//!   it);
+//!   waiter (LIFO), one waiter per packet, handed over directly into the
+//!   waiter's own slot (the waiter is woken with the packet already its
+//!   own, so no other thread can steal it, and takes it without the lock);
 //! * a **concurrency limit** counts running threads: a thread runs from the
 //!   moment `get`/`get_many` hands it a packet (a batch counts once) until it
 //!   next calls `get`, exits, or steps out with a blocking guard (the
@@ -29,9 +29,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[cfg(loom)]
+use loom::sync::atomic::{AtomicBool, Ordering};
+#[cfg(loom)]
 use loom::sync::{Arc, Mutex, MutexGuard};
 #[cfg(loom)]
 use loom::thread::{self, Thread};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(loom))]
 use std::sync::{Arc, Mutex, MutexGuard};
 #[cfg(not(loom))]
@@ -49,7 +53,7 @@ use crate::kit::lock;
 mod drive;
 mod park;
 pub use drive::Kernel;
-use park::park;
+use park::{park, MySlot};
 
 /// Why a `get` returned without a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +98,42 @@ impl Packet for u32 {
     }
 }
 
-enum Handed<T> {
-    /// A packet, and the tag of the thread that queued it.
-    Packet(T, u64),
+/// What a thread taken off the waiters' stack finds in its [`Slot`].
+enum Given<T> {
+    /// A packet: counted delivered, and the thread counted running, when
+    /// it was handed over.
+    Packet(T),
     /// The thread is promoted to driver.
     Drive,
+    /// The queue closed.
+    Closed,
+}
+
+/// A waiting thread's own slot. Whoever takes the thread off the stack (a
+/// dispatch handing it a packet, a promotion to driver, a close) fills the
+/// slot under the queue's lock and then wakes the thread, which reads the
+/// slot without taking the queue's lock again. Each thread keeps one slot
+/// from one `get` to the next (see [`park::MySlot`]), so waiting allocates
+/// nothing.
+struct Slot<T> {
+    thread: Thread,
+    given: Mutex<Option<Given<T>>>,
+}
+
+impl<T> Slot<T> {
+    fn give(&self, g: Given<T>) {
+        *lock(&self.given) = Some(g);
+    }
+
+    fn take(&self) -> Option<Given<T>> {
+        lock(&self.given).take()
+    }
 }
 
 /// A thread parked in `get`.
-struct Parked {
+struct Parked<T> {
     tag: u64,
-    thread: Thread,
+    slot: std::sync::Arc<Slot<T>>,
 }
 
 /// The thread in the driver role.
@@ -166,10 +195,13 @@ impl<T> Packets<T> {
 struct State<T> {
     packets: Packets<T>,
     /// Parked threads, most recent last (the standby among them).
-    waiters: Vec<Parked>,
-    /// What was handed to threads taken off `waiters` (or to the driver),
-    /// by thread tag, until they come for it.
-    handed: Vec<(u64, Handed<T>)>,
+    waiters: Vec<Parked<T>>,
+    /// A packet handed to the driver (by its tag) until it comes for it, and
+    /// the tag of the thread that queued it (a parked thread's packet goes
+    /// in its own slot instead). One entry at most but for a driver gone
+    /// with the kernel's shutdown; a vector (its buffer reused) rather than
+    /// an option, so the state does not grow by a packet.
+    handed: Vec<(u64, T, u64)>,
     driver: Option<DriverRole>,
     /// The tag of the parked thread that is the standby.
     standby: Option<u64>,
@@ -273,9 +305,11 @@ impl<T: Packet> State<T> {
         }
     }
 
-    fn take_handed(&mut self, tag: u64) -> Option<Handed<T>> {
-        let i = self.handed.iter().position(|(t, _)| *t == tag)?;
-        Some(self.handed.swap_remove(i).1)
+    /// The packet handed to driver `tag`, if any.
+    fn take_handed(&mut self, tag: u64) -> Option<Took<T>> {
+        let i = self.handed.iter().position(|(t, _, _)| *t == tag)?;
+        let (_, p, from) = self.handed.swap_remove(i);
+        Some((p, from))
     }
 
     fn unpark_waiter(&mut self, tag: u64) {
@@ -297,6 +331,12 @@ pub(crate) struct Inner<T> {
     /// thread takes without waiting on the stack (see
     /// [`Queue::set_outside_taker`]).
     outside: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// A standby was handed a packet (set under the lock) and has not read
+    /// its slot yet (it clears this without the lock). Meanwhile nobody
+    /// else becomes the standby: the wake on the kernel's channel is that
+    /// thread's, and a new standby waiting on the same channel could take
+    /// it, leaving the thread asleep with its packet.
+    standby_waking: AtomicBool,
 }
 
 /// A completion queue with IOCP's wake order and concurrency accounting.
@@ -407,16 +447,22 @@ impl<T: Packet> Inner<T> {
             let Some(i) = st.next_for(to) else { break };
             let (p, from) = st.take_at(i, to);
             st.running += 1;
-            st.handed.push((to, Handed::Packet(p, from)));
             match st.waiters.pop() {
-                Some(w) if st.standby == Some(w.tag) => {
-                    st.standby = None;
-                    if let Some(k) = self.kernel() {
-                        k.wake_standby();
+                Some(w) => {
+                    st.count(from, to);
+                    w.slot.give(Given::Packet(p));
+                    if st.standby == Some(w.tag) {
+                        st.standby = None;
+                        self.standby_waking.store(true, Ordering::SeqCst);
+                        if let Some(k) = self.kernel() {
+                            k.wake_standby();
+                        }
+                    } else {
+                        w.slot.thread.unpark();
                     }
                 }
-                Some(w) => w.thread.unpark(),
                 None => {
+                    st.handed.push((to, p, from));
                     if let Some(d) = st.driver.as_mut() {
                         d.handed = true;
                     }
@@ -458,8 +504,8 @@ impl<T: Packet> Inner<T> {
                 waits: true,
                 handed: false,
             });
-            st.handed.push((w.tag, Handed::Drive));
-            w.thread.unpark();
+            w.slot.give(Given::Drive);
+            w.slot.thread.unpark();
         }
     }
 }
@@ -572,6 +618,7 @@ impl<T: Packet> Queue<T> {
                 }),
                 kernel: OnceLock::new(),
                 outside: OnceLock::new(),
+                standby_waking: AtomicBool::new(false),
             }),
         }
     }
@@ -877,62 +924,63 @@ impl<T: Packet> Queue<T> {
             return Err(Empty::TimedOut);
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        st.waiters.push(Parked {
-            tag,
-            thread: thread::current(),
-        });
-        loop {
-            if let Some(h) = st.take_handed(tag) {
-                return self.handed(st, t, h);
-            }
-            if st.closed {
-                st.unpark_waiter(tag);
-                return Err(Empty::Abandoned);
-            }
-            st = self.wait(st, tag, || park(deadline))?;
+        let slot = MySlot::<T>::new();
+        st.waiters.push(slot.parked(tag));
+        drop(st);
+        match self.sleep(&slot, tag, || park(deadline))? {
+            Given::Packet(p) => Ok(self.took_given(t, p)),
+            Given::Closed => Err(Empty::Abandoned),
+            Given::Drive => unreachable!("only a driven queue promotes a driver"),
         }
     }
 
-    /// A packet was handed to this thread: take it (and more, up to `max`).
-    fn handed<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State<T>>,
-        mut t: Taker<'_, T>,
-        h: Handed<T>,
-    ) -> Result<usize, Empty> {
-        let Handed::Packet(p, from) = h else {
-            unreachable!("only a driven queue promotes a driver");
-        };
-        // The thread was counted running when the packet was handed over.
-        let (n, strands) = t.deliver(&mut st, Some((p, from)));
-        drop(st);
+    /// A packet was handed to this thread through its slot (it was counted
+    /// running then): the caller takes it, and a `get_many` more, up to
+    /// its `max`, under the lock. Returns how many.
+    fn took_given(&self, mut t: Taker<'_, T>, p: T) -> usize {
+        let mut strands = p.strand() != 0;
+        (t.put)(p);
+        let mut n = 1;
+        if t.max > 1 {
+            let mut st = lock(&self.inner.state);
+            t.max -= 1;
+            let (more, s) = t.deliver(&mut st, None);
+            n += more;
+            strands |= s;
+        }
         self.set_running(t.tag, strands);
-        Ok(n)
+        n
     }
 
     /// Closes the queue: every waiter returns `Abandoned`, later calls return
     /// `Abandoned`, and the queued packets are returned to the caller (so it
-    /// can release their buffers).
+    /// can release their buffers), with a packet handed to the driver that
+    /// it has not taken yet (it returns `Abandoned` instead).
     pub fn close(&self) -> Vec<T> {
         let mut st = lock(&self.inner.state);
         st.closed = true;
         let k = self.inner.kernel();
-        let standby = st.standby;
+        let standby = st.standby.take();
         for w in st.waiters.drain(..) {
+            w.slot.give(Given::Closed);
             // The standby sleeps on the kernel's channel, woken below.
             if standby != Some(w.tag) {
-                w.thread.unpark();
+                w.slot.thread.unpark();
             }
         }
         if let Some(k) = k {
-            if st.standby.is_some() {
+            if standby.is_some() {
                 k.wake_standby();
             }
             if st.driver.is_some() {
                 k.wake_driver();
             }
         }
-        st.packets.take_all()
+        let mut left = st.packets.take_all();
+        for (_, p, _) in st.handed.drain(..).rev() {
+            left.insert(0, p);
+        }
+        left
     }
 
     /// Steps the calling thread out of the running count until the returned

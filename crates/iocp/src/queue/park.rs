@@ -1,32 +1,52 @@
 //! How a waiting thread sleeps: parked with the queue's lock let go, until
-//! a packet is handed to it, the queue closes or its deadline passes (the
-//! parked waiters and the driver's standby alike).
+//! a packet is handed to it through its own slot, it is promoted to driver,
+//! the queue closes or its deadline passes (the parked waiters and the
+//! driver's standby alike).
 
 use super::*;
 
 impl<T: Packet> Queue<T> {
-    /// A parked thread waits with the lock let go (`park` returns whether
-    /// its deadline passed). If it timed out and nothing was handed to it
-    /// meanwhile, it leaves the stack and its `get` returns the error;
-    /// else it looks again, under the lock.
-    pub(super) fn wait<'a>(
-        &'a self,
-        st: MutexGuard<'a, State<T>>,
+    /// A parked thread (not the standby) sleeps with the lock let go until
+    /// its slot is filled, or `park` (which returns whether its deadline
+    /// passed) times out. A wake reads the slot without the queue's lock; a
+    /// timeout takes the lock, and either finds the slot filled at the last
+    /// moment (the thread was off the stack by then) or leaves the stack,
+    /// so a packet is never handed to a thread that has gone.
+    pub(super) fn sleep(
+        &self,
+        slot: &Slot<T>,
         tag: u64,
-        park: impl FnOnce() -> bool,
-    ) -> Result<MutexGuard<'a, State<T>>, Empty> {
-        drop(st);
-        let timed_out = park();
-        let mut st = lock(&self.inner.state);
-        if timed_out && !st.handed.iter().any(|(t, _)| *t == tag) {
-            self.leave_stack(&mut st, tag);
-            return Err(if st.closed {
-                Empty::Abandoned
-            } else {
-                Empty::TimedOut
-            });
+        mut park: impl FnMut() -> bool,
+    ) -> Result<Given<T>, Empty> {
+        loop {
+            if let Some(g) = slot.take() {
+                return Ok(g);
+            }
+            if park() {
+                let mut st = lock(&self.inner.state);
+                return self.timed_out(&mut st, slot, tag);
+            }
         }
-        Ok(st)
+    }
+
+    /// A waiter's deadline passed (the lock is held): what its slot holds,
+    /// else it leaves the stack and its `get` returns the error.
+    pub(super) fn timed_out(
+        &self,
+        st: &mut State<T>,
+        slot: &Slot<T>,
+        tag: u64,
+    ) -> Result<Given<T>, Empty> {
+        if let Some(g) = slot.take() {
+            return Ok(g);
+        }
+        self.leave_stack(st, tag);
+        // A close fills every parked thread's slot; this is for safety.
+        Err(if st.closed {
+            Empty::Abandoned
+        } else {
+            Empty::TimedOut
+        })
     }
 
     /// A parked thread leaves the stack without a packet (timed out, or the
@@ -36,6 +56,65 @@ impl<T: Packet> Queue<T> {
         if st.standby == Some(tag) {
             st.standby = None;
             self.inner.cover(st);
+        }
+    }
+}
+
+/// The calling thread's [`Slot`], taken from the thread's keeping for one
+/// `get` and given back when this drops: a thread allocates a slot once
+/// (per packet type), not per `get`. A slot is empty whenever it is given
+/// back: a `get` returns only once its slot was read, or once it left the
+/// stack with nothing in it.
+pub(super) struct MySlot<T: Packet>(Option<std::sync::Arc<Slot<T>>>);
+
+type AnySlot = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static SLOT: std::cell::Cell<Option<AnySlot>> = const { std::cell::Cell::new(None) };
+}
+// Under loom every model thread runs on one OS thread.
+#[cfg(loom)]
+loom::thread_local! {
+    static SLOT: std::cell::Cell<Option<AnySlot>> = std::cell::Cell::new(None);
+}
+
+impl<T: Packet> MySlot<T> {
+    pub(super) fn new() -> Self {
+        let kept = SLOT.try_with(|s| s.take()).ok().flatten();
+        let slot = kept
+            .and_then(|s| s.downcast::<Slot<T>>().ok())
+            .unwrap_or_else(|| {
+                std::sync::Arc::new(Slot {
+                    thread: thread::current(),
+                    given: Mutex::new(None),
+                })
+            });
+        MySlot(Some(slot))
+    }
+
+    /// The thread's entry on the waiters' stack.
+    pub(super) fn parked(&self, tag: u64) -> Parked<T> {
+        Parked {
+            tag,
+            slot: self.0.clone().expect("held until drop"),
+        }
+    }
+}
+
+impl<T: Packet> std::ops::Deref for MySlot<T> {
+    type Target = Slot<T>;
+    fn deref(&self) -> &Slot<T> {
+        self.0.as_ref().expect("held until drop")
+    }
+}
+
+impl<T: Packet> Drop for MySlot<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            let s: AnySlot = s;
+            // Gone at thread exit: the slot is then simply dropped.
+            let _ = SLOT.try_with(|k| k.set(Some(s)));
         }
     }
 }
