@@ -284,18 +284,19 @@ impl<T: Packet> Queue<T> {
                 }
                 st.packets.append(batch, tag);
                 let waits = st.driver.as_ref().is_some_and(|d| d.waits);
-                let mut first = None;
+                // `Some(first)`: this thread takes packets, beginning with
+                // `first` if one was handed to it, else with the first it
+                // may take (taken by `deliver`, with the rest in one move
+                // when it can).
+                let mut takes = None;
                 if let Some(h) = st.take_handed(tag) {
-                    first = Some(h);
-                } else if let Some(i) = (st.running < self.inner.limit)
-                    .then(|| st.next_for(tag))
-                    .flatten()
-                {
+                    takes = Some(Some(h));
+                } else if st.running < self.inner.limit && st.next_for(tag).is_some() {
                     st.running += 1;
-                    first = Some(st.take_at(i, tag));
+                    takes = Some(None);
                 }
-                if let Some(f) = first {
-                    let (n, strands) = t.deliver(&mut st, Some(f));
+                if let Some(first) = takes {
+                    let (n, strands) = t.deliver(&mut st, first);
                     outcome = Some(Outcome::Took(n, strands));
                 } else if !waits || ran_out {
                     outcome = Some(Outcome::TimedOut);

@@ -205,7 +205,9 @@ struct State<T> {
     driver: Option<DriverRole>,
     /// The tag of the parked thread that is the standby.
     standby: Option<u64>,
-    /// Strands held: (strand, thread tag).
+    /// Strands held: (strand, thread tag). A thread that takes a strand it
+    /// holds already lists it again (recording a take costs one push, not a
+    /// search); a thread lets go of its strands all at once, by tag.
     held: Vec<(u64, u64)>,
     running: usize,
     closed: bool,
@@ -226,13 +228,18 @@ impl<T: Packet> State<T> {
         })
     }
 
+    /// `tag` took a packet of strand `s` (0: none): it holds the strand.
+    #[inline(always)]
+    fn hold(&mut self, s: u64, tag: u64) {
+        if s != 0 {
+            self.held.push((s, tag));
+        }
+    }
+
     /// Takes packet `i` for `tag`: the thread now holds its strand.
     fn take_at(&mut self, i: usize, tag: u64) -> (T, u64) {
         let (p, from) = self.packets.remove(i).expect("index in range");
-        let s = p.strand();
-        if s != 0 && !self.held.contains(&(s, tag)) {
-            self.held.push((s, tag));
-        }
+        self.hold(p.strand(), tag);
         (p, from)
     }
 
@@ -249,10 +256,8 @@ impl<T: Packet> State<T> {
         let s = if self.held.is_empty() {
             // The common case: bookkeeping only, so the packet moves once.
             let s = self.packets.items.front()?.strand();
-            if s != 0 {
-                // No strand is held: this thread holds it now.
-                self.held.push((s, tag));
-            }
+            // No strand is held: this thread holds it now.
+            self.hold(s, tag);
             let from = self.packets.from.pop_front().unwrap_or(0);
             self.count(from, tag);
             s
@@ -273,28 +278,33 @@ impl<T: Packet> State<T> {
     /// straight into `out`, as [`Taker::deliver`] would hand them one by
     /// one, and returns how many and whether one named a strand.
     /// `None` (nothing taken) when another thread holds a strand.
+    ///
+    /// The whole ring into an empty `out` (a driver taking what it reaped,
+    /// most often) moves no packet: the ring's buffer becomes `out`'s, and
+    /// `out`'s empty one the ring's.
     fn drain_free(&mut self, tag: u64, max: usize, out: &mut Vec<T>) -> Option<(usize, bool)> {
         if self.held.iter().any(|&(_, t)| t != tag) {
             return None;
         }
         let n = max.min(self.packets.len());
         let mut strands = false;
+        let held = &mut self.held;
         for p in self.packets.items.range(..n) {
             let s = p.strand();
             if s != 0 {
                 strands = true;
-                if !self.held.contains(&(s, tag)) {
-                    self.held.push((s, tag));
-                }
+                held.push((s, tag));
             }
         }
-        for from in self.packets.from.drain(..n) {
-            self.delivered += 1;
-            if from != tag {
-                self.handoffs += 1;
-            }
+        self.delivered += n as u64;
+        self.handoffs += self.packets.from.drain(..n).filter(|&f| f != tag).count() as u64;
+        if n == self.packets.items.len() && out.is_empty() {
+            let ring =
+                std::mem::replace(&mut self.packets.items, VecDeque::from(std::mem::take(out)));
+            *out = Vec::from(ring);
+        } else {
+            out.extend(self.packets.items.drain(..n));
         }
-        out.extend(self.packets.items.drain(..n));
         Some((n, strands))
     }
 
@@ -557,36 +567,61 @@ impl<T: Packet> Drop for Claimed<'_, T> {
 /// A packet `get` took for the caller, and the thread that queued it.
 type Took<T> = (T, u64);
 
+/// Where the packets a `get` takes go.
+enum Sink<'p, T> {
+    /// `get`: one packet.
+    One(&'p mut Option<T>),
+    /// `get_many`: appended to the caller's batch.
+    Many(&'p mut Vec<T>),
+}
+
+impl<T> Sink<'_, T> {
+    fn put(&mut self, p: T) {
+        match self {
+            Sink::One(one) => **one = Some(p),
+            Sink::Many(out) => out.push(p),
+        }
+    }
+}
+
 /// A `get` in progress: the calling thread's tag, how many packets it may
 /// take, and where they go.
 struct Taker<'p, T> {
     tag: u64,
     max: usize,
-    put: &'p mut dyn FnMut(T),
+    sink: Sink<'p, T>,
 }
 
 impl<T: Packet> Taker<'_, T> {
     /// Moves `first` (if any) and then up to `max` packets in all that the
-    /// calling thread may take into `put`, counting them delivered; the
+    /// calling thread may take into the sink, counting them delivered; the
     /// caller has counted the thread running. Returns how many, and whether
-    /// one of them named a strand.
+    /// one of them named a strand. When no other thread holds a strand, a
+    /// batch takes its packets in one move ([`State::drain_free`]), else
+    /// one at a time, past the packets of strands others hold.
     fn deliver(&mut self, st: &mut State<T>, first: Option<Took<T>>) -> (usize, bool) {
         let tag = self.tag;
         let mut n = 0;
         let mut strands = false;
-        let mut give = |st: &mut State<T>, (p, from): Took<T>| {
+        if let Some((p, from)) = first {
             st.count(from, tag);
-            strands |= p.strand() != 0;
-            (self.put)(p);
-        };
-        if let Some(t) = first {
-            give(st, t);
-            n += 1;
+            strands = p.strand() != 0;
+            self.sink.put(p);
+            n = 1;
+        }
+        if n < self.max {
+            if let Sink::Many(out) = &mut self.sink {
+                if let Some((k, s)) = st.drain_free(tag, self.max - n, out) {
+                    return (n + k, strands | s);
+                }
+            }
         }
         while n < self.max {
             let Some(i) = st.next_for(tag) else { break };
-            let t = st.take_at(i, tag);
-            give(st, t);
+            let (p, from) = st.take_at(i, tag);
+            st.count(from, tag);
+            strands |= p.strand() != 0;
+            self.sink.put(p);
             n += 1;
         }
         (n, strands)
@@ -734,7 +769,7 @@ impl<T: Packet> Queue<T> {
             return Ok(took.pop());
         }
         let mut one = None;
-        if let Err(e) = self.wait_for(st, g, 1, &mut |p| one = Some(p), timeout) {
+        if let Err(e) = self.wait_for(st, g, 1, Sink::One(&mut one), timeout) {
             return Err(err(e));
         }
         Ok(one.expect("wait_for returns at least one"))
@@ -754,7 +789,7 @@ impl<T: Packet> Queue<T> {
             Ok((n, _)) => return Ok(n),
             Err(st) => st,
         };
-        self.wait_for(st, g, max, &mut |p| out.push(p), timeout)
+        self.wait_for(st, g, max, Sink::Many(out), timeout)
     }
 
     /// A `get_many` that never waits, by a thread that made packets of its
@@ -783,12 +818,8 @@ impl<T: Packet> Queue<T> {
                 let mut strands = false;
                 for p in &fresh[..n] {
                     let s = p.strand();
-                    if s != 0 {
-                        strands = true;
-                        if !st.held.contains(&(s, g.tag)) {
-                            st.held.push((s, g.tag));
-                        }
-                    }
+                    strands |= s != 0;
+                    st.hold(s, g.tag);
                 }
                 st.delivered += n as u64;
                 st.running += 1;
@@ -825,24 +856,22 @@ impl<T: Packet> Queue<T> {
         out: &mut Vec<T>,
         max: usize,
     ) -> Result<(usize, bool), MutexGuard<'a, State<T>>> {
-        let Some(first_strand) = st.claim_first(self.inner.limit, g.tag) else {
+        if st.running >= self.inner.limit || st.next_for(g.tag).is_none() {
             return Err(st);
-        };
-        let mut took = self.took(st, g, first_strand);
-        out.push(took.pop());
+        }
+        st.running += 1;
+        let mut took = self.took(st, g, false);
         let st = took.st.as_mut().expect("held until drop");
-        let (n, strands) = match st.drain_free(g.tag, max - 1, out) {
-            Some(x) => x,
-            None => Taker {
-                tag: g.tag,
-                max: max - 1,
-                put: &mut |p| out.push(p),
-            }
-            .deliver(st, None),
-        };
+        // At least the packet `next_for` found.
+        let (n, strands) = Taker {
+            tag: g.tag,
+            max,
+            sink: Sink::Many(out),
+        }
+        .deliver(st, None);
         let more = !st.packets.is_empty();
-        took.strands |= strands;
-        Ok((n + 1, more))
+        took.strands = strands;
+        Ok((n, more))
     }
 
     /// The start of every `get`: the thread's running period ends (it
@@ -894,13 +923,13 @@ impl<T: Packet> Queue<T> {
         mut st: MutexGuard<'_, State<T>>,
         g: GetStart,
         max: usize,
-        put: &mut dyn FnMut(T),
+        sink: Sink<'_, T>,
         timeout: Option<Duration>,
     ) -> Result<usize, Empty> {
         let t = Taker {
             tag: g.tag,
             max,
-            put,
+            sink,
         };
         // Our own slot may have been what blocked a queued packet; if so the
         // packet goes to the most recent waiter before we join the stack.
@@ -939,7 +968,7 @@ impl<T: Packet> Queue<T> {
     /// its `max`, under the lock. Returns how many.
     fn took_given(&self, mut t: Taker<'_, T>, p: T) -> usize {
         let mut strands = p.strand() != 0;
-        (t.put)(p);
+        t.sink.put(p);
         let mut n = 1;
         if t.max > 1 {
             let mut st = lock(&self.inner.state);
