@@ -113,6 +113,7 @@ macro_rules! for_each_clause {
             any stream::recv_after_broken_write,
             any stream::connect_and_refused,
             any stream::accept_stream_then_cancel,
+            threaded stream::started_work_goes_in_by_next_get,
             inline stream::inline_echo,
             inline stream::inline_order,
             inline stream::inline_short_get_takes_what_starts_completed,

@@ -536,6 +536,32 @@ pub fn inline_echo(t: &Target) {
     port.close();
 }
 
+/// An operation a running thread starts reaches the kernel by that
+/// thread's next `get`, even when that `get` finds packets queued and
+/// returns one without waiting (a lone worker going through a batch): the
+/// peer gets the data while the thread handles the next packet, not once
+/// the queue has run dry. (An inline port's owner turns its engine only
+/// when nothing may be taken: not there.)
+pub fn started_work_goes_in_by_next_get(t: &Target) {
+    let port = t.build(t.builder());
+    let (h, mut c) = tcp_pair(&port, 1);
+    port.post(1, 0, 10).unwrap();
+    port.post(1, 0, 11).unwrap();
+    assert_eq!(get(&port).token, 10);
+    // Started while the thread runs on the port (as a handler would).
+    port.send(&h, b"ping".to_vec(), 2).unwrap();
+    assert_eq!(get(&port).token, 11, "the queued post, taken at once");
+    // No `get` until the peer has the data.
+    let t0 = Instant::now();
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got)
+        .expect("the send reached the kernel by the thread's next get");
+    assert_eq!(&got, b"ping");
+    assert!(t0.elapsed() < T, "{:?}", t0.elapsed());
+    assert_eq!(get(&port).token, 2, "the send's completion");
+    port.close();
+}
+
 /// An inline port's owner takes packets in the order they were queued,
 /// whether a turn of its engine made them or a thread posted them: a batch
 /// cut short by its limit leaves the rest of the turn's completions queued,

@@ -13,7 +13,7 @@ use crate::kit::lock;
 use crate::op::Completion;
 use crate::queue::{Kernel, WeakQueue};
 use crate::running::{defer_work, is_running_on};
-use crate::sys::common::{EngineShared, Work};
+use crate::sys::common::{Cmd, EngineShared, Work};
 use crate::sys::epoll::EpollWait;
 use crate::sys::uring::UringWait;
 
@@ -33,6 +33,15 @@ pub(crate) struct Driven {
     wait: Wait,
     /// The standby channel is armed (changed under the engine's lock).
     armed: AtomicBool,
+    /// A running thread applied a command to the engine that no turn has
+    /// handed to the kernel yet (see [`Driven::start_now`]; set and
+    /// cleared under the engine's lock).
+    applied: AtomicBool,
+    /// A turn let go of the engine to wait in the kernel (set and cleared
+    /// under the engine's lock).
+    in_wait: AtomicBool,
+    /// The port's queue's owner id (see [`is_running_on`]).
+    queue_id: u64,
     /// The earliest timer, in nanoseconds since `base` (`NEVER`: none), as
     /// of the last time a thread held the engine.
     next_timer: AtomicU64,
@@ -89,6 +98,9 @@ impl Driven {
             shared,
             wait,
             armed: AtomicBool::new(false),
+            applied: AtomicBool::new(false),
+            in_wait: AtomicBool::new(false),
+            queue_id,
             next_timer: AtomicU64::new(NEVER),
             driver_until: AtomicU64::new(NEVER),
             standby_until: AtomicU64::new(NEVER),
@@ -126,6 +138,38 @@ impl Driven {
         }
     }
 
+    /// A start by a thread that runs on the port's queue (a handler):
+    /// carried out on the engine now, as a turn's take-in would, if no
+    /// thread is in a turn (none holds the engine or sleeps in the kernel)
+    /// and no command waits before it — instead of a trip through the
+    /// command queue. Like a queued command of a handler it reaches the
+    /// kernel at the thread's next `get`, `blocking()` or exit (until then
+    /// [`Kernel::pending`] says so). Gives the command back otherwise (for
+    /// the queue).
+    pub(crate) fn start_now(&self, cmd: Cmd) -> Option<Cmd> {
+        if !is_running_on(self.queue_id) || self.shared.has_cmds() || self.shared.is_shutdown() {
+            return Some(cmd);
+        }
+        // Held: a turn is under way (it takes the queued command in).
+        let Ok(mut g) = self.engine.try_lock() else {
+            return Some(cmd);
+        };
+        // A driver in the kernel (its turn let go of the engine for the
+        // wait): its turn counts what the engine made since it began, so
+        // the command waits in the queue for it.
+        if self.in_wait.load(Ordering::SeqCst) {
+            return Some(cmd);
+        }
+        let Some(e) = g.as_mut() else {
+            return Some(cmd);
+        };
+        e.command(cmd);
+        self.applied.store(true, Ordering::SeqCst);
+        drop(g);
+        defer_work(self.queue_id);
+        None
+    }
+
     /// Stops the engine (the port closed): aborts everything and waits for
     /// the kernel to let go, on the calling thread (any thread may enter a
     /// shared ring). Drivers that come back find no engine.
@@ -151,12 +195,15 @@ impl Kernel<Completion> for Driven {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.set_standby(e, false);
         }
+        // The turn hands what was applied to the kernel.
+        self.applied.store(false, Ordering::SeqCst);
         let before = e.made();
         let waited = match e.turn_begin(timeout) {
             None => false,
             Some(wait) => {
                 let until = wait.and_then(|w| started.checked_add(w));
                 self.driver_until.store(self.nanos(until), Ordering::SeqCst);
+                self.in_wait.store(true, Ordering::SeqCst);
                 g = match &self.wait {
                     Wait::Uring(w) => {
                         let n = match g.as_mut() {
@@ -178,6 +225,7 @@ impl Kernel<Completion> for Driven {
                     }
                 };
                 self.driver_until.store(NEVER, Ordering::SeqCst);
+                self.in_wait.store(false, Ordering::SeqCst);
                 true
             }
         };
@@ -218,6 +266,7 @@ impl Kernel<Completion> for Driven {
             return;
         };
         e.submit_only();
+        self.applied.store(false, Ordering::SeqCst);
         if !e.out().is_empty() {
             done(e.out());
         }
@@ -230,7 +279,7 @@ impl Kernel<Completion> for Driven {
     }
 
     fn pending(&self) -> bool {
-        self.shared.has_work()
+        self.shared.has_work() || self.applied.load(Ordering::SeqCst)
     }
 
     fn wake_driver(&self) {

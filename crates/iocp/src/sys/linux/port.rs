@@ -240,7 +240,7 @@ impl SysPort for Port {
             deadline: opts.deadline,
             data,
         };
-        let cmd = match self.apply_inline(&h.engine, Cmd::Start(req)) {
+        let cmd = match self.apply_now(&h.engine, Cmd::Start(req)) {
             None => return Ok(OpId(id)),
             Some(cmd) => cmd,
         };
@@ -459,8 +459,13 @@ impl Port {
     /// On an inline port's owner thread, between turns, with no command
     /// queued before it: carries out `cmd` (for `engine`) at once, instead
     /// of queuing it for the next turn to take in — the owner is the one
-    /// that would take it in anyway. Gives it back otherwise.
-    fn apply_inline(&self, engine: &Arc<EngineShared>, cmd: Cmd) -> Option<Cmd> {
+    /// that would take it in anyway. On a driven port, by a thread running
+    /// on it, see [`Driven::start_now`]. Gives it back otherwise.
+    fn apply_now(&self, engine: &Arc<EngineShared>, cmd: Cmd) -> Option<Cmd> {
+        if let Some(d) = &self.driven {
+            // Its one engine is `engine`.
+            return d.start_now(cmd);
+        }
         let Some(inl) = self.owned_inline() else {
             return Some(cmd);
         };
