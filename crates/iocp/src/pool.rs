@@ -4,16 +4,26 @@
 //! allocation. A buffer is in one of three places: free in the engine (on
 //! io_uring: published in the kernel's provided-buffer ring), lent to the
 //! application inside a [`PooledBuf`], or on its way back. Dropping a
-//! `PooledBuf` on any thread pushes its id onto `returned`; the engine that
-//! owns the pool drains that list on its own thread (the buffer ring has one
-//! producer) and, if a receive was starved for buffers, re-arms it.
+//! `PooledBuf` on any thread pushes its id onto the returned list; the
+//! engine that owns the pool takes the whole list on its own thread (the
+//! buffer ring has one producer) and, if a receive was starved for buffers,
+//! re-arms it.
+//!
+//! The returned list takes no lock: it is a stack linked through one
+//! `next` entry per buffer, its head an atomic. A dropper links its buffer
+//! to the head it saw and swings the head to it with one compare-and-swap;
+//! the engine takes every buffer at once by swapping the head for "none".
+//! Nobody pops single entries, so a head that went away and came back
+//! between a dropper's read and its swap (ABA) does no harm: the buffer
+//! is linked to the list as it is then. A buffer's `next` is written only
+//! while it is being given back, and read only by the engine after it took
+//! the list, before the buffer can be lent again.
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
-use crate::kit::lock;
 use crate::stats::PoolStats;
 
 /// Something to poke when a buffer comes back (the owning engine).
@@ -30,6 +40,10 @@ pub const MAX_POOL_BUFFERS: usize = 32768;
 /// The pool's buffers start on a page boundary.
 const PAGE: usize = 4096;
 
+/// The end of the returned list (no buffer has this id: ids are below
+/// [`MAX_POOL_BUFFERS`]).
+const NONE: u16 = u16::MAX;
+
 pub(crate) struct PoolShared {
     /// The allocation, as the allocator returned it.
     alloc: *mut u8,
@@ -38,15 +52,15 @@ pub(crate) struct PoolShared {
     layout: std::alloc::Layout,
     pub(crate) buf_size: usize,
     pub(crate) count: usize,
-    returned: Mutex<Vec<u16>>,
-    /// Whether `returned` holds anything (set and cleared under its lock):
-    /// the engine looks here first, so a turn with nothing given back
-    /// takes no lock.
-    any_returned: AtomicBool,
+    /// The buffer given back last (the head of the returned list), or
+    /// `NONE`.
+    returned: AtomicU16,
+    /// For each buffer on the returned list, the one given back before it.
+    next: Box<[AtomicU16]>,
     in_use: AtomicUsize,
     pub(crate) in_kernel: AtomicUsize,
     /// Weak: the engine owns the pool, not the other way round.
-    waker: Mutex<Option<Weak<dyn ReturnWaker>>>,
+    waker: OnceLock<Weak<dyn ReturnWaker>>,
 }
 
 // SAFETY: `base` points to an allocation owned by this struct for its whole
@@ -88,16 +102,18 @@ impl PoolShared {
             layout,
             buf_size,
             count,
-            returned: Mutex::new(Vec::with_capacity(count)),
-            any_returned: AtomicBool::new(false),
+            returned: AtomicU16::new(NONE),
+            next: (0..count).map(|_| AtomicU16::new(NONE)).collect(),
             in_use: AtomicUsize::new(0),
             in_kernel: AtomicUsize::new(0),
-            waker: Mutex::new(None),
+            waker: OnceLock::new(),
         })
     }
 
+    /// Sets what to poke when buffers come back (once: the engine that
+    /// owns the pool; later calls are ignored).
     pub(crate) fn set_waker(&self, w: Weak<dyn ReturnWaker>) {
-        *lock(&self.waker) = Some(w);
+        let _ = self.waker.set(w);
     }
 
     /// The address of buffer `bid`.
@@ -125,22 +141,47 @@ impl PoolShared {
 
     /// Takes the ids of buffers dropped since the last call.
     pub(crate) fn take_returned(&self, out: &mut Vec<u16>) {
-        if !self.any_returned.load(Ordering::SeqCst) {
+        // A load first: a turn with nothing given back writes nothing.
+        if self.returned.load(Ordering::SeqCst) == NONE {
             return;
         }
-        let mut r = lock(&self.returned);
-        out.append(&mut r);
-        self.any_returned.store(false, Ordering::SeqCst);
+        // Acquire (in SeqCst): every dropper's swap of the head is a
+        // read-modify-write after the one before it, so this sees each
+        // one's `next` link.
+        let mut b = self.returned.swap(NONE, Ordering::SeqCst);
+        while b != NONE {
+            out.push(b);
+            b = self.next[b as usize].load(Ordering::Relaxed);
+        }
+    }
+
+    /// Puts `bid` on the returned list; whether the list was empty.
+    fn give_back(&self, bid: u16) -> bool {
+        let mut head = self.returned.load(Ordering::Relaxed);
+        loop {
+            self.next[bid as usize].store(head, Ordering::Relaxed);
+            // SeqCst: before the dropper looks whether the engine sleeps
+            // (see `has_returned`); Release for the link above.
+            match self.returned.compare_exchange_weak(
+                head,
+                bid,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return head == NONE,
+                Err(h) => head = h,
+            }
+        }
     }
 
     /// Whether buffers are waiting to be taken back (checked by an engine
     /// before it sleeps, so a buffer dropped just then is not missed).
     #[cfg(target_os = "linux")]
     pub(crate) fn has_returned(&self) -> bool {
-        // Stored (SeqCst) before the dropper looks whether the engine
+        // Swapped (SeqCst) before the dropper looks whether the engine
         // sleeps: an engine that announced its sleep first is woken, one
         // that announced it after sees this.
-        self.any_returned.load(Ordering::SeqCst)
+        self.returned.load(Ordering::SeqCst) != NONE
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -206,15 +247,10 @@ impl fmt::Debug for PooledBuf {
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
-        let first = {
-            let mut r = lock(&self.pool.returned);
-            r.push(self.bid);
-            self.pool.any_returned.store(true, Ordering::SeqCst);
-            r.len() == 1
-        };
-        if first {
-            let w = lock(&self.pool.waker).as_ref().and_then(Weak::upgrade);
-            if let Some(w) = w {
+        // Only the first buffer on an empty list pokes the engine: the
+        // engine takes the whole list at once.
+        if self.pool.give_back(self.bid) {
+            if let Some(w) = self.pool.waker.get().and_then(Weak::upgrade) {
                 w.buffers_returned();
             }
         }
