@@ -187,9 +187,16 @@ fn take_in_at<E: Engine>(e: &mut E, now: Option<Instant>) {
 /// timers that fell due during its wait to the next turn's intake, which
 /// follows once those completions are handled: they fire a little later,
 /// never early, and a turn of a busy engine reads the clock once.
+///
+/// An engine whose kernel keeps its earliest timer ([`Timers::in_kernel`])
+/// reads the clock after reaping only when the kernel said that timer is
+/// due (then it fires what is due in the same turn, busy or not), never
+/// for a wait that made nothing: a wait the timer ended would have said so.
+#[inline]
 fn after_reap<E: Engine>(e: &mut E, slept: bool, before: usize) {
     let made = e.made().saturating_sub(before);
-    if slept && made == 0 && e.timers().next().is_some() {
+    let t = e.timers();
+    if (t.kernel.fired || slept && made == 0) && t.next().is_some() && !t.covered() {
         e.timers().checked = None;
         fire_timers(e);
     }
@@ -234,7 +241,30 @@ pub(crate) struct Timers {
     /// `None` and a timer is pending): the turn fires its timers and bounds
     /// its wait by that one reading.
     checked: Option<Instant>,
+    kernel: KernelTimer,
 }
+
+/// The earliest timer, as the kernel keeps it for an engine that asked
+/// ([`Timers::in_kernel`]): while the kernel is armed for an instant no
+/// later than every pending timer, no timer can be due before the kernel
+/// reports, so a turn needs no clock reading and its wait no bound.
+#[derive(Default)]
+struct KernelTimer {
+    /// The engine arms the kernel's timer.
+    on: bool,
+    /// When the kernel timer armed last is due (`None`: none is, or it
+    /// reported).
+    armed: Option<Instant>,
+    /// A kernel timer reported since the clock was last read for timers.
+    fired: bool,
+    /// Kernel timers armed and not yet reported (an earlier timer arms a
+    /// new one and leaves the later one to report for nothing).
+    in_flight: u32,
+}
+
+/// Kernel timers an engine may have armed at once; past that it reads
+/// the clock each turn instead, as without them.
+const MAX_KERNEL_TIMERS: u32 = 4;
 
 impl Timers {
     pub(crate) fn new() -> Self {
@@ -242,7 +272,59 @@ impl Timers {
             set: TimerSet::new(),
             due: Vec::new(),
             checked: None,
+            kernel: KernelTimer::default(),
         }
+    }
+
+    /// The engine arms its earliest timer in the kernel
+    /// ([`Timers::arm_next`]) and says when one reports
+    /// ([`Timers::kernel_fired`]).
+    pub(crate) fn in_kernel(&mut self) {
+        self.kernel.on = true;
+    }
+
+    /// Whether no timer can be due before the kernel reports one: the
+    /// kernel is armed for an instant no later than the earliest timer (or
+    /// none is pending).
+    #[inline]
+    fn covered(&self) -> bool {
+        let k = &self.kernel;
+        k.on && !k.fired
+            && self
+                .set
+                .next()
+                .is_none_or(|n| k.armed.is_some_and(|a| a <= n))
+    }
+
+    /// When the kernel's timer should be armed for, if it needs arming:
+    /// the earliest timer, if it is earlier than the one armed (or none
+    /// is). The caller arms it (measured from a clock reading made after
+    /// this call, so it never reports early).
+    #[inline]
+    pub(crate) fn arm_next(&mut self) -> Option<Instant> {
+        let k = &mut self.kernel;
+        if !k.on || k.in_flight >= MAX_KERNEL_TIMERS {
+            return None;
+        }
+        let n = self.set.next()?;
+        if k.armed.is_some_and(|a| a <= n) {
+            return None;
+        }
+        k.armed = Some(n);
+        k.in_flight += 1;
+        Some(n)
+    }
+
+    /// A kernel timer reported: the turn reads the clock and fires what is
+    /// due. (It cannot tell which one reported: any report makes the turn
+    /// look, and the next intake arms the earliest timer again.)
+    pub(crate) fn kernel_fired(&mut self) {
+        // A reading made before the report is too old to fire by.
+        self.checked = None;
+        let k = &mut self.kernel;
+        k.in_flight = k.in_flight.saturating_sub(1);
+        k.armed = None;
+        k.fired = true;
     }
 
     /// Schedules `item` at `at`.
@@ -256,6 +338,7 @@ impl Timers {
     }
 
     /// When the earliest timer is due.
+    #[inline]
     pub(crate) fn next(&self) -> Option<Instant> {
         self.set.next()
     }
@@ -264,10 +347,15 @@ impl Timers {
     /// from the clock reading this turn's [`fire_timers`] made, if any: the
     /// instants between that reading and the wait only make the timer
     /// fire that much later).
+    /// A kernel that keeps the earliest timer ends the wait itself.
+    #[inline]
     pub(crate) fn bound(&self, timeout: Option<Duration>) -> Option<Duration> {
         let Some(t) = self.set.next() else {
             return timeout;
         };
+        if self.covered() {
+            return timeout;
+        }
         let now = self.checked.unwrap_or_else(Instant::now);
         let d = t.saturating_duration_since(now);
         Some(timeout.map_or(d, |w| w.min(d)))
@@ -300,12 +388,17 @@ pub(crate) trait TimerTarget {
 /// Fires every timer that is due, earliest first, by the turn's clock
 /// reading: the one made earlier in the turn (or given to it), else a
 /// fresh one, kept for the rest of the turn. A reading older than the
-/// present only makes a timer fire later, never early.
+/// present only makes a timer fire later, never early. Reads nothing while
+/// the kernel keeps the earliest timer and has not reported it.
 #[inline]
 pub(crate) fn fire_timers<T: TimerTarget>(t: &mut T) {
     let Some(at) = t.timers().next() else {
         return;
     };
+    if t.timers().covered() {
+        return;
+    }
+    t.timers().kernel.fired = false;
     let now = match t.timers().checked {
         Some(now) => now,
         None => {

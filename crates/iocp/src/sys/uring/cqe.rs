@@ -4,7 +4,7 @@
 use super::ops::Reap;
 use super::ops::UOp;
 use super::sqe::check_enter;
-use super::ud::{CANCEL_UD, MSG_UD, POLL_BIT, WAKE_UD};
+use super::ud::{CANCEL_UD, MSG_UD, POLL_BIT, TIMER_UD, WAKE_UD};
 use super::UringEngine;
 use crate::sys::common::EngineCounters;
 
@@ -46,6 +46,10 @@ impl UringEngine {
             return;
         }
         if ud == CANCEL_UD || ud == MSG_UD {
+            return;
+        }
+        if ud == TIMER_UD {
+            self.core.timers.kernel_fired();
             return;
         }
         let Some(idx) = self.slot_of(ud & !POLL_BIT) else {

@@ -91,6 +91,9 @@ pub(crate) struct UringEngine {
     core: Core,
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// The time of the last timeout armed for the engine's earliest timer
+    /// (boxed: an SQE points to it until the kernel takes the SQE in).
+    timer_ts: Box<types::Timespec>,
     cqes: Vec<(u64, i32, u32)>,
     /// Pooled receives waiting for pool buffers.
     starved: Starved,
@@ -145,14 +148,22 @@ impl UringEngine {
         if bufring.is_none() {
             free_bufs = (0..pool.count as u16).rev().collect();
         }
+        let mut core = Core::new(shared, queue, cfg.inline);
+        if mode == RingMode::Owned {
+            // One thread enters the ring: its timeouts report to it. (On a
+            // ring its waiters drive, a timeout's report would go through
+            // the thread that armed it, which may be gone.)
+            core.timers.in_kernel();
+        }
         Ok(UringEngine {
             ring: Arc::new(ring),
             bufring,
             ops: Slab::new(),
             handles: HandleMap::default(),
-            core: Core::new(shared, queue, cfg.inline),
+            core,
             wake_buf: Box::new(0),
             wake_armed: false,
+            timer_ts: Box::new(types::Timespec::new()),
             cqes: Vec::with_capacity(256),
             starved: Starved::default(),
             starve_claims: 0,
@@ -397,6 +408,9 @@ impl LinuxEngine for UringEngine {
     fn settle(&mut self) {
         if !self.wake_armed && !self.driven {
             self.arm_wake();
+        }
+        if let Some(at) = self.core.timers.arm_next() {
+            self.arm_timer(at);
         }
     }
 

@@ -4,14 +4,19 @@
 //! Every pointer placed in an SQE points into memory an operation slot owns
 //! (its buffer, or one of the types below, boxed so it never moves) or into
 //! the engine's wake-up buffer. The slot lives until its operation's final
-//! CQE, so the kernel never writes to freed or moved memory.
+//! CQE, so the kernel never writes to freed or moved memory. The one
+//! exception is the timeout that keeps the engine's earliest timer: its time
+//! is in a box the engine owns, which the kernel copies as it takes the SQE
+//! in, and which is written again only by a later turn's arming, after this
+//! turn's entry handed the SQE over.
 
 use std::io;
+use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
 
-use super::ud::{CANCEL_UD, POLL_BIT, WAKE_UD};
+use super::ud::{CANCEL_UD, POLL_BIT, TIMER_UD, WAKE_UD};
 use super::{UringEngine, UringFeatures};
 use crate::addr::Addr;
 use crate::buf::Buf;
@@ -51,8 +56,9 @@ impl UringEngine {
         loop {
             // SAFETY: every pointer in an entry pushed here points into memory
             // owned by an operation slot (or the engine's wake buffer) that
-            // stays alive and unmoved until the entry's final CQE is reaped
-            // (see the module doc).
+            // stays alive and unmoved until the entry's final CQE is reaped,
+            // or (a timer's timeout) into the engine's boxed time, alive and
+            // unchanged until the kernel copied it (see the module doc).
             if unsafe { self.sq().push(&e) }.is_ok() {
                 return;
             }
@@ -98,6 +104,21 @@ impl UringEngine {
         let e = opcode::AsyncCancel::new(target)
             .build()
             .user_data(CANCEL_UD);
+        self.push(e);
+    }
+
+    /// Arms a kernel timeout that reports (a CQE named `TIMER_UD`) once
+    /// `at` has passed: measured from a clock reading made now, after the
+    /// caller decided on `at`, so it never reports before `at`.
+    pub(super) fn arm_timer(&mut self, at: Instant) {
+        let d = at.saturating_duration_since(Instant::now());
+        // The kernel copies the time when it takes the SQE in; the next
+        // arming (a later turn's intake) comes after this turn's entry
+        // handed this one over.
+        *self.timer_ts = types::Timespec::from(d);
+        let e = opcode::Timeout::new(&*self.timer_ts as *const types::Timespec)
+            .build()
+            .user_data(TIMER_UD);
         self.push(e);
     }
 

@@ -346,3 +346,32 @@ fn turn_with_a_completion_fires_only_due_timers() {
     assert_eq!(tokens, [1], "the due timer, and only it: {:?}", r.done);
     r.engine.shutdown();
 }
+
+/// The engine keeps its earliest timer in the kernel: a turn that waits
+/// with no bound of its own is ended by the kernel when the timer is due —
+/// also when a sooner timer arrives after a later one was armed.
+#[test]
+fn kernel_ends_an_unbounded_wait_at_the_earliest_timer() {
+    let Some(mut r) = rig() else { return };
+    post_at(&mut r, Instant::now() + Duration::from_secs(60), 1);
+    r.engine.turn(Some(Duration::ZERO), false);
+    assert!(r.engine.core.out.is_empty());
+    let at = Instant::now() + Duration::from_millis(30);
+    post_at(&mut r, at, 2);
+    // No timeout: only the kernel's timer can end these waits (a turn may
+    // take the timer's report without anything due yet, if the first wait
+    // ended early).
+    let mut turns = 0;
+    while r.engine.core.out.is_empty() {
+        turns += 1;
+        assert!(turns <= 3, "no packet after {turns} turns");
+        r.engine.turn(None, true);
+    }
+    let now = Instant::now();
+    let out = std::mem::take(&mut r.engine.core.out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].token, 2);
+    assert!(now >= at, "fired {:?} early", at - now);
+    assert_eq!(r.engine.core.timers.len(), 1, "the later timer is left");
+    r.engine.shutdown();
+}

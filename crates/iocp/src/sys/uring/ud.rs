@@ -4,7 +4,7 @@
 //! bits 0..32 the slab index, bits 32..62 the generation (the slab bumps it
 //! each time the slot is freed), bit 62 the poll-mode flag. A CQE or an
 //! `AsyncCancel` carrying an earlier generation never matches the slot's
-//! next occupant. Bit 63 is never set in an operation's name, so the three
+//! next occupant. Bit 63 is never set in an operation's name, so the four
 //! engine-internal names below cannot collide with one.
 //!
 //! A leaf: the slots (which make names), the SQE builders and the CQE
@@ -16,6 +16,9 @@ pub(super) const WAKE_UD: u64 = u64::MAX;
 pub(super) const CANCEL_UD: u64 = u64::MAX - 1;
 /// The `user_data` of the messages that wake a driven engine (ignored).
 pub(super) const MSG_UD: u64 = u64::MAX - 2;
+/// The `user_data` of the timeouts that keep the engine's earliest timer
+/// in the kernel.
+pub(super) const TIMER_UD: u64 = u64::MAX - 3;
 /// Marks the `POLL_ADD` of a poll-mode pooled receive.
 pub(super) const POLL_BIT: u64 = 1 << 62;
 /// The slab index's bits.
