@@ -375,19 +375,31 @@ impl Shard {
                 // What the send hands back: pool buffers (dropped here,
                 // back to the pool) and vectors, reused as copy-out buffers
                 // (pooled receive) or as the next receive's buffer when of
-                // the right size (single-shot receive).
-                for b in c.take_buf().into_iter().chain(c.take_bufs()) {
-                    let Buf::Vec(mut v) = b else { continue };
-                    if self.pooled {
-                        keep_copy_buf(v);
-                    } else if conn.spare.is_none() && v.capacity() == conn.rbuf {
-                        v.clear();
-                        conn.spare = Some(v);
+                // the right size (single-shot receive). A send hands back
+                // either its one buffer or (vectored) its vector of them:
+                // a plain send makes no vector to iterate and drop.
+                match c.take_buf() {
+                    Some(b) => self.reuse_sent(conn, b),
+                    None => {
+                        for b in c.take_bufs() {
+                            self.reuse_sent(conn, b);
+                        }
                     }
                 }
             }
             Err(e) if is_aborted(e) && conn.closing => {}
             Err(e) => self.fail(conn, e, "send"),
+        }
+    }
+
+    /// A buffer a completed send handed back (see `on_send`).
+    fn reuse_sent(&self, conn: &mut Conn, b: Buf) {
+        let Buf::Vec(mut v) = b else { return };
+        if self.pooled {
+            keep_copy_buf(v);
+        } else if conn.spare.is_none() && v.capacity() == conn.rbuf {
+            v.clear();
+            conn.spare = Some(v);
         }
     }
 
