@@ -611,6 +611,16 @@ mod models {
             .collect()
     }
 
+    /// Once every thread of a driven model has returned: nobody drives,
+    /// stands by or parks, nothing is left handed to a driver, and no
+    /// standby's wake is still outstanding (a flag left set would keep
+    /// every later thread from becoming the standby).
+    fn assert_settled(q: &Queue<u32>) {
+        if let Some(what) = q.unsettled() {
+            panic!("queue not settled once all threads returned: {what}");
+        }
+    }
+
     /// Lets the other model threads run until `n` threads wait on `q`.
     fn until_waiting(q: &Queue<u32>, n: usize) {
         while q.stats().waiting < n {
@@ -637,6 +647,7 @@ mod models {
             // One packet each (a `get` takes one), none left behind.
             let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
             assert_each_once(&q, got, &[1, 2]);
+            assert_settled(&q);
         });
     }
 
@@ -668,6 +679,7 @@ mod models {
                 [(0, Ok(12)), (1, Ok(11)), (2, Ok(10))],
                 "posts go to the most recent waiter first, the driver last"
             );
+            assert_settled(&q);
         });
     }
 
@@ -705,6 +717,7 @@ mod models {
             got.sort_unstable();
             assert_eq!(got, [1, 2], "each packet exactly once");
             assert_eq!(q.stats().waiting, 0, "a thread left on the stack");
+            assert_settled(&q);
         });
     }
 
@@ -728,6 +741,7 @@ mod models {
             assert_eq!((b, c), (Ok(1), Ok(2)), "each standby its own packet");
             assert!(q.close().is_empty());
             assert_eq!(threads.remove(0).join().unwrap(), Err(Empty::Abandoned));
+            assert_settled(&q);
         });
     }
 
@@ -742,6 +756,7 @@ mod models {
             k.complete(1);
             k.complete(2);
             join_limit_one_threads(&q, threads, &[1, 2]);
+            assert_settled(&q);
         });
     }
 
@@ -768,6 +783,7 @@ mod models {
                 "the driver keeps what it reaped first"
             );
             assert_eq!(b.join().unwrap(), Ok(2), "the standby is not left waiting");
+            assert_settled(&q);
         });
     }
 
@@ -782,6 +798,7 @@ mod models {
             for t in threads {
                 assert_eq!(t.join().unwrap(), Err(Empty::Abandoned));
             }
+            assert_settled(&q);
         });
     }
 }

@@ -341,11 +341,12 @@ pub(crate) struct Inner<T> {
     /// thread takes without waiting on the stack (see
     /// [`Queue::set_outside_taker`]).
     outside: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// A standby was handed a packet (set under the lock) and has not read
-    /// its slot yet (it clears this without the lock). Meanwhile nobody
-    /// else becomes the standby: the wake on the kernel's channel is that
-    /// thread's, and a new standby waiting on the same channel could take
-    /// it, leaving the thread asleep with its packet.
+    /// A standby was handed a packet (set under the lock, before its slot
+    /// is filled) and has not read its slot yet (it clears this without
+    /// the lock, once it has read it). Meanwhile nobody else becomes the
+    /// standby: the wake on the kernel's channel is that thread's, and a
+    /// new standby waiting on the same channel could take it, leaving the
+    /// thread asleep with its packet.
     standby_waking: AtomicBool,
 }
 
@@ -460,14 +461,22 @@ impl<T: Packet> Inner<T> {
             match st.waiters.pop() {
                 Some(w) => {
                     st.count(from, to);
-                    w.slot.give(Given::Packet(p));
                     if st.standby == Some(w.tag) {
                         st.standby = None;
+                        // Set before the slot is filled: the standby may
+                        // wake for another reason (deadline, a due timer, a
+                        // stale signal) and read its slot without the lock
+                        // at any moment after `give`; the slot's mutex then
+                        // orders this store before the standby's clear. Set
+                        // after, it could land on top of that clear and keep
+                        // every thread from becoming the standby for good.
                         self.standby_waking.store(true, Ordering::SeqCst);
+                        w.slot.give(Given::Packet(p));
                         if let Some(k) = self.kernel() {
                             k.wake_standby();
                         }
                     } else {
+                        w.slot.give(Given::Packet(p));
                         w.slot.thread.unpark();
                     }
                 }
@@ -1041,6 +1050,28 @@ impl<T: Packet> Queue<T> {
     /// Windows ports).
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// What is wrong with the queue's roles once every thread has left
+    /// it, if anything (loom models only): no driver, no standby, nobody
+    /// on the stack, no packet handed to a driver, and no standby's wake
+    /// outstanding.
+    #[cfg(loom)]
+    pub fn unsettled(&self) -> Option<&'static str> {
+        let st = lock(&self.inner.state);
+        if st.driver.is_some() {
+            Some("a driver is left")
+        } else if st.standby.is_some() {
+            Some("a standby is left")
+        } else if !st.waiters.is_empty() {
+            Some("a thread is left on the stack")
+        } else if !st.handed.is_empty() {
+            Some("a packet is left handed to a driver")
+        } else if self.inner.standby_waking.load(Ordering::SeqCst) {
+            Some("standby_waking is left set: no thread can become the standby again")
+        } else {
+            None
+        }
     }
 
     /// Counters, read under the lock.
