@@ -3,7 +3,7 @@
 
 use super::ops::Reap;
 use super::ops::UOp;
-use super::sqe::check_enter;
+use super::sqe::Enter;
 use super::ud::{CANCEL_UD, MSG_UD, POLL_BIT, TIMER_UD, WAKE_UD};
 use super::UringEngine;
 use crate::sys::common::EngineCounters;
@@ -33,9 +33,7 @@ impl UringEngine {
                 break;
             }
             EngineCounters::bump(&self.core.shared.counters.cq_overflows, 1);
-            let r = self.ring.submit();
-            self.submissions += 1;
-            check_enter(r);
+            self.enter(Enter::Submit);
         }
         self.cqes = cqes;
     }

@@ -52,7 +52,7 @@ pub(crate) use driven::UringWait;
 use ops::UOp;
 pub(crate) use probe::{RingMode, ENV_SWITCHES};
 use slot::Slot;
-use sqe::check_enter;
+use sqe::Enter;
 use ud::WAKE_UD;
 
 /// A socket the engine owns.
@@ -116,8 +116,9 @@ pub(crate) struct UringEngine {
     /// it, and die with it); the engine is woken by a message posted into
     /// its ring instead.
     driven: bool,
-    /// How many times the SQ was handed to the kernel. A slot whose last
-    /// SQE was pushed at the current count has not reached the kernel (see
+    /// How many times the SQ was handed to the kernel, all through
+    /// [`UringEngine::enter`]. A slot whose last SQE was pushed at the
+    /// current count has not reached the kernel (see
     /// [`UringEngine::abandon`]).
     submissions: u64,
 }
@@ -222,9 +223,7 @@ impl UringEngine {
         if self.sq().is_empty() {
             return false;
         }
-        let r = self.ring.submit();
-        self.submissions += 1;
-        check_enter(r);
+        self.enter(Enter::Submit);
         EngineCounters::bump(&self.core.shared.counters.enters, 1);
         true
     }
@@ -311,8 +310,10 @@ impl UringEngine {
     /// since the ring was last entered — an operation an inline port's
     /// owner started between turns, or the next one of a lane the last
     /// reap started. Their SQEs wait in the SQ, which is never handed to
-    /// the kernel again. Only on a ring the engine alone enters (a driven
-    /// ring's drivers submit in their wait, uncounted); returns how many.
+    /// the kernel again. Sound only because every hand-off of the SQ goes
+    /// through [`UringEngine::enter`], which counts it (why, there). Only
+    /// on a ring the engine alone enters (a driven ring's drivers submit
+    /// in their wait, uncounted); returns how many.
     fn free_unsubmitted(&mut self) -> usize {
         if self.driven {
             return 0;
@@ -421,7 +422,7 @@ impl LinuxEngine for UringEngine {
     }
 
     fn enter_kernel(&mut self, block: bool, wait: Option<Duration>) -> bool {
-        let r = match (block, wait) {
+        let how = match (block, wait) {
             (false, _) if self.driven && self.sq().is_empty() => {
                 // Nothing to hand over. Another thread's completions need no
                 // call to be seen; this thread's own deferred task work is
@@ -432,18 +433,12 @@ impl LinuxEngine for UringEngine {
                 if !needed {
                     return false;
                 }
-                self.ring.submit()
+                Enter::Submit
             }
-            (false, _) => self.ring.submit(),
-            (true, None) => self.ring.submit_and_wait(1),
-            (true, Some(d)) => {
-                let ts = types::Timespec::from(d);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
+            (false, _) => Enter::Submit,
+            (true, wait) => Enter::WaitOne(wait),
         };
-        self.submissions += 1;
-        check_enter(r);
+        self.enter(how);
         true
     }
 

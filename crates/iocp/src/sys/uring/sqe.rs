@@ -11,7 +11,7 @@
 //! turn's entry handed the SQE over.
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
@@ -22,6 +22,17 @@ use crate::addr::Addr;
 use crate::buf::Buf;
 use crate::kit::phase::Phase;
 use crate::sys::common::{sockaddr_from_storage, unsent, IOV_MAX};
+
+/// How [`UringEngine::enter`] enters the kernel.
+#[derive(Clone, Copy)]
+pub(super) enum Enter {
+    /// Hands over the SQ (and flushes overflowed CQEs, runs task work)
+    /// without waiting.
+    Submit,
+    /// Hands over the SQ and waits for one completion, up to the limit
+    /// (`None`: none).
+    WaitOne(Option<Duration>),
+}
 
 /// What an SQE is built from besides the operation itself.
 pub(super) struct Issue {
@@ -62,10 +73,39 @@ impl UringEngine {
             if unsafe { self.sq().push(&e) }.is_ok() {
                 return;
             }
-            let r = self.ring.submit();
-            self.submissions += 1;
-            check_enter(r);
+            self.enter(Enter::Submit);
         }
+    }
+
+    /// Enters the kernel, handing it the SQ: the one place the engine
+    /// does (a test keeps it so), and the one place that counts it.
+    ///
+    /// [`UringEngine::free_unsubmitted`] rests on this count: at abandon
+    /// it frees an issued operation whose last SQE was pushed at the
+    /// current count (`pushed_at`), taking that SQE never to have left the
+    /// SQ. An enter that went uncounted would let it free an operation
+    /// whose buffers the kernel holds. So the count moves with every call,
+    /// before it and whatever it returns: a failed or partial submit then
+    /// counts as one, which errs towards leaking an operation whose SQE
+    /// is still in the SQ, never towards freeing one the kernel took. And
+    /// a slot is stamped before its SQE is pushed ([`UringEngine::issue`]),
+    /// so a push that submits a full SQ first stamps the older count: the
+    /// safe side again. Nothing else takes the SQ: the ring has no
+    /// SQPOLL thread (see `probe`), and a driven ring's drivers, which
+    /// enter it outside the engine (`UringWait::wait`), are not counted —
+    /// `free_unsubmitted` frees nothing on a driven ring.
+    pub(super) fn enter(&mut self, how: Enter) {
+        self.submissions += 1;
+        let r = match how {
+            Enter::Submit => self.ring.submit(),
+            Enter::WaitOne(None) => self.ring.submit_and_wait(1),
+            Enter::WaitOne(Some(d)) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        check_enter(r);
     }
 
     /// Builds and queues the SQE of slot `idx`'s next attempt.
@@ -299,3 +339,65 @@ impl VecMsg {
 unsafe impl Send for Msg {}
 // SAFETY: as for `Msg`.
 unsafe impl Send for VecMsg {}
+
+#[cfg(test)]
+mod only_enter_submits {
+    /// What hands a ring's SQ to the kernel (`io_uring` crate calls).
+    fn submits(line: &str) -> bool {
+        [
+            ".submit()",
+            ".submit_and_wait(",
+            ".submit_with_args(",
+            ".enter::<",
+        ]
+        .iter()
+        .any(|p| line.contains(p))
+            || (line.contains(".enter(") && !line.contains("self.enter("))
+    }
+
+    /// Every hand-off of the engine's SQ goes through `UringEngine::enter`,
+    /// which counts it: an uncounted one would let an abandon free an
+    /// operation the kernel holds. Scans this module's sources for any
+    /// other call. `driven.rs` is left out: its calls enter the shared
+    /// ring of a driven engine (uncounted by design, see `enter`) or the
+    /// waker's own ring.
+    #[test]
+    fn no_submit_outside_enter() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sys/uring");
+        let mut inside = 0;
+        let mut outside = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".rs") || name == "driven.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // This test's own patterns are not calls.
+            let text = text
+                .split("#[cfg(test)]\nmod only_enter_submits")
+                .next()
+                .unwrap();
+            let mut in_enter = false;
+            for (n, line) in text.lines().enumerate() {
+                if line.starts_with("    pub(super) fn enter(") {
+                    in_enter = true;
+                } else if in_enter && line == "    }" {
+                    in_enter = false;
+                }
+                if submits(line) {
+                    if in_enter {
+                        inside += 1;
+                    } else {
+                        outside.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert_eq!(inside, 3, "the scan finds `enter`'s own three calls");
+        assert!(
+            outside.is_empty(),
+            "the SQ handed over outside `UringEngine::enter` (uncounted): {outside:#?}"
+        );
+    }
+}
