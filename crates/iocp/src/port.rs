@@ -270,12 +270,14 @@ impl Port {
     ///
     /// An inline io_uring port closed (or dropped) on a thread other than
     /// its owner cannot enter its ring from there: the buffers of the
-    /// operations the kernel holds, its pool buffers and its ring's memory
-    /// are leaked for good, never freed under the kernel. Its descriptors
-    /// are still closed, and what the kernel never saw (new handles,
-    /// operations started since the owner's last turn or waiting behind
-    /// another) is dropped at once. Close an inline port on its owner
-    /// thread to get everything back.
+    /// operations the kernel holds and its buffer pool (with its provided-
+    /// buffer ring) are leaked for good, never freed under the kernel. The
+    /// ring itself is closed (its queues unmapped, SQEs never submitted
+    /// discarded); the kernel cancels what it still holds and writes only
+    /// into the leaked memory. Its descriptors are still closed, and what
+    /// the kernel never saw (new handles, operations started since the
+    /// owner's last turn or waiting behind another) is dropped at once.
+    /// Close an inline port on its owner thread to get everything back.
     ///
     /// On Windows the port posts one sentinel packet per waiting thread
     /// (Wine never wakes waiters on `CloseHandle`), then drains the port

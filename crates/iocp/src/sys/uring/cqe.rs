@@ -51,8 +51,10 @@ impl UringEngine {
             return;
         }
         let Some(idx) = self.slot_of(ud & !POLL_BIT) else {
-            // Every slot is freed only by its final CQE, so this is a bug;
-            // the generation keeps it from touching the slot's next occupant.
+            // A slot is freed only by its final CQE (or at an abandon,
+            // when its SQE never reached the kernel, after which nothing
+            // is reaped), so this is a bug; the generation keeps it from
+            // touching the slot's next occupant.
             tracing::error!(
                 "io_uring: CQE for a finished operation (user_data {ud:#x}, res {res})"
             );

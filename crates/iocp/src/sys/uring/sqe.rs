@@ -4,11 +4,12 @@
 //! Every pointer placed in an SQE points into memory an operation slot owns
 //! (its buffer, or one of the types below, boxed so it never moves) or into
 //! the engine's wake-up buffer. The slot lives until its operation's final
-//! CQE, so the kernel never writes to freed or moved memory. The one
-//! exception is the timeout that keeps the engine's earliest timer: its time
-//! is in a box the engine owns, which the kernel copies as it takes the SQE
-//! in, and which is written again only by a later turn's arming, after this
-//! turn's entry handed the SQE over.
+//! CQE — or, at an abandon, is freed only if its SQE never left the SQ
+//! (see [`UringEngine::enter`]) — so the kernel never writes to freed or
+//! moved memory. The one exception is the timeout that keeps the engine's
+//! earliest timer: its time is in a box the engine owns, which the kernel
+//! copies as it takes the SQE in, and which is written again only by a
+//! later turn's arming, after this turn's entry handed the SQE over.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -68,8 +69,10 @@ impl UringEngine {
             // SAFETY: every pointer in an entry pushed here points into memory
             // owned by an operation slot (or the engine's wake buffer) that
             // stays alive and unmoved until the entry's final CQE is reaped,
-            // or (a timer's timeout) into the engine's boxed time, alive and
-            // unchanged until the kernel copied it (see the module doc).
+            // or is freed unreaped only if the entry never reaches the
+            // kernel; or (a timer's timeout) into the engine's boxed time,
+            // alive and unchanged until the kernel copied it (see the module
+            // doc).
             if unsafe { self.sq().push(&e) }.is_ok() {
                 return;
             }
