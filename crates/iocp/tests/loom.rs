@@ -708,12 +708,24 @@ mod models {
                     Err(e) => panic!("unexpected {e:?}"),
                 })
                 .collect();
+            let mut took = got.len();
             got.extend(q.close());
             match a.join().unwrap() {
-                Ok(p) => got.push(p),
+                Ok(p) => {
+                    got.push(p);
+                    took += 1;
+                }
                 Err(Empty::Abandoned) => {}
                 Err(e) => panic!("driver: unexpected {e:?}"),
             }
+            // At most the threads that returned a packet still count (a
+            // thread's exit may have taken it back already); a packet the
+            // close handed back ran on nobody.
+            let running = q.stats().running;
+            assert!(
+                running <= took,
+                "{running} running after close, {took} took a packet"
+            );
             got.sort_unstable();
             assert_eq!(got, [1, 2], "each packet exactly once");
             assert_eq!(q.stats().waiting, 0, "a thread left on the stack");

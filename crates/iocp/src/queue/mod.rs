@@ -1015,6 +1015,9 @@ impl<T: Packet> Queue<T> {
             }
         }
         let mut left = st.packets.take_all();
+        // A packet handed to the driver counted it running; the driver
+        // returns `Abandoned` instead, so nobody runs with it.
+        st.running = st.running.saturating_sub(st.handed.len());
         for (_, p, _) in st.handed.drain(..).rev() {
             left.insert(0, p);
         }
