@@ -61,10 +61,12 @@ impl<T: Packet> Queue<T> {
 }
 
 /// The calling thread's [`Slot`], taken from the thread's keeping for one
-/// `get` and given back when this drops: a thread allocates a slot once
-/// (per packet type), not per `get`. A slot is empty whenever it is given
-/// back: a `get` returns only once its slot was read, or once it left the
-/// stack with nothing in it.
+/// `get` and given back when this drops: a thread allocates a slot once,
+/// not per `get`, while it waits on queues of one packet type (the thread
+/// keeps one slot of any type; a `get` on a queue of another type drops it
+/// and allocates its own — the crate has one packet type per build). A
+/// slot is empty whenever it is given back: a `get` returns only once its
+/// slot was read, or once it left the stack with nothing in it.
 pub(super) struct MySlot<T: Packet>(Option<std::sync::Arc<Slot<T>>>);
 
 type AnySlot = std::sync::Arc<dyn std::any::Any + Send + Sync>;
