@@ -231,6 +231,8 @@ fn serve(cfg: Config) -> Result<(), String> {
 /// `--model pool`: one port, `workers` threads waiting on it.
 fn start_pool(global: &Arc<Global>, bound: Vec<Bound>) -> Result<Running, String> {
     let cfg = &global.cfg;
+    // One engine: the shard reads one pool's use against the port's pool
+    // size (see `Shard::new`).
     let mut b = Port::builder()
         .concurrency(cfg.workers)
         .engines(1)

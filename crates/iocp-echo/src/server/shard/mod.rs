@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use completion_port::{Completion, GetError, Port};
+use completion_port::{Completion, GetError, Port, MAX_POOL_BUFFERS};
 use socket2::Socket;
 
 use super::listen::Proto;
@@ -48,7 +48,9 @@ pub(crate) struct Shard {
     /// Pool buffers the connections hold to send them as they are (queued
     /// or in a send in flight): the sum of their `pooled_held`.
     pooled_held: AtomicUsize,
-    /// Buffers in the port's pool (read once: it never changes).
+    /// Buffers in the port's pool (read once: it never changes). The port
+    /// has one engine, so this is also the size of the one pool every
+    /// pooled chunk comes from (see `copy_out`).
     pool_total: usize,
     draining: AtomicBool,
     quit_posted: AtomicBool,
@@ -82,6 +84,16 @@ impl Shard {
         }
         let cap = g.cfg.max_conns;
         let pool_total = port.pool_stats().total;
+        // `copy_out` sets one chunk's pool (`PooledBuf::pool_in_use`)
+        // against this port-wide total: they are the same pool only while
+        // the port has one engine (`start_pool` builds it with one, an
+        // inline port has one). With more, the total would be the sum of
+        // the engines' pools and the pool-nearly-lent rule would never fire.
+        let one_pool = g.cfg.pool_buffers.clamp(1, MAX_POOL_BUFFERS);
+        debug_assert_eq!(
+            pool_total, one_pool,
+            "a shard's port has one pool (one engine)"
+        );
         Ok(Shard {
             id,
             port,
