@@ -225,30 +225,30 @@ impl Completion {
 
     /// The buffers of a vectored send, handed back in order.
     pub fn take_bufs(&mut self) -> Vec<Buf> {
-        self.take_extra(|e| match e {
-            Extra::Vectored(v) => Ok(v),
-            other => Err(other),
-        })
-        .unwrap_or_default()
+        match self.take_extra(|e| matches!(e, Extra::Vectored(_))) {
+            Some(Extra::Vectored(v)) => v,
+            _ => Vec::new(),
+        }
     }
 
     /// For an accept: the new socket (not yet associated with any port, as
     /// with `AcceptEx`) and its peer's IP address (`None` for a Unix socket:
     /// read [`Completion::addr`] first).
     pub fn take_accepted(&mut self) -> Option<(socket2::Socket, Option<SocketAddr>)> {
-        self.take_extra(|e| match e {
-            Extra::Accepted(s, a) => Ok((s, a.and_then(|a| a.as_ip()))),
-            other => Err(other),
-        })
+        match self.take_extra(|e| matches!(e, Extra::Accepted(..))) {
+            Some(Extra::Accepted(s, a)) => Some((s, a.and_then(|a| a.as_ip()))),
+            _ => None,
+        }
     }
 
-    /// Takes the rare part out through `pick`, which returns what it wants
-    /// of it, or gives back a part of another kind, left in place.
-    fn take_extra<R>(&mut self, pick: impl FnOnce(Extra) -> Result<R, Extra>) -> Option<R> {
-        let extra = *self.extra.take()?;
-        pick(extra)
-            .map_err(|other| self.extra = Some(Box::new(other)))
-            .ok()
+    /// Takes the rare part out if `mine` says it is of the caller's kind;
+    /// a part of another kind stays in place, untouched (looked at, not
+    /// moved out of its box and boxed again).
+    fn take_extra(&mut self, mine: impl FnOnce(&Extra) -> bool) -> Option<Extra> {
+        if !self.extra.as_deref().is_some_and(mine) {
+            return None;
+        }
+        self.extra.take().map(|b| *b)
     }
 
     /// For `recv_from`: the sender's IP address (`None` for a Unix socket's
