@@ -41,8 +41,9 @@ trait Q: Clone + Send + 'static {
 struct PortQ(Port);
 impl Q for PortQ {
     fn new() -> Self {
-        // Concurrency 64 so the limit never throttles this test; one
-        // engine thread exists but carries no traffic here.
+        // Concurrency 64 so the limit never throttles this test. The
+        // port has no engine thread: a waiting get drives the ring, and
+        // with as many packets as threads no get waits.
         PortQ(Port::new(64).expect("port"))
     }
     fn put(&self, v: u64) {

@@ -82,6 +82,7 @@ loom::thread_local! {
 }
 
 impl<T: Packet> MySlot<T> {
+    /// The thread's kept slot if it is of this packet type, else a new one.
     pub(super) fn new() -> Self {
         let kept = SLOT.try_with(|s| s.take()).ok().flatten();
         let slot = kept
