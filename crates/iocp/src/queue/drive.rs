@@ -88,11 +88,7 @@ impl<T: Packet> Inner<T> {
         } else if st.standby.is_some() {
             k.wake_standby();
         } else if may_turn {
-            st.driver = Some(DriverRole {
-                tag: thread_tag(),
-                waits: false,
-                handed: false,
-            });
+            st.driver = Some(DriverRole::new(thread_tag(), false));
             return true;
         }
         false
@@ -249,11 +245,7 @@ impl<T: Packet> Queue<T> {
         waits: bool,
         deadline: Option<Instant>,
     ) -> Result<usize, Empty> {
-        st.driver = Some(DriverRole {
-            tag: t.tag,
-            waits,
-            handed: false,
-        });
+        st.driver = Some(DriverRole::new(t.tag, waits));
         drop(st);
         self.drive(k, t, deadline)
     }
@@ -366,11 +358,7 @@ impl<T: Packet> Queue<T> {
         if !may_turn {
             return;
         }
-        st.driver = Some(DriverRole {
-            tag: thread_tag(),
-            waits: false,
-            handed: false,
-        });
+        st.driver = Some(DriverRole::new(thread_tag(), false));
         drop(st);
         self.inner.turn_once();
     }

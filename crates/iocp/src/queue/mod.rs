@@ -146,6 +146,17 @@ struct DriverRole {
     handed: bool,
 }
 
+impl DriverRole {
+    /// The role taken by thread `tag`; nothing handed to it yet.
+    fn new(tag: u64, waits: bool) -> Self {
+        DriverRole {
+            tag,
+            waits,
+            handed: false,
+        }
+    }
+}
+
 /// The queued packets, FIFO, and the tag of the thread that queued each.
 /// Two rings rather than one of pairs: a packet (a `Completion` is large)
 /// then moves in and out of the queue in one copy each way.
@@ -324,6 +335,11 @@ impl<T: Packet> State<T> {
 
     fn unpark_waiter(&mut self, tag: u64) {
         self.waiters.retain(|w| w.tag != tag);
+    }
+
+    /// Whether a waiter or a driver could take a packet now queued.
+    fn someone_waits(&self) -> bool {
+        !self.waiters.is_empty() || self.driver.is_some()
     }
 
     fn is_driver(&self, tag: u64) -> bool {
@@ -518,11 +534,7 @@ impl<T: Packet> Inner<T> {
             return;
         }
         if let Some(w) = st.waiters.pop() {
-            st.driver = Some(DriverRole {
-                tag: w.tag,
-                waits: true,
-                handed: false,
-            });
+            st.driver = Some(DriverRole::new(w.tag, true));
             w.slot.give(Given::Drive);
             w.slot.thread.unpark();
         }
@@ -553,7 +565,7 @@ impl<T: Packet> Drop for Claimed<'_, T> {
     fn drop(&mut self) {
         let Some(mut st) = self.st.take() else { return };
         let inner = &self.queue.inner;
-        if !st.waiters.is_empty() || st.driver.is_some() {
+        if st.someone_waits() {
             // Letting go of strands may have freed packets for them.
             inner.dispatch(&mut st);
         }
@@ -710,7 +722,7 @@ impl<T: Packet> Queue<T> {
             return Err(pkt);
         }
         st.packets.push(pkt, tag);
-        if !st.waiters.is_empty() || st.driver.is_some() {
+        if st.someone_waits() {
             self.inner.dispatch(&mut st);
         }
         Ok(())
