@@ -58,7 +58,7 @@ impl<T: OpTimer> TimerSet<T> {
             }
         }
         self.due.insert(k, item);
-        self.first = self.due.first_key_value().map(|(k, _)| k.0);
+        self.refresh_first();
     }
 
     /// Operation `op` is over: its timers go with it.
@@ -66,12 +66,21 @@ impl<T: OpTimer> TimerSet<T> {
         if self.by_op.is_empty() {
             return;
         }
+        let mut removed = false;
         for role in [Role::Deadline, Role::Retry] {
             if let Some(k) = self.by_op.remove(&(op, role)) {
                 self.due.remove(&k);
-                self.first = self.due.first_key_value().map(|(k, _)| k.0);
+                removed = true;
             }
         }
+        if removed {
+            self.refresh_first();
+        }
+    }
+
+    /// Caches when the earliest timer is due (after the set changed).
+    fn refresh_first(&mut self) {
+        self.first = self.due.first_key_value().map(|(k, _)| k.0);
     }
 
     /// When the earliest timer is due.
@@ -92,7 +101,7 @@ impl<T: OpTimer> TimerSet<T> {
             }
             out.push(item);
         }
-        self.first = self.due.first_key_value().map(|(k, _)| k.0);
+        self.refresh_first();
     }
 
     /// Drops every timer (on shutdown).
