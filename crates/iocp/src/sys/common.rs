@@ -472,11 +472,10 @@ impl<T> Slab<T> {
         if let Some(i) = self.free.pop() {
             let slot = &mut self.items[i];
             debug_assert!(slot.is_none(), "slab index {i} is free but holds a value");
-            // SAFETY: `slot` is a valid, aligned place; a free index holds
-            // `None`, which owns nothing, so writing over it without running
-            // its drop (an out-of-line call per insert, for a large `T`)
-            // leaks nothing.
-            unsafe { std::ptr::write(slot, Some(v)) };
+            // A free index holds `None`, which owns nothing: forgetting it
+            // skips its drop (an out-of-line call per insert, for a large
+            // `T`) and leaks nothing.
+            std::mem::forget(slot.replace(v));
             i
         } else {
             self.items.push(Some(v));
