@@ -79,10 +79,7 @@ fn closed_off_thread_frees_what_the_kernel_never_saw() {
             .join()
             .unwrap();
             let how = if close { "closed" } else { "dropped" };
-            for (i, what) in ["issued, not yet submitted", "waiting in its lane"]
-                .iter()
-                .enumerate()
-            {
+            for (i, what) in ["started first", "started behind it"].iter().enumerate() {
                 assert!(
                     FREED[i].load(Ordering::SeqCst),
                     "{}: port {how} off its owner thread: the buffer of the receive {what} \

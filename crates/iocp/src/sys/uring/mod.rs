@@ -119,7 +119,7 @@ pub(crate) struct UringEngine {
     /// How many times the SQ was handed to the kernel, all through
     /// [`UringEngine::enter`]. A slot whose last SQE was pushed at the
     /// current count has not reached the kernel (see
-    /// [`UringEngine::abandon`]).
+    /// [`UringEngine::free_unsubmitted`]).
     submissions: u64,
 }
 
